@@ -1,0 +1,48 @@
+"""taskq: a Celery-compatible distributed task queue."""
+
+from taskq.app import App
+from taskq.canvas import Signature, signature
+from taskq.errors import (
+    BackendError,
+    BrokerError,
+    ConfigurationError,
+    DecodeError,
+    Ignore,
+    MaxRetriesExceededError,
+    NotRegistered,
+    Reject,
+    Retry,
+    SoftTimeLimitExceeded,
+    TaskError,
+    TaskqError,
+    TimeLimitExceeded,
+    TimeoutError,
+)
+from taskq.result import AsyncResult, states
+from taskq.task import Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "AsyncResult",
+    "BackendError",
+    "BrokerError",
+    "ConfigurationError",
+    "DecodeError",
+    "Ignore",
+    "MaxRetriesExceededError",
+    "NotRegistered",
+    "Reject",
+    "Retry",
+    "Signature",
+    "SoftTimeLimitExceeded",
+    "Task",
+    "TaskError",
+    "TaskqError",
+    "TimeLimitExceeded",
+    "TimeoutError",
+    "signature",
+    "states",
+    "__version__",
+]

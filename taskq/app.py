@@ -1,0 +1,284 @@
+"""``App``: the task registry and the composition root (broker, backend, settings)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, TypeVar, overload
+
+from taskq import message, producer
+from taskq.config import EMBEDDED_URL, Settings
+from taskq.errors import ConfigurationError, NotRegistered, did_you_mean
+from taskq.result import AsyncResult
+from taskq.task import P, Task, TaskOptions
+
+if TYPE_CHECKING:
+    from taskq.backends.base import Backend
+    from taskq.broker.base import Broker
+    from taskq.canvas import Signature
+    from taskq.control import Control
+
+R = TypeVar("R")
+
+
+class App:
+    """A taskq application: where tasks are registered and how they are sent.
+
+    Args:
+        main: the name of the main module (used to name tasks defined in ``__main__``).
+        broker: broker URL (``redis://``, ``amqp://``, ``sqlite:///file``, ``memory://``).
+            With none, broker and results use the embedded SQLite file
+            ``./taskq.sqlite3``.
+        backend: result backend URL (``redis://``, ``sqlite:///file``, ``memory://``).
+        include: modules the worker imports at start.
+        **settings: any setting of ``taskq.config.Settings``.
+
+    The environment variables ``TASKQ_BROKER_URL`` and ``TASKQ_RESULT_BACKEND``
+    override the broker and backend. Nothing connects until the first publish.
+    """
+
+    def __init__(
+        self,
+        main: str | None = None,
+        *,
+        broker: str | None = None,
+        backend: str | None = None,
+        include: Sequence[str] = (),
+        **settings: Any,
+    ) -> None:
+        self.main = main
+        self.conf = Settings()
+        self.conf.update(settings)
+        if broker is not None:
+            self.conf.broker_url = broker
+        if backend is not None:
+            self.conf.result_backend = backend
+        if include:
+            self.conf.include = [*self.conf.include, *include]
+        self.conf.apply_env()
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._broker: Broker | None = None
+        self._backend: Backend | None = None
+        self._lock = threading.Lock()
+        self._control: Control | None = None
+        self._periodic: dict[str, dict[str, Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"<taskq.App {self.main or '__main__'} broker={self.broker_url}>"
+
+    # -- configuration ---------------------------------------------------------------
+
+    def config_from_object(self, obj: object | str) -> None:
+        """Load settings from an object or a module (by dotted name), then re-apply
+        the environment overrides."""
+        self.conf.from_object(obj)
+        self.conf.apply_env()
+
+    @property
+    def broker_url(self) -> str:
+        """The broker URL in use: the configured one or the embedded SQLite file."""
+        return self.conf.broker_url or EMBEDDED_URL
+
+    @property
+    def backend_url(self) -> str | None:
+        """The result backend URL, or None when results are disabled.
+
+        With no broker configured at all (the embedded default), results live in
+        the same SQLite file as the broker.
+        """
+        if self.conf.result_backend:
+            return self.conf.result_backend
+        return EMBEDDED_URL if not self.conf.broker_url else None
+
+    # -- tasks -----------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self, *, bind: Literal[True], name: str | None = None, **options: Any
+    ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+
+    @overload
+    def task(
+        self, *, bind: Literal[False] = False, name: str | None = None, **options: Any
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        bind: bool = False,
+        name: str | None = None,
+        **options: Any,
+    ) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True, ...)``.
+
+        Options: ``queue``, ``priority``, ``max_retries``, ``default_retry_delay``,
+        ``autoretry_for``, ``retry_kwargs``, ``retry_backoff``, ``retry_backoff_max``,
+        ``retry_jitter``, ``acks_late``, ``reject_on_worker_lost``, ``ignore_result``,
+        ``track_started``, ``time_limit``, ``soft_time_limit``, ``rate_limit``,
+        ``expires``, ``serializer``. Registering never connects to anything.
+        """
+        known = TaskOptions.field_names()
+        for key in options:
+            if key not in known:
+                raise ConfigurationError(
+                    f"Unknown task option {key!r}.{did_you_mean(key, known)} "
+                    f"Known: bind, name, {', '.join(sorted(known))}."
+                )
+
+        def register(func: Callable[..., Any]) -> Task[Any, Any]:
+            task_name = name or self._default_name(func)
+            task: Task[Any, Any] = Task(self, func, name=task_name, bind=bind, **options)
+            self.tasks[task_name] = task
+            return task
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def _default_name(self, func: Callable[..., Any]) -> str:
+        module = func.__module__
+        if module == "__main__" and self.main:
+            module = self.main
+        return f"{module}.{func.__name__}"
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            hint = did_you_mean(name, self.tasks)
+            raise NotRegistered(
+                f"Task {name!r} is not registered.{hint} Registered: "
+                f"{', '.join(sorted(self.tasks)) or '(none)'}. Is its module imported "
+                "(App(include=[...]) or imports=[...])?"
+            ) from None
+
+    def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """Send a task by name (it need not be registered in this process)."""
+        task = options.pop("_task", None)
+        retry_of = options.pop("_retry_of", None)
+        retry = options.pop("retry", None)
+        retry_policy = options.pop("retry_policy", None)
+        msg, queue, priority, merged = producer.build(
+            self, name, args, kwargs, options, task=task, retry_of=retry_of
+        )
+        serializer = merged.get("serializer") or self.conf.task_serializer
+        envelope = message.encode(msg, serializer, priority)
+        producer.publish(
+            self, envelope, queue, priority, msg.eta, retry=retry, retry_policy=retry_policy
+        )
+        return AsyncResult(msg.id, app=self)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
+        return AsyncResult(task_id, app=self)
+
+    def signature(self, name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any) -> Signature:
+        from taskq.canvas import Signature
+
+        return Signature(name, tuple(args), kwargs, options=options, app=self)
+
+    def add_periodic_task(
+        self,
+        schedule: Any,
+        sig: Signature,
+        name: str | None = None,
+        **options: Any,
+    ) -> None:
+        """Add a periodic task from code (merged into ``beat_schedule`` at beat start)."""
+        entry_name = name or repr(sig)
+        self._periodic[entry_name] = {
+            "task": sig.task,
+            "schedule": schedule,
+            "args": sig.args,
+            "kwargs": sig.kwargs,
+            "options": {**sig.options, **options},
+        }
+
+    @property
+    def periodic_tasks(self) -> dict[str, dict[str, Any]]:
+        """``beat_schedule`` plus the entries added with ``add_periodic_task``."""
+        return {**self.conf.beat_schedule, **self._periodic}
+
+    # -- connections -----------------------------------------------------------------
+
+    @property
+    def broker(self) -> Broker:
+        """The producer's broker connection, opened on first use."""
+        with self._lock:
+            if self._broker is None:
+                self._broker = self.new_broker(f"producer-{uuid.uuid4().hex[:12]}")
+            return self._broker
+
+    def new_broker(self, consumer_id: str) -> Broker:
+        """A fresh broker instance (a worker makes its own, with its consumer id)."""
+        from taskq.broker import broker_from_url
+
+        return broker_from_url(
+            self.broker_url,
+            consumer_id=consumer_id,
+            options={
+                "lease_timeout": self.conf.worker_lease_timeout,
+                "connect_timeout": self.conf.broker_connection_timeout,
+                **self.conf.broker_transport_options,
+            },
+        )
+
+    @property
+    def backend(self) -> Backend | None:
+        """The result backend, or None when results are disabled."""
+        url = self.backend_url
+        if url is None:
+            return None
+        with self._lock:
+            if self._backend is None:
+                from taskq.backends import backend_from_url
+
+                self._backend = backend_from_url(
+                    url,
+                    expires=self.conf.result_expires,
+                    serializer=self.conf.result_serializer,
+                    accept=self.conf.result_accept_content or self.conf.accept_content,
+                    options=self.conf.result_backend_transport_options,
+                )
+            return self._backend
+
+    def require_backend(self) -> Backend:
+        backend = self.backend
+        if backend is None:
+            raise ConfigurationError(
+                "No result backend is configured, so results are not stored. Set "
+                "App(backend='redis://...') or result_backend, or use the embedded "
+                "default by configuring no broker."
+            )
+        return backend
+
+    @property
+    def control(self) -> Control:
+        """Remote control of workers (revoke)."""
+        if self._control is None:
+            from taskq.control import Control
+
+            self._control = Control(self)
+        return self._control
+
+    def close(self) -> None:
+        """Close the broker and backend connections."""
+        with self._lock:
+            if self._broker is not None:
+                self._broker.close()
+                self._broker = None
+            if self._backend is not None:
+                self._backend.close()
+                self._backend = None
+

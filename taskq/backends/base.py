@@ -1,0 +1,203 @@
+"""The result backend contract.
+
+A backend implements a handful of key-value primitives (``get``, ``mget``,
+``set``, ``delete``, ``incr``) and inherits the rest: storing task state,
+reading it back, waiting for it, revoked ids and counters. Keys and the stored
+meta follow Celery's layout (``celery-task-meta-<id>`` holding
+``{"status", "result", "traceback", "date_done", "task_id", ...}``), so Celery
+clients can read taskq results and the other way round.
+"""
+
+from __future__ import annotations
+
+import abc
+import builtins
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from taskq import serialization
+from taskq.errors import TimeoutError
+
+TASK_KEY_PREFIX = "celery-task-meta-"
+REVOKED_KEY_PREFIX = "taskq-revoked-"
+
+READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+
+
+def task_key(task_id: str) -> str:
+    return f"{TASK_KEY_PREFIX}{task_id}"
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password replaced by ``**``, fit for error messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:**@{host}"))
+
+
+def not_ready_error(task_id: str, timeout: float | None) -> TimeoutError:
+    """The error ``wait_for`` raises when ``task_id`` is not ready in time."""
+    return TimeoutError(f"task {task_id} not ready after {timeout}s")
+
+
+class Backend(abc.ABC):
+    """Stores task state and results keyed by task id.
+
+    Args:
+        url: the backend URL.
+        expires: seconds after which stored results are removed (None: never).
+        serializer: how meta is encoded (``result_serializer``).
+        accept: content types accepted when reading (``result_accept_content``).
+        options: backend-specific options (``result_backend_transport_options``).
+    """
+
+    #: True when ``wait_for`` is woken by the backend instead of polling.
+    push_based: bool = False
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        expires: float | None = 86400.0,
+        serializer: str = "json",
+        accept: Sequence[str] = ("json",),
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.url = url
+        self.expires = expires
+        self.serializer = serializer
+        self.accept = tuple(accept)
+        self.options = dict(options or {})
+
+    # -- primitives ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes | None:
+        """The value stored under ``key``, or None."""
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Values for several keys in one round trip where the store allows."""
+        return [self.get(key) for key in keys]
+
+    @abc.abstractmethod
+    def set(self, key: str, value: bytes, expires: float | None) -> None:
+        """Store ``value`` under ``key``, removed after ``expires`` seconds (None: kept)."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (no error when missing)."""
+
+    @abc.abstractmethod
+    def incr(self, key: str, expires: float | None) -> int:
+        """Atomically add one to the integer at ``key`` (missing counts as 0); return it."""
+
+    def publish_ready(self, key: str, value: bytes) -> None:  # noqa: B027 - optional hook
+        """Tell waiters that ``key`` reached a ready state (push-based backends)."""
+
+    def set_ready(self, key: str, value: bytes, expires: float | None) -> None:
+        """Store a ready state and wake its waiters: ``set`` then ``publish_ready``.
+
+        Backends that can do both in one round trip (or atomically) override this.
+        """
+        self.set(key, value, expires)
+        self.publish_ready(key, value)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    # -- task state ------------------------------------------------------------------
+
+    def encode(self, meta: dict[str, Any]) -> bytes:
+        return serialization.dumps(meta, self.serializer)[2]
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        meta = serialization.loads_any(data, self.serializer, self.accept)
+        if not isinstance(meta, dict):
+            raise TypeError(f"result meta must be a mapping, got {type(meta).__name__}")
+        return meta
+
+    def store(
+        self,
+        task_id: str,
+        state: str,
+        result: Any,
+        *,
+        traceback: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Record ``state`` and ``result`` (already JSON-safe) for ``task_id``.
+
+        ``extra`` adds fields such as ``name``, ``args``, ``kwargs``, ``worker``,
+        ``runtime``, ``retries``, ``queue``. Returns the stored meta.
+        """
+        meta: dict[str, Any] = {
+            "status": state,
+            "result": result,
+            "traceback": traceback,
+            "children": [],
+            "date_done": (
+                datetime.now(timezone.utc).isoformat() if state in READY_STATES else None
+            ),
+            "task_id": task_id,
+        }
+        if extra:
+            meta.update(extra)
+        data = self.encode(meta)
+        if state in READY_STATES:
+            self.set_ready(task_key(task_id), data, self.expires)
+        else:
+            self.set(task_key(task_id), data, self.expires)
+        return meta
+
+    def meta(self, task_id: str) -> dict[str, Any]:
+        """The stored meta, or a PENDING meta when nothing is stored."""
+        data = self.get(task_key(task_id))
+        if data is None:
+            return {"status": "PENDING", "result": None, "traceback": None, "task_id": task_id}
+        return self.decode(data)
+
+    def forget(self, task_id: str) -> None:
+        self.delete(task_key(task_id))
+
+    def wait_for(
+        self, task_id: str, timeout: float | None, interval: float = 0.1
+    ) -> dict[str, Any]:
+        """Block until the task is ready; return its meta.
+
+        The default polls every ``interval`` seconds; push-based backends override.
+
+        Raises:
+            TimeoutError: not ready within ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            meta = self.meta(task_id)
+            if meta["status"] in READY_STATES:
+                return meta
+            if deadline is None:
+                time.sleep(interval)
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise not_ready_error(task_id, timeout)
+            # Never sleep past the deadline: a 5 s interval must not turn a 1 s timeout into 5 s.
+            time.sleep(min(interval, remaining))
+
+    # -- revoked ids -----------------------------------------------------------------
+
+    def mark_revoked(self, task_id: str, expires: float | None) -> None:
+        self.set(f"{REVOKED_KEY_PREFIX}{task_id}", b"1", expires)
+
+    # builtins.set: inside this class body plain ``set`` names the ``set`` primitive.
+    def revoked(self, task_ids: Sequence[str]) -> builtins.set[str]:
+        """Which of ``task_ids`` were revoked (one round trip)."""
+        if not task_ids:
+            return set()
+        values = self.mget([f"{REVOKED_KEY_PREFIX}{tid}" for tid in task_ids])
+        return {tid for tid, value in zip(task_ids, values, strict=True) if value is not None}

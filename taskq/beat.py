@@ -1,0 +1,538 @@
+"""The beat scheduler: sends periodic tasks when their schedules fall due.
+
+``Scheduler.tick(now)`` is pure with respect to time: it sends what is due at
+``now`` and returns the seconds until the next due entry, so tests drive the clock
+instead of sleeping. ``run_beat`` is the loop around it.
+
+Catch-up policy: however many runs of an entry were missed (beat was down, or a
+tick came late), a tick sends that entry once, for the latest missed due time, and
+the schedule continues from now: the next run is the first due time after ``now``.
+
+High availability: several beat processes may run with a shared ``BeatLock``. Only
+the holder of the lock's lease sends; a standby takes over once the lease expires
+(``lease_timeout`` seconds after the holder's last renewal, plus at most one poll).
+Every run is claimed first under a key made of the entry name and its due time, so
+two beats that overlap during a takeover still send each due time once. Beats
+should also share one ``KeyValueStore``: a new holder reloads it, so interval
+entries continue on the old holder's timetable (crontab and solar entries hand over
+exactly even without it, because their due times do not depend on history).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone, tzinfo
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import redis
+from redis import exceptions as redis_errors
+
+from taskq.errors import BackendError, ConfigurationError, did_you_mean
+from taskq.schedules import Schedule, as_schedule
+
+logger = logging.getLogger(__name__)
+
+
+def _utc(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware, got naive {value.isoformat()}")
+    return value.astimezone(timezone.utc)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Entry:
+    """One periodic task.
+
+    Attributes:
+        name: unique name (the ``beat_schedule`` key); also its key in the store.
+        task: the registered task name to send.
+        schedule: when it is due.
+        args: positional arguments for the task.
+        kwargs: keyword arguments for the task.
+        options: ``apply_async`` options (queue, priority, expires, ...).
+        last_run_at: the due time of the latest run (aware, UTC), None before the
+            first. The due time, not the moment of sending, so intervals do not drift.
+        total_run_count: runs sent, as far as this scheduler and its store know.
+    """
+
+    name: str
+    task: str
+    schedule: Schedule
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    last_run_at: datetime | None = None
+    total_run_count: int = 0
+
+
+_ENTRY_KEYS = ("task", "schedule", "args", "kwargs", "options")
+
+
+def entries_from_config(beat_schedule: Mapping[str, Mapping[str, Any]]) -> list[Entry]:
+    """Entries from Celery's ``beat_schedule`` setting.
+
+    Each value is ``{"task": "proj.tasks.add", "schedule": ..., "args": (...),
+    "kwargs": {...}, "options": {...}}``; ``schedule`` is seconds, a timedelta, a
+    Schedule (``crontab(...)``, ``solar(...)``, ``every(...)``) or its ``to_dict()``.
+
+    Raises:
+        ConfigurationError: naming the entry, for an unknown key, a missing or empty
+            ``task``, a missing or bad ``schedule``, or arguments of the wrong type.
+    """
+    entries = []
+    for name, spec in beat_schedule.items():
+        where = f"beat_schedule[{name!r}]"
+        if not isinstance(name, str) or not isinstance(spec, Mapping):
+            raise ConfigurationError(f"{where} must map a name to a dict, got {spec!r}.")
+        for key in spec:
+            if key not in _ENTRY_KEYS:
+                raise ConfigurationError(
+                    f"{where} has an unknown key {key!r}.{did_you_mean(str(key), _ENTRY_KEYS)} "
+                    f"Known: {', '.join(_ENTRY_KEYS)}."
+                )
+        task = spec.get("task")
+        if not isinstance(task, str) or not task:
+            raise ConfigurationError(
+                f"{where} needs \"task\": a registered task name such as 'proj.tasks.add'."
+            )
+        if "schedule" not in spec:
+            raise ConfigurationError(f'{where} needs "schedule": seconds, crontab(...), ...')
+        try:
+            schedule = as_schedule(spec["schedule"])
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{where}: {exc}") from exc
+        args, kwargs, options = (
+            spec.get("args", ()),
+            spec.get("kwargs", {}),
+            spec.get("options", {}),
+        )
+        if not isinstance(args, (list, tuple)):
+            raise ConfigurationError(f'{where}: "args" must be a list or tuple, got {args!r}.')
+        for key, value in (("kwargs", kwargs), ("options", options)):
+            if not isinstance(value, Mapping):
+                raise ConfigurationError(f"{where}: {key!r} must be a dict, got {value!r}.")
+        entries.append(Entry(name, task, schedule, tuple(args), dict(kwargs), dict(options)))
+    return entries
+
+
+# -- where progress is kept --------------------------------------------------------------
+
+
+class ScheduleStore(Protocol):
+    """Keeps each entry's progress across restarts and takeovers."""
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        """``{name: {"last_run_at": aware datetime, "total_run_count": int}}``."""
+        ...
+
+    def save(self, name: str, last_run_at: datetime, total_run_count: int) -> None:
+        """Record an entry's progress after a run."""
+        ...
+
+
+class MemoryStore:
+    """Progress in a dict, lost on exit. Thread-safe; schedulers may share one."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {name: dict(state) for name, state in self._data.items()}
+
+    def save(self, name: str, last_run_at: datetime, total_run_count: int) -> None:
+        with self._lock:
+            self._data[name] = {"last_run_at": last_run_at, "total_run_count": total_run_count}
+
+
+class KeyValueBackend(Protocol):
+    """The result backend primitives ``KeyValueStore`` needs (``taskq.backends.base``)."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def set(self, key: str, value: bytes, expires: float | None) -> None: ...
+
+
+class KeyValueStore:
+    """Progress in a result backend, so it outlives the process and beats can share it.
+
+    One key per entry, ``<prefix>entry-<name>``, holds JSON ``{"last_run_at": ISO
+    8601, "total_run_count": n}``; ``<prefix>entries`` lists the names, since the
+    primitives cannot scan. Nothing expires. Unreadable state is logged and ignored
+    (the entry then behaves as never run).
+    """
+
+    def __init__(self, backend: KeyValueBackend, key_prefix: str = "taskq-beat-") -> None:
+        self.backend = backend
+        self.key_prefix = key_prefix
+        self._indexed: set[str] = set()
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        names = self._read_index()
+        self._indexed = set(names)
+        states = {}
+        for name in names:
+            raw = self.backend.get(f"{self.key_prefix}entry-{name}")
+            if raw is None:
+                continue
+            try:
+                data = json.loads(raw)
+                last = _utc(datetime.fromisoformat(data["last_run_at"]), "last_run_at")
+                count = int(data["total_run_count"])
+            except (ValueError, KeyError, TypeError) as exc:
+                logger.warning("Ignoring unreadable beat state of %r: %s", name, exc)
+                continue
+            states[name] = {"last_run_at": last, "total_run_count": count}
+        return states
+
+    def save(self, name: str, last_run_at: datetime, total_run_count: int) -> None:
+        state = {"last_run_at": last_run_at.isoformat(), "total_run_count": total_run_count}
+        self.backend.set(f"{self.key_prefix}entry-{name}", json.dumps(state).encode(), None)
+        if name not in self._indexed:
+            names = self._read_index()
+            if name not in names:
+                names.append(name)
+                self.backend.set(f"{self.key_prefix}entries", json.dumps(names).encode(), None)
+            self._indexed = set(names)
+
+    def _read_index(self) -> list[str]:
+        raw = self.backend.get(f"{self.key_prefix}entries")
+        try:
+            names = json.loads(raw) if raw is not None else []
+        except ValueError:
+            names = None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            logger.warning("Ignoring the unreadable beat index %sentries", self.key_prefix)
+            return []
+        return names
+
+
+# -- who may send ----------------------------------------------------------------------
+
+
+class BeatLock(Protocol):
+    """Decides which of several beats sends (high availability)."""
+
+    def acquire_or_renew(self, owner: str, ttl: float) -> bool:
+        """Take the lease if it is free or extend it if ``owner`` holds it, for ``ttl``
+        seconds; True while ``owner`` holds it."""
+        ...
+
+    def release(self, owner: str) -> None:
+        """Give the lease up at once if ``owner`` holds it; otherwise do nothing."""
+        ...
+
+    def claim_tick(self, name: str, due_iso: str, ttl: float) -> bool:
+        """True for the first claim of (``name``, ``due_iso``) within ``ttl`` seconds,
+        across every beat sharing the lock; False for any later claim."""
+        ...
+
+
+class LocalBeatLock:
+    """For a single beat process: always the owner; claims kept in memory until their ttl."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._claims: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def acquire_or_renew(self, owner: str, ttl: float) -> bool:
+        return True
+
+    def release(self, owner: str) -> None:
+        pass
+
+    def claim_tick(self, name: str, due_iso: str, ttl: float) -> bool:
+        now = self._clock()
+        with self._lock:
+            self._claims = {key: until for key, until in self._claims.items() if until > now}
+            if (name, due_iso) in self._claims:
+                return False
+            self._claims[(name, due_iso)] = now + ttl
+            return True
+
+
+# Only the owner may renew or drop the lease: compare and act in one atomic script.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def _masked(url: str) -> str:
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+
+
+class RedisBeatLock:
+    """A lease in Redis: ``<prefix>lease`` holds the owner's id and expires after ttl.
+
+    Taking a free lease is SET NX PX; renewing and releasing compare the owner in a
+    Lua script, so a beat whose lease ran out cannot extend or delete its
+    successor's. ``claim_tick`` is SET NX PX on ``<prefix>tick:<name>:<due_iso>``.
+
+    Raises:
+        ConfigurationError: the URL cannot be parsed.
+        BackendError: Redis fails (the URL is named with its password masked).
+    """
+
+    def __init__(self, redis_url: str, key_prefix: str = "taskq-beat:") -> None:
+        self.url = redis_url
+        self.key_prefix = key_prefix
+        try:
+            self._client = redis.Redis.from_url(
+                redis_url, socket_timeout=5.0, socket_connect_timeout=5.0
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"Bad beat lock URL {_masked(redis_url)}: {exc}") from exc
+        self._lease_key = f"{key_prefix}lease"
+        self._renew = self._client.register_script(_RENEW)
+        self._release = self._client.register_script(_RELEASE)
+
+    def acquire_or_renew(self, owner: str, ttl: float) -> bool:
+        with self._translate("renew the beat lease"):
+            if self._renew(keys=[self._lease_key], args=[owner, _millis(ttl)]):
+                return True
+            return bool(self._client.set(self._lease_key, owner, nx=True, px=_millis(ttl)))
+
+    def release(self, owner: str) -> None:
+        with self._translate("release the beat lease"):
+            self._release(keys=[self._lease_key], args=[owner])
+
+    def claim_tick(self, name: str, due_iso: str, ttl: float) -> bool:
+        key = f"{self.key_prefix}tick:{name}:{due_iso}"
+        with self._translate("claim a beat run"):
+            return bool(self._client.set(key, b"1", nx=True, px=_millis(ttl)))
+
+    def holder(self) -> str | None:
+        """The owner id holding the lease now, or None."""
+        with self._translate("read the beat lease"):
+            value = self._client.get(self._lease_key)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def close(self) -> None:
+        self._client.close()
+
+    @contextmanager
+    def _translate(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except redis_errors.RedisError as exc:
+            raise BackendError(
+                f"Beat lock at {_masked(self.url)} could not {action}: {exc}. "
+                "Is Redis running and reachable at that URL?"
+            ) from exc
+
+
+def _millis(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+# -- the scheduler -----------------------------------------------------------------------
+
+
+class Scheduler:
+    """Sends each entry's task when its schedule is due; see the module docstring
+    for the catch-up policy and high availability. One thread ticks it.
+
+    Args:
+        entries: the periodic tasks; names must be unique.
+        send: publishes one entry's task. If it raises, the error is logged and the
+            run is retried on the next tick.
+        store: where progress is kept; loaded on the first tick as holder.
+        tz: the zone crontab fields are read in (unless a crontab names its own).
+        lock: several beats share one to decide who sends; None sends always.
+        max_interval: the longest ``tick`` asks to sleep, in seconds.
+        lease_timeout: the lock lease's ttl; it is renewed every tick, and ticks
+            come at least every ``lease_timeout / 3`` seconds.
+        owner: this beat's id in the lock (default host:pid:random).
+        clock: the time used when ``tick`` is called without ``now``.
+    """
+
+    def __init__(
+        self,
+        entries: Iterable[Entry],
+        *,
+        send: Callable[[Entry], None],
+        store: ScheduleStore,
+        tz: tzinfo,
+        lock: BeatLock | None = None,
+        max_interval: float = 5.0,
+        lease_timeout: float = 30.0,
+        owner: str | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.entries: dict[str, Entry] = {}
+        for entry in entries:
+            if entry.name in self.entries:
+                raise ConfigurationError(f"Two beat entries are named {entry.name!r}.")
+            self.entries[entry.name] = entry
+        for name, value in (("max_interval", max_interval), ("lease_timeout", lease_timeout)):
+            if not value > 0:
+                raise ConfigurationError(f"Scheduler {name} must be positive, got {value!r}.")
+        self.send, self.store, self.tz, self.lock, self.clock = send, store, tz, lock, clock
+        self.max_interval = max_interval
+        self.lease_timeout = lease_timeout
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._started: datetime | None = None  # entries that never ran count from here
+        self._leader = False
+        self._loaded = False
+        self._claimed: dict[str, str] = {}  # entry name -> due time claimed, not yet sent
+
+    @property
+    def is_leader(self) -> bool:
+        """True when the latest tick held the lock (always, without a lock)."""
+        return self._leader
+
+    def tick(self, now: datetime | None = None) -> float:
+        """Send every due entry once; return the seconds until the next one is due.
+
+        Args:
+            now: the current time (aware); None asks ``clock``.
+
+        Returns:
+            Seconds to sleep: until the next due time, at most ``max_interval`` (and
+            ``lease_timeout / 3`` with a lock, to renew the lease in time).
+        """
+        now = _utc(now if now is not None else self.clock(), "now")
+        if self._started is None:
+            self._started = now
+        cap = self.max_interval
+        if self.lock is not None:
+            cap = min(cap, self.lease_timeout / 3)
+        if not self._hold_lock():
+            return cap
+        if not self._loaded:
+            self._load()
+        wake = now + timedelta(seconds=cap)
+        for entry in self.entries.values():
+            try:
+                due = self._apply(entry, now)
+            except Exception:  # one broken entry, store or broker must not stop the rest
+                logger.exception("Scheduler: %s (%s) failed; retrying", entry.name, entry.task)
+                continue
+            wake = min(wake, due)
+        return max(0.0, (wake - now).total_seconds())
+
+    def close(self) -> None:
+        """Release the lock so a standby takes over at once."""
+        if self.lock is not None and self._leader:
+            try:
+                self.lock.release(self.owner)
+            except Exception:
+                logger.exception("Scheduler: could not release the beat lock; it will expire")
+        self._leader = False
+
+    def _hold_lock(self) -> bool:
+        if self.lock is None:
+            self._leader = True
+            return True
+        try:
+            held = self.lock.acquire_or_renew(self.owner, self.lease_timeout)
+        except Exception:  # leadership that cannot be confirmed is not leadership
+            logger.exception("Scheduler: cannot reach the beat lock; not sending")
+            held = False
+        if held and not self._leader:
+            logger.info("Scheduler: %s holds the beat lock and sends due tasks", self.owner)
+            self._loaded = False  # another beat may have run entries meanwhile
+        elif not held and self._leader:
+            logger.warning("Scheduler: %s lost the beat lock; standing by", self.owner)
+        self._leader = held
+        return held
+
+    def _load(self) -> None:
+        try:
+            saved = self.store.load()
+        except Exception:
+            logger.exception("Scheduler: could not load beat state; using what is in memory")
+            return
+        for name, state in saved.items():
+            entry = self.entries.get(name)
+            if entry is None:
+                continue
+            last = state.get("last_run_at")
+            if isinstance(last, datetime) and (
+                entry.last_run_at is None or _utc(last, name) > _utc(entry.last_run_at, name)
+            ):
+                entry.last_run_at = _utc(last, name)
+            count = state.get("total_run_count")
+            if isinstance(count, int):
+                entry.total_run_count = max(entry.total_run_count, count)
+        self._loaded = True
+
+    def _apply(self, entry: Entry, now: datetime) -> datetime:
+        """Send ``entry`` if due; return when to look at it again (UTC)."""
+        assert self._started is not None  # set by tick
+        last = (entry.last_run_at or self._started).astimezone(self.tz)
+        due = entry.schedule.latest_due(last, now.astimezone(self.tz))
+        if due is not None:
+            self._run(entry, _utc(due, "due time"))
+            last = due
+        return _utc(entry.schedule.next_after(last), "next due time")
+
+    def _run(self, entry: Entry, due: datetime) -> None:
+        key = due.isoformat()
+        if self.lock is not None and self._claimed.get(entry.name) != key:
+            # The claim must outlive every beat's chance to see ``due`` as the latest
+            # due time: until the next one, plus slack for clocks that disagree.
+            following = _utc(entry.schedule.next_after(due.astimezone(self.tz)), "due time")
+            ttl = (following - due).total_seconds() + 2 * self.lease_timeout
+            if not self.lock.claim_tick(entry.name, key, ttl):
+                logger.debug("Scheduler: %s at %s was sent by another beat", entry.name, key)
+                entry.last_run_at = due
+                return
+            self._claimed[entry.name] = key  # a failed send is retried without a new claim
+        logger.info("Scheduler: Sending due task %s (%s)", entry.name, entry.task)
+        self.send(entry)
+        self._claimed.pop(entry.name, None)
+        entry.last_run_at = due
+        entry.total_run_count += 1
+        try:
+            self.store.save(entry.name, due, entry.total_run_count)
+        except Exception:  # sent is sent: after a restart it may run once more, no worse
+            logger.exception("Scheduler: sent %s but could not save its progress", entry.name)
+
+
+def run_beat(scheduler: Scheduler, stop: threading.Event) -> None:
+    """Tick until ``stop`` is set, sleeping what each tick asks; then release the lock.
+
+    A tick that raises is logged and retried after ``max_interval``: a flaky lock,
+    store or broker must not end the beat.
+    """
+    logger.info("beat: Starting...")
+    try:
+        while not stop.is_set():
+            try:
+                delay = scheduler.tick()
+            except Exception:
+                logger.exception("beat: tick failed; retrying in %s s", scheduler.max_interval)
+                delay = scheduler.max_interval
+            logger.debug("beat: Waking up in %.2f s", delay)
+            stop.wait(delay)
+    finally:
+        scheduler.close()

@@ -1,0 +1,39 @@
+"""Brokers, chosen by URL scheme and imported lazily."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from taskq.broker.base import Broker, Delivery, Envelope, QueueSpec
+from taskq.errors import ConfigurationError, did_you_mean
+
+__all__ = ["Broker", "Delivery", "Envelope", "QueueSpec", "broker_from_url", "KNOWN_SCHEMES"]
+
+_BY_SCHEME = {
+    "redis": "taskq.broker.redis:RedisBroker",
+    "rediss": "taskq.broker.redis:RedisBroker",
+    "sqlite": "taskq.broker.sqlite:SqliteBroker",
+    "amqp": "taskq.broker.kombu:KombuBroker",
+    "amqps": "taskq.broker.kombu:KombuBroker",
+    "pyamqp": "taskq.broker.kombu:KombuBroker",
+    "memory": "taskq.broker.kombu:KombuBroker",
+}
+KNOWN_SCHEMES = tuple(_BY_SCHEME)
+
+
+def broker_from_url(url: str, *, consumer_id: str, options: dict[str, Any] | None = None) -> Broker:
+    """The broker for ``url``.
+
+    Raises:
+        ConfigurationError: the URL has no scheme or an unknown one.
+    """
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in _BY_SCHEME:
+        raise ConfigurationError(
+            f"Unknown broker URL {url!r}.{did_you_mean(scheme, _BY_SCHEME)} "
+            f"Known schemes: {', '.join(KNOWN_SCHEMES)}."
+        )
+    module_name, cls_name = _BY_SCHEME[scheme].split(":")
+    cls: type[Broker] = getattr(importlib.import_module(module_name), cls_name)
+    return cls(url, consumer_id=consumer_id, options=options)

@@ -1,0 +1,174 @@
+"""The broker contract every transport implements.
+
+taskq talks to brokers through this small pull-based interface rather than through
+kombu's callback consumers, so that a transport can fetch and lease messages in
+one atomic step and acknowledge them in batches. Messages keep kombu's envelope
+layout (body, content type and encoding, headers, properties), so Celery and
+kombu producers and taskq workers share queues.
+
+Threading: ``fetch`` is called from one thread (the worker's consumer). Every
+other method is safe to call from any thread.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One message as it travels: the encoded body plus AMQP-style metadata.
+
+    ``properties`` holds AMQP basic properties: ``correlation_id``, ``reply_to``,
+    ``priority``, ``delivery_mode``.
+    """
+
+    body: bytes
+    content_type: str
+    content_encoding: str = "utf-8"
+    headers: dict[str, Any] = field(default_factory=dict)
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """A queue the worker consumes or a producer publishes to.
+
+    ``max_priority`` maps to RabbitMQ's ``x-max-priority``; transports that order
+    by priority natively ignore it.
+    """
+
+    name: str
+    max_priority: int | None = None
+
+
+@dataclass
+class Delivery:
+    """A message handed to this consumer and leased to it until acked or returned.
+
+    Attributes:
+        envelope: the message.
+        queue: the queue it came from.
+        tag: the transport's handle for ack/requeue (unique per delivery).
+        delivery_count: 1 on the first delivery; grows each time the message was
+            given back because its consumer died (the poison guard reads it).
+        raw: transport-private data (the raw payload, a kombu message, ...).
+    """
+
+    envelope: Envelope
+    queue: str
+    tag: str
+    delivery_count: int = 1
+    raw: Any = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message parked in the dead-letter queue with the reason it was put there."""
+
+    id: str
+    queue: str
+    reason: str
+    envelope: Envelope
+    time: float
+
+
+class Broker(abc.ABC):
+    """Publishing and consuming for one broker URL.
+
+    Attributes:
+        supports_delayed: True when ``publish(eta=...)`` keeps the message in a
+            delayed store outside any worker's prefetch until it is due. When False
+            the worker holds ETA messages itself (Celery's behaviour).
+    """
+
+    supports_delayed: bool = False
+
+    def __init__(self, url: str, *, consumer_id: str, options: dict[str, Any] | None = None):
+        self.url = url
+        self.consumer_id = consumer_id
+        self.options = dict(options or {})
+
+    @abc.abstractmethod
+    def declare(self, queues: Sequence[QueueSpec]) -> None:
+        """Create the queues if they do not exist (idempotent)."""
+
+    @abc.abstractmethod
+    def publish(
+        self,
+        envelope: Envelope,
+        queue: str,
+        *,
+        priority: int | None = None,
+        eta: float | None = None,
+    ) -> None:
+        """Hand one message to the broker; return only once the broker has it.
+
+        Args:
+            envelope: the message.
+            queue: destination queue name.
+            priority: 0-9; ordering as the transport defines (documented per broker).
+            eta: unix time before which the message must not be delivered. Brokers
+                with ``supports_delayed`` keep it in their delayed store; others
+                deliver at once and leave the wait to the worker.
+
+        Raises:
+            BrokerError: the broker cannot be reached or refused the message.
+        """
+
+    def publish_many(self, items: Sequence[tuple[Envelope, str, int | None]]) -> None:
+        """Publish ``(envelope, queue, priority)`` triples, in as few round trips as the
+        transport allows. The default publishes one at a time."""
+        for envelope, queue, priority in items:
+            self.publish(envelope, queue, priority=priority)
+
+    @abc.abstractmethod
+    def fetch(self, queues: Sequence[str], max_count: int, timeout: float) -> list[Delivery]:
+        """Lease up to ``max_count`` messages from ``queues`` to this consumer.
+
+        Blocks up to ``timeout`` seconds for the first message and returns as soon
+        as at least one is leased (an empty list after the timeout). A message is
+        never in a state where a crash of this process loses it: it is either in
+        its queue or leased to this consumer, and leases of a consumer that stops
+        heartbeating return to their queues. Due delayed messages are promoted here.
+        """
+
+    @abc.abstractmethod
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """The messages are done: remove them for good."""
+
+    @abc.abstractmethod
+    def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        """Give unstarted or interrupted messages back to their queues at once,
+        without counting a delivery attempt."""
+
+    @abc.abstractmethod
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move a message to the dead-letter queue with ``reason`` and release it."""
+
+    def heartbeat(self) -> None:  # noqa: B027 - optional hook
+        """Renew this consumer's lease and return messages of consumers whose lease
+        ran out. The worker calls it every ``worker_lease_timeout / 3`` seconds."""
+
+    @abc.abstractmethod
+    def purge(self, queue: str) -> int:
+        """Delete every waiting message in ``queue``; return how many."""
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """List parked messages, oldest first."""
+        raise NotImplementedError(f"{type(self).__name__} has no dead-letter queue")
+
+    def requeue_dead_letters(self, ids: Sequence[str] | None = None) -> int:
+        """Put parked messages back on their queues (all when ``ids`` is None)."""
+        raise NotImplementedError(f"{type(self).__name__} has no dead-letter queue")
+
+    def purge_dead_letters(self) -> int:
+        """Delete every parked message; return how many."""
+        raise NotImplementedError(f"{type(self).__name__} has no dead-letter queue")
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. Leased messages stay leased until the lease runs out
+        (call ``requeue`` first to hand them back at once)."""

@@ -1,0 +1,292 @@
+"""Brokers reached through a kombu transport: RabbitMQ (``amqp://``), ``memory://``
+and any other URL kombu knows.
+
+Queues are declared as Celery declares them (a direct exchange and a routing key
+both named after the queue), so Celery producers and taskq workers share them.
+RabbitMQ publishes wait for publisher confirms, so ``publish`` returns only once
+the broker has the message.
+
+kombu channels are not thread-safe, so acks and requeues from pool threads are
+queued and carried out by the consumer thread inside ``fetch`` (every 50 ms at
+most while it waits).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue as queue_mod
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import kombu
+from kombu.exceptions import OperationalError
+
+from taskq.broker.base import Broker, Delivery, Envelope, QueueSpec
+from taskq.errors import BrokerError
+
+log = logging.getLogger("taskq.broker")
+
+#: Errors that mean "the connection is gone" on every transport; each connection
+#: adds its transport's own (``connection_errors`` and ``channel_errors``).
+BASE_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, OperationalError)
+
+_ACK, _REQUEUE = "ack", "requeue"
+_DRAIN_SLICE = 0.05
+
+
+def _mask(url: str) -> str:
+    return kombu.Connection(url).as_uri() if "://" in url else url
+
+
+class KombuBroker(Broker):
+    """A broker on a kombu transport (see module docstring)."""
+
+    supports_delayed = False
+
+    def __init__(self, url: str, *, consumer_id: str, options: dict[str, Any] | None = None):
+        super().__init__(url, consumer_id=consumer_id, options=options)
+        self._connect_timeout = float(self.options.pop("connect_timeout", None) or 4.0)
+        self.options.pop("lease_timeout", None)
+        self._transport_options = dict(self.options)
+        if url.startswith(("amqp", "pyamqp")):
+            self._transport_options.setdefault("confirm_publish", True)
+        self._specs: dict[str, QueueSpec] = {}
+        self._publish_lock = threading.Lock()
+        self._publish_conn: kombu.Connection | None = None
+        self._producer: kombu.Producer | None = None
+        self._consume_conn: kombu.Connection | None = None
+        self._consumer: kombu.Consumer | None = None
+        self._consuming: tuple[str, ...] = ()
+        self._generation = 0
+        self._buffer: collections.deque[Any] = collections.deque()
+        self._pending: queue_mod.SimpleQueue[tuple[str, int, Any]] = queue_mod.SimpleQueue()
+        self._unacked = 0
+        self._qos = 0
+        probe = kombu.Connection(url)
+        self._errors = BASE_CONNECTION_ERRORS + tuple(probe.connection_errors) + tuple(probe.channel_errors)
+
+    # -- queues ----------------------------------------------------------------------
+
+    def _queue(self, name: str) -> kombu.Queue:
+        spec = self._specs.get(name) or QueueSpec(name)
+        arguments = {"x-max-priority": spec.max_priority} if spec.max_priority else None
+        return kombu.Queue(
+            name, kombu.Exchange(name, "direct"), routing_key=name, queue_arguments=arguments
+        )
+
+    def declare(self, queues: Sequence[QueueSpec]) -> None:
+        for spec in queues:
+            self._specs[spec.name] = spec
+        with self._publish_lock:
+            self._guard(lambda: [self._queue(s.name)(self._channel()).declare() for s in queues])
+
+    def _connection(self) -> kombu.Connection:
+        return kombu.Connection(
+            self.url,
+            connect_timeout=self._connect_timeout,
+            transport_options=self._transport_options,
+        )
+
+    def _channel(self) -> Any:
+        if self._publish_conn is None:
+            self._publish_conn = self._connection()
+            self._publish_conn.ensure_connection(max_retries=1)
+            self._producer = kombu.Producer(self._publish_conn.channel())
+        assert self._producer is not None
+        return self._producer.channel
+
+    def _guard(self, action: Any) -> Any:
+        """Run ``action`` (publish side); on a connection error drop the connection and
+        raise ``BrokerError`` (the producer's retry policy decides what next)."""
+        try:
+            return action()
+        except self._errors as exc:
+            self._drop_publisher()
+            raise BrokerError(
+                f"Broker {_mask(self.url)} failed: {exc!r}. Is it running and reachable?"
+            ) from exc
+
+    def _drop_publisher(self) -> None:
+        if self._publish_conn is not None:
+            try:
+                self._publish_conn.release()
+            except Exception:  # already broken; nothing more to release
+                pass
+        self._publish_conn = None
+        self._producer = None
+
+    # -- publishing ------------------------------------------------------------------
+
+    def publish(
+        self,
+        envelope: Envelope,
+        queue: str,
+        *,
+        priority: int | None = None,
+        eta: float | None = None,
+    ) -> None:
+        target = self._queue(queue)
+
+        def send() -> None:
+            self._channel()
+            assert self._producer is not None
+            self._producer.publish(
+                envelope.body,
+                exchange=target.exchange,
+                routing_key=queue,
+                headers=envelope.headers,
+                content_type=envelope.content_type,
+                content_encoding=envelope.content_encoding,
+                priority=priority,
+                correlation_id=envelope.properties.get("correlation_id"),
+                reply_to=envelope.properties.get("reply_to"),
+                delivery_mode=2,
+                declare=[target],
+                retry=False,
+            )
+
+        with self._publish_lock:
+            self._guard(send)
+
+    # -- consuming -------------------------------------------------------------------
+
+    def fetch(self, queues: Sequence[str], max_count: int, timeout: float) -> list[Delivery]:
+        try:
+            self._ensure_consumer(tuple(queues))
+            self._flush()
+            self._set_qos(self._unacked + max_count)
+            deadline = time.monotonic() + timeout
+            assert self._consume_conn is not None
+            while not self._buffer:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    self._consume_conn.drain_events(timeout=min(left, _DRAIN_SLICE))
+                except socket.timeout:
+                    pass
+                self._flush()
+        except self._errors as exc:
+            self._drop_consumer()
+            raise BrokerError(
+                f"Lost the connection to {_mask(self.url)}: {exc!r}. Reconnecting."
+            ) from exc
+        out = []
+        while self._buffer and len(out) < max_count:
+            out.append(self._delivery(self._buffer.popleft()))
+        return out
+
+    def _ensure_consumer(self, queues: tuple[str, ...]) -> None:
+        if self._consumer is not None and queues == self._consuming:
+            return
+        self._drop_consumer()
+        conn = self._connection()
+        conn.ensure_connection(max_retries=1)
+        self._consume_conn = conn
+        self._consumer = kombu.Consumer(
+            conn.channel(),
+            queues=[self._queue(name) for name in queues],
+            on_message=self._on_message,  # raw: taskq decodes and checks accept_content itself
+        )
+        self._consumer.consume()
+        self._consuming = queues
+        self._qos = 0
+
+    def _on_message(self, message: Any) -> None:
+        self._buffer.append(message)
+        self._unacked += 1
+
+    def _set_qos(self, count: int) -> None:
+        if count != self._qos and self._consumer is not None:
+            self._consumer.qos(prefetch_count=count)
+            self._qos = count
+
+    def _delivery(self, message: Any) -> Delivery:
+        headers = dict(message.headers or {})
+        redelivered = bool((message.delivery_info or {}).get("redelivered"))
+        count = int(headers.get("x-delivery-count") or 0) + 1 if "x-delivery-count" in headers else (2 if redelivered else 1)
+        envelope = Envelope(
+            body=message.body if isinstance(message.body, bytes) else str(message.body).encode(),
+            content_type=message.content_type or "application/json",
+            content_encoding=message.content_encoding or "utf-8",
+            headers=headers,
+            properties=dict(message.properties or {}),
+        )
+        queue = (message.delivery_info or {}).get("routing_key") or ""
+        return Delivery(
+            envelope, queue, str(message.delivery_tag), count, raw=(self._generation, message)
+        )
+
+    def _flush(self) -> None:
+        while True:
+            try:
+                action, generation, message = self._pending.get_nowait()
+            except queue_mod.Empty:
+                return
+            if generation != self._generation:
+                continue  # that channel is gone; the broker redelivers the message
+            self._unacked -= 1
+            if action == _ACK:
+                message.ack()
+            else:
+                message.requeue()
+
+    def _drop_consumer(self) -> None:
+        if self._consume_conn is not None:
+            try:
+                self._consume_conn.release()
+            except Exception:  # already broken
+                pass
+        self._consume_conn = None
+        self._consumer = None
+        self._consuming = ()
+        self._buffer.clear()
+        self._unacked = 0
+        self._generation += 1
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        for d in deliveries:
+            generation, message = d.raw
+            self._pending.put((_ACK, generation, message))
+
+    def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        for d in deliveries:
+            generation, message = d.raw
+            self._pending.put((_REQUEUE, generation, message))
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Publish a copy to the ``taskq.dead_letters`` queue with the reason, then ack."""
+        env = delivery.envelope
+        headers = {
+            **env.headers,
+            "x-taskq-reason": reason,
+            "x-taskq-queue": delivery.queue,
+            "x-taskq-time": time.time(),
+        }
+        self.publish(
+            Envelope(env.body, env.content_type, env.content_encoding, headers, env.properties),
+            DEAD_LETTER_QUEUE,
+        )
+        self.ack([delivery])
+
+    def purge(self, queue: str) -> int:
+        with self._publish_lock:
+            count = self._guard(lambda: self._queue(queue)(self._channel()).purge())
+        return int(count or 0)
+
+    def close(self) -> None:
+        if self._consume_conn is not None:
+            try:
+                self._flush()
+            except self._errors:
+                log.warning("could not flush acks on close; the broker will redeliver")
+        self._drop_consumer()
+        with self._publish_lock:
+            self._drop_publisher()
+
+
+DEAD_LETTER_QUEUE = "taskq.dead_letters"

@@ -1,0 +1,207 @@
+"""Typed settings with Celery's lowercase names, loud on mistakes.
+
+``Settings`` holds every option the app, worker and beat read. Unknown names raise
+``ConfigurationError`` with a did-you-mean; values are checked against the field's
+type when set. Durations accept seconds (int or float) or a ``timedelta`` and are
+stored as float seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import os
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from taskq.errors import ConfigurationError, did_you_mean
+
+#: Environment variables that override the matching setting.
+ENV_OVERRIDES = {"TASKQ_BROKER_URL": "broker_url", "TASKQ_RESULT_BACKEND": "result_backend"}
+
+#: Used when no broker is configured: broker and results share this SQLite file.
+EMBEDDED_URL = "sqlite:///taskq.sqlite3"
+
+_DURATIONS = frozenset(
+    {
+        "result_expires",
+        "task_time_limit",
+        "task_soft_time_limit",
+        "worker_shutdown_timeout",
+        "worker_lease_timeout",
+        "broker_connection_timeout",
+        "beat_max_loop_interval",
+        "beat_lease_timeout",
+    }
+)
+
+
+@dataclasses.dataclass
+class Settings:
+    """Every setting taskq reads. Names and defaults follow Celery where Celery has one."""
+
+    # Broker
+    broker_url: str | None = None
+    broker_transport_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    broker_connection_timeout: float | None = 4.0
+    broker_connection_retry: bool = True
+    broker_connection_max_retries: int | None = 100
+    # Results
+    result_backend: str | None = None
+    result_backend_transport_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    result_expires: float | None = 86400.0
+    result_serializer: str = "json"
+    result_accept_content: list[str] | None = None
+    result_extended: bool = False
+    # Tasks
+    task_serializer: str = "json"
+    accept_content: list[str] = dataclasses.field(default_factory=lambda: ["json"])
+    task_default_queue: str = "celery"
+    task_default_priority: int | None = None
+    task_queue_max_priority: int | None = None
+    task_routes: dict[str, Any] | list[Any] | None = None
+    task_acks_late: bool = True
+    task_reject_on_worker_lost: bool = True
+    task_track_started: bool = False
+    task_ignore_result: bool = False
+    task_always_eager: bool = False
+    task_eager_propagates: bool = False
+    task_store_eager_result: bool = False
+    task_time_limit: float | None = None
+    task_soft_time_limit: float | None = None
+    task_default_rate_limit: str | None = None
+    task_publish_retry: bool = True
+    task_publish_retry_policy: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {
+            "max_retries": 3,
+            "interval_start": 0.0,
+            "interval_step": 0.2,
+            "interval_max": 0.2,
+        }
+    )
+    task_max_delivery_attempts: int = 5
+    # Time
+    timezone: str = "UTC"
+    enable_utc: bool = True
+    # Worker
+    worker_concurrency: int | None = None
+    worker_pool: str = "prefork"
+    worker_prefetch_multiplier: int = 4
+    worker_max_tasks_per_child: int | None = None
+    worker_max_memory_per_child: int | None = None
+    worker_shutdown_timeout: float = 30.0
+    worker_lease_timeout: float = 60.0
+    worker_hostname: str | None = None
+    # Beat
+    beat_schedule: dict[str, Any] = dataclasses.field(default_factory=dict)
+    beat_max_loop_interval: float = 5.0
+    beat_lease_timeout: float = 30.0
+    # Modules the worker imports at start (Celery's ``imports`` / ``include``).
+    imports: list[str] = dataclasses.field(default_factory=list)
+    include: list[str] = dataclasses.field(default_factory=list)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, _check(name, value))
+
+    def update(self, mapping: Mapping[str, Any] | None = None, /, **values: Any) -> None:
+        """Set several settings; every name is checked before any is applied."""
+        merged = {**(mapping or {}), **values}
+        checked = {name: _check(name, value) for name, value in merged.items()}
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    def apply_env(self, environ: Mapping[str, str] = os.environ) -> None:
+        """Apply ``TASKQ_BROKER_URL`` and ``TASKQ_RESULT_BACKEND`` when set."""
+        for var, name in ENV_OVERRIDES.items():
+            if environ.get(var):
+                setattr(self, name, environ[var])
+
+    def from_object(self, obj: object | str) -> None:
+        """Load the lowercase public attributes of an object or module (by dotted name).
+
+        Uppercase names and names starting with ``_`` are ignored, like Celery's
+        ``config_from_object`` without a namespace.
+        """
+        if isinstance(obj, str):
+            try:
+                obj = importlib.import_module(obj)
+            except ImportError as exc:
+                raise ConfigurationError(
+                    f"Cannot import configuration module {obj!r}: {exc}. "
+                    "Check the name and that it is on sys.path."
+                ) from exc
+        values = {
+            name: getattr(obj, name)
+            for name in dir(obj)
+            if not name.startswith("_") and name.islower() and not _is_module_noise(obj, name)
+        }
+        self.update(values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _is_module_noise(obj: object, name: str) -> bool:
+    """Skip imported modules, functions and classes in a config module."""
+    value = getattr(obj, name)
+    return inspect.ismodule(value) or inspect.isfunction(value) or inspect.isclass(value)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _check(name: str, value: Any) -> Any:
+    if name not in _FIELDS:
+        raise ConfigurationError(
+            f"Unknown setting {name!r}.{did_you_mean(name, _FIELDS)} "
+            "See docs/configuration.md for the list."
+        )
+    if name in _DURATIONS:
+        return _duration(name, value)
+    expected = _FIELDS[name].type
+    if value is None:
+        if "None" not in str(expected):
+            raise ConfigurationError(f"Setting {name!r} cannot be None (expected {expected}).")
+        return value
+    kind = _kind(str(expected))
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigurationError(f"Setting {name!r} must be True or False, got {value!r}.")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigurationError(f"Setting {name!r} must be an integer, got {value!r}.")
+    if kind is str and not isinstance(value, str):
+        raise ConfigurationError(f"Setting {name!r} must be a string, got {value!r}.")
+    if kind is list:
+        if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
+            raise ConfigurationError(f"Setting {name!r} must be a list, got {value!r}.")
+        return list(value)
+    if kind is dict and not isinstance(value, Mapping) and not (
+        name == "task_routes" and isinstance(value, (list, tuple))
+    ):
+        raise ConfigurationError(f"Setting {name!r} must be a mapping, got {value!r}.")
+    if name == "worker_prefetch_multiplier" and value < 1:
+        raise ConfigurationError(f"worker_prefetch_multiplier must be >= 1, got {value!r}.")
+    return value
+
+
+def _kind(annotation: str) -> type | None:
+    head = annotation.split("|")[0].strip()
+    for kind in (bool, int, str, list, dict):
+        if head.startswith(kind.__name__):
+            return kind
+    return None
+
+
+def _duration(name: str, value: Any) -> float | None:
+    if value is None:
+        if "None" not in str(_FIELDS[name].type):
+            raise ConfigurationError(f"Setting {name!r} cannot be None: give seconds.")
+        return None
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    raise ConfigurationError(
+        f"Setting {name!r} must be a number of seconds or a timedelta, got {value!r}."
+    )

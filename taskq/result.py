@@ -1,0 +1,231 @@
+"""Task states and ``AsyncResult``: reading a task's state and return value."""
+
+from __future__ import annotations
+
+import importlib
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from taskq.errors import ConfigurationError, TaskError, TaskRevokedError
+
+if TYPE_CHECKING:
+    from taskq.app import App
+    from taskq.backends.base import Backend
+
+R = TypeVar("R")
+
+
+class states:  # noqa: N801 - mirrors celery.states
+    """Built-in task states (a task may also set custom ones with ``update_state``)."""
+
+    PENDING = "PENDING"
+    RECEIVED = "RECEIVED"
+    STARTED = "STARTED"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    RETRY = "RETRY"
+    REVOKED = "REVOKED"
+
+    READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
+    EXCEPTION_STATES = frozenset({FAILURE, RETRY, REVOKED})
+    PROPAGATE_STATES = frozenset({FAILURE, REVOKED})
+
+
+def exception_to_dict(exc: BaseException) -> dict[str, Any]:
+    """Celery's JSON form of an exception."""
+    cls = type(exc)
+    return {
+        "exc_type": cls.__qualname__,
+        "exc_message": _jsonable_args(exc.args),
+        "exc_module": cls.__module__,
+    }
+
+
+def exception_from_dict(data: Any) -> BaseException:
+    """Rebuild an exception from ``exception_to_dict`` output.
+
+    The original type is used when its module imports and it is an exception
+    class; otherwise a ``TaskError`` naming the type carries the message.
+    """
+    if not isinstance(data, dict) or "exc_type" not in data:
+        return TaskError(repr(data))
+    type_name = str(data["exc_type"])
+    module_name = str(data.get("exc_module") or "builtins")
+    raw = data.get("exc_message", ())
+    args = tuple(raw) if isinstance(raw, (list, tuple)) else (raw,)
+    cls = _find_exception_class(module_name, type_name)
+    if cls is not None:
+        try:
+            return cls(*args)
+        except Exception:  # the class needs other arguments; fall back below
+            pass
+    message = ", ".join(str(a) for a in args)
+    return TaskError(f"{module_name}.{type_name}: {message}")
+
+
+def _find_exception_class(module_name: str, type_name: str) -> type[BaseException] | None:
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in type_name.split("."):
+            obj = getattr(obj, part)
+    except Exception:
+        return None
+    if isinstance(obj, type) and issubclass(obj, BaseException):
+        return obj
+    return None
+
+
+def _jsonable_args(args: tuple[Any, ...]) -> list[Any]:
+    out: list[Any] = []
+    for arg in args:
+        out.append(arg if isinstance(arg, (str, int, float, bool, type(None))) else repr(arg))
+    return out
+
+
+class AsyncResult(Generic[R]):
+    """The state and result of one task, read from the app's result backend.
+
+    Args:
+        id: the task id.
+        app: the app whose result backend holds the result.
+    """
+
+    def __init__(self, id: str, app: App | None = None, parent: AsyncResult[Any] | None = None):
+        if app is None:
+            raise ConfigurationError(
+                f"AsyncResult({id!r}) needs an app: use app.AsyncResult(id) or "
+                "AsyncResult(id, app=app). taskq has no global default app."
+            )
+        self.id = id
+        self.app = app
+        self.parent = parent
+        self._meta: dict[str, Any] | None = None
+
+    task_id = property(lambda self: self.id)
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult: {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    @property
+    def backend(self) -> Backend:
+        return self.app.require_backend()
+
+    def _get_meta(self) -> dict[str, Any]:
+        if self._meta is not None:  # ready states never change: keep them
+            return self._meta
+        meta = self.backend.meta(self.id)
+        if meta.get("status") in states.READY_STATES:
+            self._meta = meta
+        return meta
+
+    @property
+    def state(self) -> str:
+        """PENDING, RECEIVED, STARTED, SUCCESS, FAILURE, RETRY, REVOKED or a custom state."""
+        return str(self._get_meta()["status"])
+
+    status = state
+
+    @property
+    def result(self) -> Any:
+        """The return value, the exception for failed states, or a custom state's meta."""
+        return _value(self._get_meta())
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        tb = self._get_meta().get("traceback")
+        return str(tb) if tb else None
+
+    @property
+    def date_done(self) -> datetime | None:
+        value = self._get_meta().get("date_done")
+        return datetime.fromisoformat(value) if value else None
+
+    @property
+    def worker(self) -> str | None:
+        return self._get_meta().get("worker")
+
+    @property
+    def runtime(self) -> float | None:
+        return self._get_meta().get("runtime")
+
+    def ready(self) -> bool:
+        return self.state in states.READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.05,
+    ) -> R:
+        """Wait for the task to finish and return its value.
+
+        Args:
+            timeout: seconds to wait (None: forever).
+            propagate: re-raise the task's exception when it failed or was revoked.
+            interval: polling interval for backends that cannot push (Redis pushes).
+
+        Raises:
+            TimeoutError: not ready within ``timeout``.
+            Exception: the task's own exception (its type when importable,
+                otherwise ``TaskError``), when ``propagate`` is true.
+        """
+        if self._meta is None:
+            meta = self.backend.wait_for(self.id, timeout, interval)
+            self._meta = meta
+        value = _value(self._meta)
+        if propagate and self._meta["status"] in states.PROPAGATE_STATES:
+            assert isinstance(value, BaseException)
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    wait = get
+
+    def forget(self) -> None:
+        """Remove the stored result."""
+        self._meta = None
+        self.backend.forget(self.id)
+
+    def revoke(self, terminate: bool = False, signal: str = "SIGTERM") -> None:
+        """Ask workers not to run this task (and stop it if ``terminate``)."""
+        self.app.control.revoke(self.id, terminate=terminate, signal=signal)
+
+
+class EagerResult(AsyncResult[R]):
+    """The result of a task run in-process (``task_always_eager`` or ``Task.apply``)."""
+
+    def __init__(self, id: str, app: App, meta: dict[str, Any]):
+        super().__init__(id, app)
+        self._meta = meta
+
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.05) -> R:
+        return super().get(timeout, propagate, interval)
+
+    def forget(self) -> None:
+        pass
+
+
+def _value(meta: dict[str, Any]) -> Any:
+    status = meta.get("status")
+    result = meta.get("result")
+    if status == states.REVOKED:
+        if isinstance(result, dict) and "exc_type" in result:
+            return exception_from_dict(result)
+        return TaskRevokedError(f"task {meta.get('task_id')} was revoked")
+    if status in states.EXCEPTION_STATES:
+        return exception_from_dict(result)
+    return result
+

@@ -1,0 +1,284 @@
+"""``Task[P, R]``: a registered function with its options, and its request context."""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import random
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
+
+from taskq.errors import MaxRetriesExceededError, Retry
+from taskq.result import AsyncResult, EagerResult
+
+if TYPE_CHECKING:
+    from taskq.app import App
+    from taskq.canvas import Signature
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclasses.dataclass
+class Context:
+    """What a running task knows about its own invocation (``self.request``)."""
+
+    id: str | None = None
+    task: str | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    retries: int = 0
+    hostname: str | None = None
+    delivery_info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    eta: datetime | None = None
+    expires: datetime | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    group: str | None = None
+    group_index: int | None = None
+    reply_to: str | None = None
+    origin: str | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    ignore_result: bool = False
+    callbacks: list[dict[str, Any]] | None = None
+    errbacks: list[dict[str, Any]] | None = None
+    chain: list[dict[str, Any]] | None = None
+    chord: dict[str, Any] | None = None
+    headers: dict[str, Any] = dataclasses.field(default_factory=dict)
+    is_eager: bool = False
+    called_directly: bool = True
+
+
+#: The request of the task running in this thread or asyncio task.
+current_request: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
+    "taskq_current_request", default=None
+)
+
+
+@dataclasses.dataclass(eq=False)
+class TaskOptions:
+    """Per-task options given to ``@app.task(...)``; None means "use the app setting".
+
+    A ``Task`` carries these as attributes (``task.max_retries``, ``task.queue``...).
+    """
+
+    queue: str | None = None
+    priority: int | None = None
+    max_retries: int | None = 3
+    default_retry_delay: float = 180.0
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600.0
+    retry_jitter: bool = True
+    acks_late: bool | None = None
+    reject_on_worker_lost: bool | None = None
+    ignore_result: bool | None = None
+    track_started: bool | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    rate_limit: str | None = None
+    expires: float | datetime | None = None
+    serializer: str | None = None
+
+    @classmethod
+    def field_names(cls) -> frozenset[str]:
+        return frozenset(f.name for f in dataclasses.fields(cls))
+
+
+class Task(TaskOptions, Generic[P, R]):
+    """A function registered with an app.
+
+    Calling the task runs the function in this process. ``delay`` and
+    ``apply_async`` send it to a worker and return an ``AsyncResult[R]``.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        fn: Callable[..., Any],
+        *,
+        name: str,
+        bind: bool = False,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.bind = bind
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__module__ = getattr(fn, "__module__", __name__)
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<@task: {self.name}>"
+
+    # -- running ---------------------------------------------------------------------
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function here and now (no broker, no result stored)."""
+        result: R = self.run(*args, **kwargs)
+        return result
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        if self.bind:
+            return self.fn(self, *args, **kwargs)
+        return self.fn(*args, **kwargs)
+
+    @property
+    def request(self) -> Context:
+        """The context of the current invocation of this task."""
+        return current_request.get() or Context()
+
+    # -- sending ---------------------------------------------------------------------
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Send the task with these arguments; options go through ``apply_async``."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """Send the task to a worker.
+
+        Args:
+            args: positional arguments for the task.
+            kwargs: keyword arguments for the task.
+            **options: ``countdown``, ``eta``, ``expires``, ``queue``, ``priority``,
+                ``task_id``, ``headers``, ``serializer``, ``ignore_result``,
+                ``retry``, ``retry_policy``, ``link``, ``link_error``,
+                ``time_limit``, ``soft_time_limit``.
+
+        Returns:
+            The ``AsyncResult`` for the task id.
+
+        Raises:
+            BrokerError: the broker did not take the message after the retry policy.
+        """
+        if self.app.conf.task_always_eager:
+            return self.apply(args, kwargs, **options)
+        result: AsyncResult[R] = self.app.send_task(
+            self.name, args, kwargs, _task=self, **options
+        )
+        return result
+
+    def apply(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> EagerResult[R]:
+        """Run the task in this process with the worker's state handling
+        (retries run again at once) and return an ``EagerResult``."""
+        from taskq.worker.executor import run_eager
+
+        meta = run_eager(self, tuple(args or ()), dict(kwargs or {}), options)
+        return EagerResult(meta["task_id"], self.app, meta)
+
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+        """A signature of this task with these arguments (partial, for canvas)."""
+        from taskq.canvas import Signature
+
+        return Signature(self.name, args, kwargs, app=self.app)
+
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+        """An immutable signature: a parent's result is not prepended to its args."""
+        from taskq.canvas import Signature
+
+        return Signature(self.name, args, kwargs, immutable=True, app=self.app)
+
+    def signature(
+        self,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature:
+        from taskq.canvas import Signature
+
+        return Signature(self.name, args or (), kwargs or {}, options=options, app=self.app)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
+        return AsyncResult(task_id, app=self.app)
+
+    # -- inside a running task -------------------------------------------------------
+
+    def retry(
+        self,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: datetime | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> NoReturn:
+        """Schedule this task to run again and stop the current run.
+
+        The new attempt is published before the current message is acknowledged,
+        so a crash in between runs it at least once. Raises ``Retry`` (which the
+        worker records as the RETRY state); when ``max_retries`` is reached,
+        re-raises ``exc`` or raises ``MaxRetriesExceededError``.
+        """
+        request = self.request
+        if request.id is None:
+            raise RuntimeError(f"{self.name}.retry() called outside of a running task")
+        limit = self.max_retries if max_retries is None else max_retries
+        if limit is not None and request.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"Can't retry {self.name}[{request.id}]: max_retries={limit} exceeded "
+                f"(args={request.args!r}, kwargs={request.kwargs!r})."
+            )
+        if eta is None and countdown is None:
+            countdown = self.default_retry_delay
+        when: datetime | float | None = eta if eta is not None else countdown
+        if not request.is_eager:
+            self.app.send_task(
+                self.name,
+                request.args if args is None else args,
+                request.kwargs if kwargs is None else kwargs,
+                _task=self,
+                _retry_of=request,
+                task_id=request.id,
+                countdown=countdown,
+                eta=eta,
+                **options,
+            )
+        raise Retry(exc=exc, when=when)
+
+    def backoff_delay(self, retries: int) -> float:
+        """The countdown ``autoretry_for`` uses before attempt ``retries + 1``."""
+        backoff = self.retry_backoff
+        if not backoff:
+            return float(self.retry_kwargs.get("countdown", self.default_retry_delay))
+        factor = 1.0 if backoff is True else float(backoff)
+        delay = min(self.retry_backoff_max, factor * (2**retries))
+        if self.retry_jitter:
+            delay = random.uniform(0, delay)  # noqa: S311 - jitter, not security
+        return delay
+
+    def update_state(
+        self,
+        task_id: str | None = None,
+        state: str | None = None,
+        meta: Any = None,
+    ) -> None:
+        """Record a custom state (and meta) for this task, or for ``task_id``."""
+        target = task_id or self.request.id
+        if target is None:
+            raise RuntimeError("update_state needs a task_id outside of a running task")
+        self.app.require_backend().store(target, state or "PENDING", meta)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())

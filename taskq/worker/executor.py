@@ -1,0 +1,207 @@
+"""Running one task and recording what happened.
+
+``trace`` calls the task function inside its request context and classifies the
+outcome (success, failure, retry, ignore, reject) without touching the broker.
+``record`` stores the outcome in the result backend, runs ``link``/``link_error``
+callbacks and logs, as a worker does; ``run_eager`` does the same in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import logging
+import os
+import time
+import traceback as tb_mod
+from typing import TYPE_CHECKING, Any
+
+from taskq.canvas import Signature
+from taskq.errors import BackendError, Ignore, Reject, Retry, TaskError
+from taskq.result import exception_to_dict, states
+from taskq.task import Context, current_request, new_id
+
+if TYPE_CHECKING:
+    from taskq.app import App
+    from taskq.task import Task
+
+log = logging.getLogger("taskq.worker")
+
+IGNORED, REJECTED = "IGNORED", "REJECTED"
+
+
+@dataclasses.dataclass
+class Traced:
+    """What one run of a task produced."""
+
+    state: str
+    value: Any = None
+    traceback: str | None = None
+    runtime: float = 0.0
+    requeue: bool = False
+
+
+def trace(task: Task[Any, Any], ctx: Context) -> Traced:
+    """Run ``task`` with ``ctx`` as its request; never raises for task errors."""
+    token = current_request.set(ctx)
+    start = time.monotonic()
+    try:
+        value = task.run(*ctx.args, **ctx.kwargs)
+        if inspect.isawaitable(value):
+            value = asyncio.run(_await(value))
+        return Traced(states.SUCCESS, value, runtime=time.monotonic() - start)
+    except Retry as exc:
+        return Traced(states.RETRY, exc, runtime=time.monotonic() - start)
+    except Ignore:
+        return Traced(IGNORED, runtime=time.monotonic() - start)
+    except Reject as exc:
+        return Traced(REJECTED, exc, requeue=exc.requeue, runtime=time.monotonic() - start)
+    except Exception as exc:
+        runtime = time.monotonic() - start
+        if task.autoretry_for and isinstance(exc, task.autoretry_for):
+            return _autoretry(task, ctx, exc, runtime)
+        return Traced(states.FAILURE, exc, tb_mod.format_exc(), runtime)
+    finally:
+        current_request.reset(token)
+
+
+async def _await(value: Any) -> Any:
+    return await value
+
+
+def _autoretry(task: Task[Any, Any], ctx: Context, exc: Exception, runtime: float) -> Traced:
+    token = current_request.set(ctx)
+    try:
+        options = {k: v for k, v in task.retry_kwargs.items() if k != "countdown"}
+        task.retry(exc=exc, countdown=task.backoff_delay(ctx.retries), **options)
+    except Retry as retry:
+        return Traced(states.RETRY, retry, runtime=runtime)
+    except Exception as final:  # max retries exceeded: the original error, or ours
+        return Traced(states.FAILURE, final, tb_mod.format_exc(), runtime)
+    finally:
+        current_request.reset(token)
+    raise AssertionError("Task.retry returned")  # pragma: no cover - retry always raises
+
+
+def record(app: App, task: Task[Any, Any], ctx: Context, traced: Traced) -> None:
+    """Store the outcome, run callbacks and log it (the worker's bookkeeping)."""
+    name, task_id = task.name, ctx.id
+    assert task_id is not None
+    if traced.state == states.SUCCESS:
+        log.info("Task %s[%s] succeeded in %.6fs: %s", name, task_id, traced.runtime, _short(traced.value))
+        if not _ignores_result(app, task, ctx):
+            store(app, task, ctx, states.SUCCESS, traced.value, runtime=traced.runtime)
+        _callbacks(app, ctx.callbacks, traced.value)
+    elif traced.state == states.RETRY:
+        log.info("Task %s[%s] retry: %s", name, task_id, traced.value)
+        exc = traced.value.exc if isinstance(traced.value, Retry) and traced.value.exc else traced.value
+        store(app, task, ctx, states.RETRY, exc, traceback=traced.traceback)
+    elif traced.state == states.FAILURE:
+        log.error("Task %s[%s] raised unexpected: %r\n%s", name, task_id, traced.value, traced.traceback)
+        store(app, task, ctx, states.FAILURE, traced.value, traceback=traced.traceback, runtime=traced.runtime)
+        _callbacks(app, ctx.errbacks, ctx.id)
+    elif traced.state == REJECTED:
+        log.warning("Task %s[%s] rejected itself (requeue=%s): %s", name, task_id, traced.requeue, traced.value)
+
+
+def store(
+    app: App,
+    task: Task[Any, Any] | None,
+    ctx: Context,
+    state: str,
+    value: Any,
+    *,
+    traceback: str | None = None,
+    runtime: float | None = None,
+) -> None:
+    """Write a state to the result backend; a value the serializer refuses becomes a
+    FAILURE that says so. Backend errors are logged, never raised into the worker."""
+    backend = app.backend
+    if backend is None or ctx.id is None:
+        return
+    result = exception_to_dict(value) if isinstance(value, BaseException) else value
+    extra: dict[str, Any] = {"worker": ctx.hostname, "retries": ctx.retries}
+    if runtime is not None:
+        extra["runtime"] = runtime
+    if app.conf.result_extended:
+        extra.update(name=ctx.task, args=list(ctx.args), kwargs=ctx.kwargs, queue=ctx.delivery_info.get("routing_key"))
+    try:
+        try:
+            backend.store(ctx.id, state, result, traceback=traceback, extra=extra)
+        except (TypeError, ValueError) as exc:
+            error = TaskError(
+                f"The return value of {ctx.task} could not be stored with the "
+                f"{backend.serializer!r} result serializer: {exc}. Return plain data "
+                "(dict, list, str, numbers) or pick another result_serializer."
+            )
+            backend.store(ctx.id, states.FAILURE, exception_to_dict(error), extra=extra)
+    except BackendError as exc:
+        log.error("Could not store %s for task %s: %s", state, ctx.id, exc)
+
+
+def _ignores_result(app: App, task: Task[Any, Any], ctx: Context) -> bool:
+    if task.ignore_result is not None:
+        return task.ignore_result or ctx.ignore_result
+    return ctx.ignore_result or app.conf.task_ignore_result
+
+
+def _callbacks(app: App, sigs: list[dict[str, Any]] | None, value: Any) -> None:
+    for sig in sigs or ():
+        try:
+            Signature.from_dict(sig, app=app).apply_async((value,))
+        except Exception:
+            log.exception("Could not send callback %r", sig)
+
+
+def _short(value: Any, limit: int = 256) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def run_eager(
+    task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
+) -> dict[str, Any]:
+    """Run a task in-process as a worker would; retries run again at once.
+
+    Returns the result meta. Raises the task's exception when
+    ``task_eager_propagates`` is set.
+    """
+    app = task.app
+    parent = current_request.get()
+    ctx = Context(
+        id=options.get("task_id") or new_id(),
+        task=task.name,
+        args=args,
+        kwargs=kwargs,
+        hostname=f"eager@{os.uname().nodename}",
+        parent_id=parent.id if parent else None,
+        root_id=(parent.root_id or parent.id) if parent else None,
+        is_eager=True,
+        called_directly=False,
+    )
+    ctx.root_id = ctx.root_id or ctx.id
+    while True:
+        traced = trace(task, ctx)
+        if traced.state != states.RETRY:
+            break
+        ctx.retries += 1
+    if app.conf.task_store_eager_result:
+        record(app, task, ctx, traced)
+    if traced.state == states.FAILURE and app.conf.task_eager_propagates:
+        raise traced.value
+    if traced.state == states.SUCCESS:
+        _callbacks(app, [dict(s) for s in _as_list(options.get("link"))], traced.value)
+    value = traced.value
+    return {
+        "task_id": ctx.id,
+        "status": traced.state if traced.state in states.READY_STATES else states.SUCCESS,
+        "result": exception_to_dict(value) if isinstance(value, BaseException) else value,
+        "traceback": traced.traceback,
+    }
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]

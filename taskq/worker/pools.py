@@ -1,0 +1,134 @@
+"""Execution pools: where task code runs.
+
+``solo`` runs each task in the consumer's thread, one at a time. ``threads`` runs
+up to N at once in a thread pool. Both expose the same small interface, so the
+worker does not care which it drives.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from taskq.worker.request import Request
+
+Run = Callable[[Request], None]
+
+
+class Pool(Protocol):
+    concurrency: int
+
+    def start(self) -> None: ...
+
+    def submit(self, request: Request) -> None:
+        """Run ``request`` now or as soon as a slot frees."""
+
+    def take_unstarted(self) -> list[Request]:
+        """Remove and return the requests that have not started (for shutdown)."""
+
+    def running(self) -> list[Request]: ...
+
+    def join(self, timeout: float) -> bool:
+        """Wait until nothing runs; False if ``timeout`` passed first."""
+
+    def stop(self) -> None: ...
+
+
+class SoloPool:
+    """Runs each request inline, in the thread that submits it."""
+
+    def __init__(self, run: Run) -> None:
+        self.concurrency = 1
+        self._run = run
+        self._current: Request | None = None
+
+    def start(self) -> None:
+        pass
+
+    def submit(self, request: Request) -> None:
+        self._current = request
+        try:
+            self._run(request)
+        finally:
+            self._current = None
+
+    def take_unstarted(self) -> list[Request]:
+        return []
+
+    def running(self) -> list[Request]:
+        return [self._current] if self._current else []
+
+    def join(self, timeout: float) -> bool:
+        return self._current is None
+
+    def stop(self) -> None:
+        pass
+
+
+class ThreadPool:
+    """N daemon threads taking requests from a local FIFO."""
+
+    def __init__(self, concurrency: int, run: Run) -> None:
+        self.concurrency = concurrency
+        self._run = run
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._running: set[Request] = set()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for n in range(self.concurrency):
+            thread = threading.Thread(target=self._loop, name=f"taskq-pool-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def submit(self, request: Request) -> None:
+        with self._cond:
+            self._waiting.append(request)
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                request = self._waiting.popleft()
+                self._running.add(request)
+            try:
+                self._run(request)
+            finally:
+                with self._cond:
+                    self._running.discard(request)
+                    self._cond.notify_all()
+
+    def take_unstarted(self) -> list[Request]:
+        with self._cond:
+            taken = list(self._waiting)
+            self._waiting.clear()
+            return taken
+
+    def running(self) -> list[Request]:
+        with self._cond:
+            return list(self._running)
+
+    def join(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._running and not self._waiting, timeout)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+
+def make_pool(name: str, concurrency: int, run: Run) -> Pool:
+    if name == "solo":
+        return SoloPool(run)
+    if name == "threads":
+        return ThreadPool(concurrency, run)
+    raise ValueError(name)

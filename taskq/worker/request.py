@@ -1,0 +1,101 @@
+"""One received message: its decoded task and its acknowledgement state.
+
+A ``Request`` is settled exactly once (ack, requeue or dead-letter); a second
+settle is ignored, so no code path can ack a message twice or ack one that was
+handed back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from taskq.message import TaskMessage
+from taskq.task import Context
+
+if TYPE_CHECKING:
+    from taskq.broker.base import Broker, Delivery
+
+log = logging.getLogger("taskq.worker")
+
+
+class Request:
+    """A task message leased to this worker."""
+
+    def __init__(self, delivery: Delivery, message: TaskMessage, broker: Broker, hostname: str):
+        self.delivery = delivery
+        self.message = message
+        self.broker = broker
+        self.hostname = hostname
+        self._settled = False
+        self._lock = threading.Lock()
+
+    @property
+    def id(self) -> str:
+        return self.message.id
+
+    @property
+    def name(self) -> str:
+        return self.message.task
+
+    def __repr__(self) -> str:
+        return f"<Request {self.name}[{self.id}]>"
+
+    def context(self) -> Context:
+        m = self.message
+        return Context(
+            id=m.id,
+            task=m.task,
+            args=m.args,
+            kwargs=m.kwargs,
+            retries=m.retries,
+            hostname=self.hostname,
+            delivery_info={
+                "routing_key": self.delivery.queue,
+                "delivery_tag": self.delivery.tag,
+                "redelivered": self.delivery.delivery_count > 1,
+                "priority": self.delivery.envelope.properties.get("priority"),
+            },
+            eta=m.eta,
+            expires=m.expires,
+            parent_id=m.parent_id,
+            root_id=m.root_id,
+            group=m.group,
+            group_index=m.group_index,
+            reply_to=m.reply_to,
+            origin=m.origin,
+            time_limit=m.time_limit,
+            soft_time_limit=m.soft_time_limit,
+            ignore_result=m.ignore_result,
+            callbacks=m.callbacks,
+            errbacks=m.errbacks,
+            chain=m.chain,
+            chord=m.chord,
+            headers=dict(self.delivery.envelope.headers),
+            called_directly=False,
+        )
+
+    def _settle(self) -> bool:
+        with self._lock:
+            if self._settled:
+                return False
+            self._settled = True
+            return True
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    def ack(self) -> None:
+        if self._settle():
+            self.broker.ack([self.delivery])
+
+    def requeue(self) -> None:
+        if self._settle():
+            self.broker.requeue([self.delivery])
+
+    def dead_letter(self, reason: str) -> None:
+        if self._settle():
+            log.error("Dead-lettering %s[%s]: %s", self.name, self.id, reason)
+            self.broker.dead_letter(self.delivery, reason)
