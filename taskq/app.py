@@ -106,15 +106,7 @@ class App:
         self, *, bind: Literal[False] = False, name: str | None = None, **options: Any
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(
-        self,
-        fn: Callable[..., Any] | None = None,
-        /,
-        *,
-        bind: bool = False,
-        name: str | None = None,
-        **options: Any,
-    ) -> Any:
+    def task(self, *fn: Callable[..., Any], **options: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True, ...)``.
 
         Options: ``queue``, ``priority``, ``max_retries``, ``default_retry_delay``,
@@ -123,6 +115,8 @@ class App:
         ``track_started``, ``time_limit``, ``soft_time_limit``, ``rate_limit``,
         ``expires``, ``serializer``. Registering never connects to anything.
         """
+        bind = bool(options.pop("bind", False))
+        name: str | None = options.pop("name", None)
         known = TaskOptions.field_names()
         for key in options:
             if key not in known:
@@ -137,9 +131,9 @@ class App:
             self.tasks[task_name] = task
             return task
 
-        if fn is not None:
-            return register(fn)
-        return register
+        if len(fn) > 1 or (fn and not callable(fn[0])):
+            raise TypeError("@app.task takes one function; pass options as keywords")
+        return register(fn[0]) if fn else register
 
     def _default_name(self, func: Callable[..., Any]) -> str:
         module = func.__module__
@@ -183,7 +177,13 @@ class App:
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
         return AsyncResult(task_id, app=self)
 
-    def signature(self, name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any) -> Signature:
+    def signature(
+        self,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature:
         from taskq.canvas import Signature
 
         return Signature(name, tuple(args), kwargs, options=options, app=self)
@@ -281,4 +281,3 @@ class App:
             if self._backend is not None:
                 self._backend.close()
                 self._backend = None
-

@@ -7,6 +7,7 @@ travels in messages (``link``, ``link_error``) and in ``beat_schedule``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,9 @@ from taskq.errors import ConfigurationError
 if TYPE_CHECKING:
     from taskq.app import App
     from taskq.result import AsyncResult
+    from taskq.task import Context
+
+log = logging.getLogger("taskq.canvas")
 
 
 class Signature(dict[str, Any]):
@@ -87,7 +91,9 @@ class Signature(dict[str, Any]):
         copy.app = app
         return copy
 
-    def clone(self, args: tuple[Any, ...] = (), kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature:
+    def clone(
+        self, args: tuple[Any, ...] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> Signature:
         """A copy with call-time arguments merged in (ignored when immutable)."""
         merged_args, merged_kwargs = self.args, self.kwargs
         if not self.immutable:
@@ -147,3 +153,23 @@ def signature(
     if isinstance(task, Mapping):
         return Signature.from_dict(task, app=app)
     return Signature(task, args, kwargs, options=options, immutable=immutable, app=app)
+
+
+def on_success(app: App, ctx: Context, value: Any) -> None:
+    """Called by the worker after a task succeeded: send its ``link`` callbacks
+    with the return value as their first argument."""
+    _send_all(app, ctx.callbacks, (value,))
+
+
+def on_failure(app: App, ctx: Context, exc: BaseException) -> None:
+    """Called by the worker after a task failed: send its ``link_error`` callbacks
+    with the failed task's id as their first argument."""
+    _send_all(app, ctx.errbacks, (ctx.id,))
+
+
+def _send_all(app: App, sigs: list[dict[str, Any]] | None, args: tuple[Any, ...]) -> None:
+    for sig in sigs or ():
+        try:
+            Signature.from_dict(sig, app=app).apply_async(args)
+        except Exception:  # one bad callback must not stop the others
+            log.exception("Could not send callback %r", sig)

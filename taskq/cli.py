@@ -85,7 +85,9 @@ def _resolve_app(ctx: click.Context, local: str | None) -> App:
     return app
 
 
-app_option = click.option("-A", "--app", "app_spec", default=None, help="module, module:attr or package holding the App.")
+app_option = click.option(
+    "-A", "--app", "app_spec", default=None, help="module, module:attr or package holding the App."
+)
 
 
 @click.group()
@@ -185,7 +187,9 @@ def _json_arg(flag: str, text: str, kind: type) -> Any:
     except ValueError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint=flag) from exc
     if not isinstance(value, kind):
-        raise click.BadParameter(f"must be a JSON {'list' if kind is list else 'object'}", param_hint=flag)
+        raise click.BadParameter(
+            f"must be a JSON {'list' if kind is list else 'object'}", param_hint=flag
+        )
     return value
 
 
@@ -195,7 +199,9 @@ def _json_arg(flag: str, text: str, kind: type) -> Any:
 @click.option("--wait", is_flag=True, help="Wait until the task is ready.")
 @click.option("--timeout", type=float, default=None)
 @click.pass_context
-def result(ctx: click.Context, app_spec: str | None, task_id: str, wait: bool, timeout: float | None) -> None:
+def result(
+    ctx: click.Context, app_spec: str | None, task_id: str, wait: bool, timeout: float | None
+) -> None:
     """Print the state and result of TASK_ID."""
     app = _resolve_app(ctx, app_spec)
     res = app.AsyncResult(task_id)
@@ -211,7 +217,9 @@ def result(ctx: click.Context, app_spec: str | None, task_id: str, wait: bool, t
 
 @main.command()
 @app_option
-@click.option("-Q", "--queues", default=None, help="Comma-separated queues (default: the default queue).")
+@click.option(
+    "-Q", "--queues", default=None, help="Comma-separated queues (default: the default queue)."
+)
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
 def purge(ctx: click.Context, app_spec: str | None, queues: str | None, force: bool) -> None:

@@ -176,8 +176,10 @@ def _check(name: str, value: Any) -> Any:
         if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
             raise ConfigurationError(f"Setting {name!r} must be a list, got {value!r}.")
         return list(value)
-    if kind is dict and not isinstance(value, Mapping) and not (
-        name == "task_routes" and isinstance(value, (list, tuple))
+    if (
+        kind is dict
+        and not isinstance(value, Mapping)
+        and not (name == "task_routes" and isinstance(value, (list, tuple)))
     ):
         raise ConfigurationError(f"Setting {name!r} must be a mapping, got {value!r}.")
     if name == "worker_prefetch_multiplier" and value < 1:

@@ -51,22 +51,33 @@ def build(
             "Task arguments go in args=/kwargs=, options are: " + ", ".join(sorted(CALL_OPTIONS))
         )
     args, kwargs = tuple(args or ()), dict(kwargs or {})
-    defaults = {k: getattr(task, k) for k in _TASK_DEFAULTS if task and getattr(task, k) is not None}
+    defaults = {
+        k: getattr(task, k) for k in _TASK_DEFAULTS if task and getattr(task, k) is not None
+    }
     if task is not None and task.ignore_result is not None:
         defaults["ignore_result"] = task.ignore_result
-    merged = {**defaults, **routing.route(app.conf.task_routes, name, args, kwargs, options), **options}
+    merged = {
+        **defaults,
+        **routing.route(app.conf.task_routes, name, args, kwargs, options),
+        **options,
+    }
     conf = app.conf
     tz = ZoneInfo(conf.timezone)
     now = datetime.now(timezone.utc)
-    parent = retry_of or current_request.get()
+    if retry_of is not None:  # a retry keeps its place in the workflow
+        parent_id, root_id = retry_of.parent_id, retry_of.root_id
+    else:  # a task sent from inside a running task is its child
+        current = current_request.get()
+        parent_id = current.id if current else None
+        root_id = (current.root_id or current.id) if current else None
     task_id = merged.get("task_id") or new_id()
     msg = message.TaskMessage(
         id=task_id,
         task=name,
         args=args,
         kwargs=kwargs,
-        root_id=merged.get("root_id") or (parent.root_id or parent.id if parent else None),
-        parent_id=merged.get("parent_id") or (parent.parent_id if retry_of else parent.id if parent else None),
+        root_id=merged.get("root_id") or root_id,
+        parent_id=merged.get("parent_id") or parent_id,
         group=merged.get("group_id") or (retry_of.group if retry_of else None),
         group_index=merged.get("group_index") or (retry_of.group_index if retry_of else None),
         eta=_eta(merged.get("countdown"), merged.get("eta"), now, tz),
@@ -118,7 +129,10 @@ def publish(
                 ) from exc
             log.warning("publish failed (%s); retrying in %.2fs", exc, interval)
             time.sleep(interval)
-            interval = min(interval + float(policy.get("interval_step", 0.2)), float(policy.get("interval_max", 1.0)))
+            interval = min(
+                interval + float(policy.get("interval_step", 0.2)),
+                float(policy.get("interval_max", 1.0)),
+            )
 
 
 def _eta(countdown: Any, eta: Any, now: datetime, tz: ZoneInfo) -> datetime | None:
@@ -131,7 +145,9 @@ def _eta(countdown: Any, eta: Any, now: datetime, tz: ZoneInfo) -> datetime | No
     if eta is None:
         return None
     if not isinstance(eta, datetime):
-        raise ConfigurationError(f"eta must be a datetime, got {eta!r}; use countdown= for seconds.")
+        raise ConfigurationError(
+            f"eta must be a datetime, got {eta!r}; use countdown= for seconds."
+        )
     # A naive eta is wall-clock time in the app's timezone setting (UTC by default).
     return eta if eta.tzinfo else eta.replace(tzinfo=tz)
 
@@ -145,7 +161,9 @@ def _expires(expires: Any, now: datetime, tz: ZoneInfo) -> datetime | None:
         return now + expires
     if isinstance(expires, (int, float)):
         return now + timedelta(seconds=float(expires))
-    raise ConfigurationError(f"expires must be seconds, a timedelta or a datetime, got {expires!r}.")
+    raise ConfigurationError(
+        f"expires must be seconds, a timedelta or a datetime, got {expires!r}."
+    )
 
 
 def _signatures(value: Any) -> list[dict[str, Any]] | None:

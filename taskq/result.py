@@ -211,7 +211,9 @@ class EagerResult(AsyncResult[R]):
         super().__init__(id, app)
         self._meta = meta
 
-    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.05) -> R:
+    def get(
+        self, timeout: float | None = None, propagate: bool = True, interval: float = 0.05
+    ) -> R:
         return super().get(timeout, propagate, interval)
 
     def forget(self) -> None:
@@ -228,4 +230,3 @@ def _value(meta: dict[str, Any]) -> Any:
     if status in states.EXCEPTION_STATES:
         return exception_from_dict(result)
     return result
-

@@ -32,7 +32,11 @@ def route(
 
 
 def _match(
-    candidate: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
+    candidate: Any,
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    options: dict[str, Any],
 ) -> dict[str, Any] | None:
     if callable(candidate):
         return _as_options(candidate(name, args, kwargs, options), name)

@@ -414,20 +414,22 @@ class crontab(Schedule):  # noqa: N801 - Celery's name
     def _day_matches(self, day: date) -> bool:
         return day.day in self.days_of_month and day.isoweekday() % 7 in self.days_of_week
 
+    def _zone_name(self) -> str | None:
+        if isinstance(self.tz, ZoneInfo):
+            return self.tz.key
+        return "UTC" if self.tz is UTC else None
+
     def _identity(self) -> tuple[Any, ...]:
-        return (tuple(self._texts.items()), self.tz)  # to_dict() refuses unnamed zones
+        # to_dict() refuses zones without a name; equality must not.
+        return (tuple(self._texts.items()), self._zone_name() or self.tz)
 
     def to_dict(self) -> dict[str, Any]:
-        tz: str | None = None
-        if isinstance(self.tz, ZoneInfo):
-            tz = self.tz.key
-        elif self.tz is UTC:
-            tz = "UTC"
-        elif self.tz is not None:
+        name = self._zone_name()
+        if name is None and self.tz is not None:
             raise ConfigurationError(
                 f"crontab tz {self.tz!r} has no IANA name to store; pass a name like 'Europe/Paris'."
             )
-        return {"type": self.type_name, **self._texts, "tz": tz}
+        return {"type": self.type_name, **self._texts, "tz": name}
 
     @classmethod
     def _from_fields(cls, fields: dict[str, Any]) -> crontab:

@@ -72,4 +72,6 @@ def loads(data: bytes, content_type: str, content_encoding: str, accept: Iterabl
 
 def loads_any(data: bytes, serializer: str, accept: Iterable[str]) -> Any:
     """Decode data written with ``serializer`` (a name or MIME type)."""
-    return loads(data, content_type_for(serializer), "utf-8" if serializer == "json" else "binary", accept)
+    return loads(
+        data, content_type_for(serializer), "utf-8" if serializer == "json" else "binary", accept
+    )

@@ -165,9 +165,7 @@ class Task(TaskOptions, Generic[P, R]):
         """
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
-        result: AsyncResult[R] = self.app.send_task(
-            self.name, args, kwargs, _task=self, **options
-        )
+        result: AsyncResult[R] = self.app.send_task(self.name, args, kwargs, _task=self, **options)
         return result
 
     def apply(
@@ -262,7 +260,7 @@ class Task(TaskOptions, Generic[P, R]):
         if not backoff:
             return float(self.retry_kwargs.get("countdown", self.default_retry_delay))
         factor = 1.0 if backoff is True else float(backoff)
-        delay = min(self.retry_backoff_max, factor * (2**retries))
+        delay = min(self.retry_backoff_max, factor * (2.0**retries))
         if self.retry_jitter:
             delay = random.uniform(0, delay)  # noqa: S311 - jitter, not security
         return delay

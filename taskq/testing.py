@@ -43,7 +43,9 @@ def test_app(name: str = "tests", **settings: Any) -> App:
 test_app.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 
-def run_until_empty(app: App, queues: list[str] | None = None, pool: str = "solo", concurrency: int = 1) -> None:
+def run_until_empty(
+    app: App, queues: list[str] | None = None, pool: str = "solo", concurrency: int = 1
+) -> None:
     """Run a worker in this thread until its queues are empty and nothing runs."""
     worker = Worker(app, WorkerOptions(queues=queues, pool=pool, concurrency=concurrency))
     worker.run(burst=True)

@@ -13,7 +13,9 @@ import pytest
 
 REDIS_URL = os.environ.get("TASKQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("TASKQ_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-POSTGRES_URL = os.environ.get("TASKQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "TASKQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 MYSQL_URL = os.environ.get("TASKQ_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 
 PORTS = {"redis": 6379, "amqp": 5672, "postgres": 5432, "mysql": 3306}

@@ -253,7 +253,10 @@ def test_dead_letters(broker: SqliteBroker) -> None:
         (b"\xff\x00 not json", "not JSON"),
         (b"[1, 2]", "a JSON list"),
         (b'{"body": 5, "content-type": "x"}', "string body"),
-        (b'{"body": "!!", "content-type": "x", "properties": {"body_encoding": "base64"}}', "base64"),
+        (
+            b'{"body": "!!", "content-type": "x", "properties": {"body_encoding": "base64"}}',
+            "base64",
+        ),
     ],
 )
 def test_malformed_row_is_delivered_for_dead_lettering(

@@ -50,7 +50,9 @@ def test_config_from_object_and_module_name() -> None:
 
 
 def test_config_from_missing_module_is_a_clear_error() -> None:
-    with pytest.raises(ConfigurationError, match="Cannot import configuration module 'no_such_mod'"):
+    with pytest.raises(
+        ConfigurationError, match="Cannot import configuration module 'no_such_mod'"
+    ):
         App("t").config_from_object("no_such_mod")
 
 
@@ -70,7 +72,9 @@ def test_embedded_default_when_nothing_is_configured(monkeypatch: pytest.MonkeyP
     assert app.backend_url == EMBEDDED_URL
 
 
-def test_configured_broker_without_backend_disables_results(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_configured_broker_without_backend_disables_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("TASKQ_RESULT_BACKEND", raising=False)
     app = App("t", broker="memory://")
     assert app.backend is None
@@ -81,7 +85,7 @@ def test_configured_broker_without_backend_disables_results(monkeypatch: pytest.
 def test_unknown_broker_scheme_lists_known_ones() -> None:
     app = App("t", broker="reddis://localhost")
     with pytest.raises(ConfigurationError, match="Did you mean 'redis'.*Known schemes"):
-        app.broker
+        _ = app.broker
 
 
 def test_unknown_task_option_is_refused() -> None:

@@ -29,7 +29,13 @@ def make_app(combo: str, unique: str, tmp_path: Path, **settings: Any) -> App:
         return App("contract", broker=url, backend=url, **settings)
     servers.require("redis")
     if combo == "redis":
-        return App("contract", broker=servers.REDIS_URL, backend=servers.REDIS_URL, broker_transport_options={"key_prefix": f"taskq-test-{unique}:"}, **settings)
+        return App(
+            "contract",
+            broker=servers.REDIS_URL,
+            backend=servers.REDIS_URL,
+            broker_transport_options={"key_prefix": f"taskq-test-{unique}:"},
+            **settings,
+        )
     servers.require("amqp")
     return App("contract", broker=servers.AMQP_URL, backend=servers.REDIS_URL, **settings)
 
@@ -79,7 +85,13 @@ class Tasks:
         def where(self: Any) -> str:
             return str(self.request.delivery_info["routing_key"])
 
-        self.add, self.fail, self.flaky, self.progress, self.where = add, fail, flaky, progress, where
+        self.add, self.fail, self.flaky, self.progress, self.where = (
+            add,
+            fail,
+            flaky,
+            progress,
+            where,
+        )
 
 
 def test_publish_execute_result(app: App) -> None:
@@ -148,7 +160,11 @@ def test_unknown_task_fails_with_not_registered_and_worker_goes_on(app: App) -> 
     [
         (b"{not json", "application/json", {"task": "contract.add", "id": "bad-json"}),
         (b"[[1, 2], {}, {}]", "application/json", {"id": "no-task-header"}),
-        (b"\x80\x04K\x01.", "application/x-python-serialize", {"task": "contract.add", "id": "pickled"}),
+        (
+            b"\x80\x04K\x01.",
+            "application/x-python-serialize",
+            {"task": "contract.add", "id": "pickled"},
+        ),
     ],
     ids=["bad-json", "missing-header", "not-accepted"],
 )
@@ -162,7 +178,9 @@ def test_malformed_messages_do_not_stop_the_worker(
         assert t.add.delay(20, 22).get(timeout=10) == 42
     if app.broker_url.startswith(("redis", "sqlite")):
         parked = app.broker.dead_letters()
-        assert [d.reason for d in parked if d.queue == queue], "the bad message was not dead-lettered"
+        assert [d.reason for d in parked if d.queue == queue], (
+            "the bad message was not dead-lettered"
+        )
 
 
 def test_unreachable_broker_raises_after_retry_policy(unique: str) -> None:
@@ -175,7 +193,11 @@ def test_unreachable_broker_raises_after_retry_policy(unique: str) -> None:
 
 def test_unimportable_exception_becomes_task_error(app: App) -> None:
     backend = app.require_backend()
-    backend.store("ext", states.FAILURE, {"exc_type": "Gone", "exc_module": "no.such.module", "exc_message": ["x"]})
+    backend.store(
+        "ext",
+        states.FAILURE,
+        {"exc_type": "Gone", "exc_module": "no.such.module", "exc_message": ["x"]},
+    )
     with pytest.raises(TaskError, match="no.such.module.Gone: x"):
         app.AsyncResult("ext").get(timeout=1)
 
@@ -195,7 +217,9 @@ def wait_until(predicate: Any, timeout: float) -> None:
 )
 def test_priorities(combo: str, first: str, unique: str, tmp_path: Path) -> None:
     """RabbitMQ and SQLite serve higher numbers first; Redis, as kombu does, lower."""
-    app = make_app(combo, unique, tmp_path, task_queue_max_priority=10, worker_prefetch_multiplier=1)
+    app = make_app(
+        combo, unique, tmp_path, task_queue_max_priority=10, worker_prefetch_multiplier=1
+    )
     order: list[int] = []
 
     @app.task(name="contract.record")

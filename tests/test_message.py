@@ -12,13 +12,21 @@ from taskq.message import MALFORMED_CONTENT_TYPE, TaskMessage, decode, encode
 
 def test_protocol_2_layout_matches_celery() -> None:
     eta = datetime(2030, 1, 1, tzinfo=timezone.utc)
-    msg = TaskMessage(id="abc", task="proj.add", args=(1, 2), kwargs={"z": 3}, eta=eta, time_limit=10)
+    msg = TaskMessage(
+        id="abc", task="proj.add", args=(1, 2), kwargs={"z": 3}, eta=eta, time_limit=10
+    )
     env = encode(msg, priority=5)
     assert env.content_type == "application/json"
     assert env.properties["correlation_id"] == "abc"
     assert env.properties["priority"] == 5
     h = env.headers
-    assert (h["lang"], h["task"], h["id"], h["root_id"], h["retries"]) == ("py", "proj.add", "abc", "abc", 0)
+    assert (h["lang"], h["task"], h["id"], h["root_id"], h["retries"]) == (
+        "py",
+        "proj.add",
+        "abc",
+        "abc",
+        0,
+    )
     assert h["eta"] == "2030-01-01T00:00:00+00:00"
     assert h["timelimit"] == [10, None]
     assert h["argsrepr"] == "(1, 2)" and h["kwargsrepr"] == "{'z': 3}"
@@ -31,7 +39,14 @@ def test_protocol_2_layout_matches_celery() -> None:
 def test_round_trip() -> None:
     msg = TaskMessage(id="i", task="t", args=(1,), kwargs={"a": [1]}, retries=2, group="g")
     back = decode(encode(msg), ["json"])
-    assert (back.id, back.task, back.args, back.kwargs, back.retries, back.group) == ("i", "t", (1,), {"a": [1]}, 2, "g")
+    assert (back.id, back.task, back.args, back.kwargs, back.retries, back.group) == (
+        "i",
+        "t",
+        (1,),
+        {"a": [1]},
+        2,
+        "g",
+    )
 
 
 def test_msgpack_only_when_accepted() -> None:
@@ -60,7 +75,9 @@ def test_pickle_refused_by_default() -> None:
         ({"task": "t", "id": "x", "eta": "tomorrow"}, b"[[], {}, {}]", "not an ISO 8601"),
     ],
 )
-def test_malformed_messages_say_what_is_wrong(headers: dict[str, str], body: bytes, error: str) -> None:
+def test_malformed_messages_say_what_is_wrong(
+    headers: dict[str, str], body: bytes, error: str
+) -> None:
     with pytest.raises(DecodeError, match=error):
         decode(Envelope(body, "application/json", "utf-8", headers), ["json"])
 

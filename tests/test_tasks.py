@@ -28,7 +28,13 @@ def test_options_are_task_attributes(app: App) -> None:
     @app.task(name="custom", queue="q", max_retries=7, rate_limit="10/s", acks_late=False)
     def f() -> None: ...
 
-    assert (f.name, f.queue, f.max_retries, f.rate_limit, f.acks_late) == ("custom", "q", 7, "10/s", False)
+    assert (f.name, f.queue, f.max_retries, f.rate_limit, f.acks_late) == (
+        "custom",
+        "q",
+        7,
+        "10/s",
+        False,
+    )
 
 
 def test_eager_delay_returns_the_value(app: App) -> None:
@@ -58,7 +64,13 @@ def test_eager_retries_run_again_until_max(app: App) -> None:
 def test_autoretry_for_with_backoff(app: App) -> None:
     calls: list[int] = []
 
-    @app.task(bind=True, autoretry_for=(ConnectionError,), retry_backoff=True, retry_jitter=False, max_retries=3)
+    @app.task(
+        bind=True,
+        autoretry_for=(ConnectionError,),
+        retry_backoff=True,
+        retry_jitter=False,
+        max_retries=3,
+    )
     def fetch(self: Any) -> str:
         calls.append(self.request.retries)
         if len(calls) < 3:
@@ -71,7 +83,13 @@ def test_autoretry_for_with_backoff(app: App) -> None:
 
 
 def test_eager_propagates_when_asked() -> None:
-    app = App("p", broker="memory://", backend="memory://", task_always_eager=True, task_eager_propagates=True)
+    app = App(
+        "p",
+        broker="memory://",
+        backend="memory://",
+        task_always_eager=True,
+        task_eager_propagates=True,
+    )
 
     @app.task
     def boom() -> None:

@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, cast, overload
@@ -42,14 +42,15 @@ class RedisOptions:
     Attributes:
         socket_timeout: seconds to wait for a reply (None: forever).
         socket_connect_timeout: seconds to wait for a connection (None: forever).
-        max_connections: size limit of the command pool (None: unbounded). The
-            pub/sub connection used by ``wait_for`` comes on top.
+        max_connections: connections the command pool may open; threads beyond
+            that wait (up to ``socket_timeout``) for a free one instead of failing.
+            The pub/sub connection shared by ``wait_for`` comes on top.
         key_prefix: prepended to every key and channel, to share one database.
     """
 
     socket_timeout: float | None = 30.0
     socket_connect_timeout: float | None = 5.0
-    max_connections: int | None = None
+    max_connections: int = 50
     key_prefix: str = ""
 
     @classmethod
@@ -63,21 +64,28 @@ class RedisOptions:
                     f"Known: {', '.join(known)}."
                 )
         opts = cls(**options)
-        for name in ("socket_timeout", "socket_connect_timeout", "max_connections"):
-            value = getattr(opts, name)
-            kind = int if name == "max_connections" else (int, float)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, kind) or value <= 0
-            ):
-                raise ConfigurationError(
-                    f"Redis result backend option {name}={value!r} must be a positive "
-                    f"{'integer' if kind is int else 'number'} or None."
-                )
+        _require_positive("socket_timeout", opts.socket_timeout, optional=True)
+        _require_positive("socket_connect_timeout", opts.socket_connect_timeout, optional=True)
+        _require_positive("max_connections", opts.max_connections, integer=True)
         if not isinstance(opts.key_prefix, str):
             raise ConfigurationError(
                 f"Redis result backend option key_prefix={opts.key_prefix!r} must be a string."
             )
         return opts
+
+
+def _require_positive(
+    name: str, value: Any, *, integer: bool = False, optional: bool = False
+) -> None:
+    if value is None and optional:
+        return
+    kinds = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+        what = "a positive integer" if integer else "a positive number"
+        raise ConfigurationError(
+            f"Redis result backend option {name}={value!r} must be {what}"
+            f"{' or None' if optional else ''}."
+        )
 
 
 class RedisBackend(Backend):
@@ -103,12 +111,12 @@ class RedisBackend(Backend):
         )
         opts = RedisOptions.from_mapping(self.options)
         self._prefix = opts.key_prefix
-        self._socket_options = {
-            "socket_timeout": opts.socket_timeout,
-            "socket_connect_timeout": opts.socket_connect_timeout,
-        }
-        self._pool = redis.ConnectionPool.from_url(
-            url, max_connections=opts.max_connections, **self._socket_options
+        self._pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=opts.max_connections,
+            timeout=opts.socket_timeout,
+            socket_timeout=opts.socket_timeout,
+            socket_connect_timeout=opts.socket_connect_timeout,
         )
         self._client = redis.Redis(connection_pool=self._pool)
         self._listener: _Listener | None = None
@@ -220,9 +228,13 @@ class RedisBackend(Backend):
         with self._listener_lock:
             # A forked child must not share its parent's socket or thread.
             if self._listener is None or self._listener.pid != os.getpid():
-                pool = redis.ConnectionPool.from_url(self.url, **self._socket_options)
-                self._listener = _Listener(pool)
+                self._listener = _Listener(self._new_connection)
             return self._listener
+
+    def _new_connection(self) -> _Connection:
+        # Built beside the pool, not from it: the listener never returns its connection,
+        # and the pool would count every reconnect against max_connections for good.
+        return cast(_Connection, self._pool.connection_class(**self._pool.connection_kwargs))
 
     # -- errors ----------------------------------------------------------------------
 
@@ -249,7 +261,7 @@ def _millis(seconds: float | None) -> int | None:
 def _hint(exc: redis_errors.RedisError) -> str:
     if isinstance(exc, redis_errors.AuthenticationError):
         return "Check the user name and password in the result_backend URL."
-    if isinstance(exc, redis_errors.MaxConnectionsError):
+    if isinstance(exc, redis_errors.MaxConnectionsError) or "No connection available" in str(exc):
         return "Raise max_connections in result_backend_transport_options."
     if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError)):
         return (
@@ -313,9 +325,9 @@ class _Listener:
     Connections are never reused: a stale one is only ever disconnected.
     """
 
-    def __init__(self, pool: redis.ConnectionPool) -> None:
+    def __init__(self, new_connection: Callable[[], _Connection]) -> None:
         self.pid = os.getpid()
-        self._pool = pool
+        self._new_connection = new_connection
         self._lock = threading.Lock()
         self._channels: dict[bytes, _Channel] = {}
         self._conn: _Connection | None = None
@@ -392,7 +404,7 @@ class _Listener:
                 self._drop()
 
     def _connect(self) -> None:
-        conn = cast(_Connection, self._pool.make_connection())
+        conn = self._new_connection()
         self._conn = conn
         self._generation += 1
         self._heard, self._pinged = time.monotonic(), False

@@ -14,9 +14,9 @@ most while it waits).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import queue as queue_mod
-import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -67,7 +67,9 @@ class KombuBroker(Broker):
         self._unacked = 0
         self._qos = 0
         probe = kombu.Connection(url)
-        self._errors = BASE_CONNECTION_ERRORS + tuple(probe.connection_errors) + tuple(probe.channel_errors)
+        self._errors = (
+            BASE_CONNECTION_ERRORS + tuple(probe.connection_errors) + tuple(probe.channel_errors)
+        )
 
     # -- queues ----------------------------------------------------------------------
 
@@ -112,10 +114,8 @@ class KombuBroker(Broker):
 
     def _drop_publisher(self) -> None:
         if self._publish_conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # already broken; nothing more to release
                 self._publish_conn.release()
-            except Exception:  # already broken; nothing more to release
-                pass
         self._publish_conn = None
         self._producer = None
 
@@ -165,17 +165,15 @@ class KombuBroker(Broker):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                try:
+                with contextlib.suppress(TimeoutError):
                     self._consume_conn.drain_events(timeout=min(left, _DRAIN_SLICE))
-                except socket.timeout:
-                    pass
                 self._flush()
         except self._errors as exc:
             self._drop_consumer()
             raise BrokerError(
                 f"Lost the connection to {_mask(self.url)}: {exc!r}. Reconnecting."
             ) from exc
-        out = []
+        out: list[Delivery] = []
         while self._buffer and len(out) < max_count:
             out.append(self._delivery(self._buffer.popleft()))
         return out
@@ -208,7 +206,11 @@ class KombuBroker(Broker):
     def _delivery(self, message: Any) -> Delivery:
         headers = dict(message.headers or {})
         redelivered = bool((message.delivery_info or {}).get("redelivered"))
-        count = int(headers.get("x-delivery-count") or 0) + 1 if "x-delivery-count" in headers else (2 if redelivered else 1)
+        count = (
+            int(headers.get("x-delivery-count") or 0) + 1
+            if "x-delivery-count" in headers
+            else (2 if redelivered else 1)
+        )
         envelope = Envelope(
             body=message.body if isinstance(message.body, bytes) else str(message.body).encode(),
             content_type=message.content_type or "application/json",
@@ -237,10 +239,8 @@ class KombuBroker(Broker):
 
     def _drop_consumer(self) -> None:
         if self._consume_conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # already broken
                 self._consume_conn.release()
-            except Exception:  # already broken
-                pass
         self._consume_conn = None
         self._consumer = None
         self._consuming = ()

@@ -717,7 +717,7 @@ class RedisBroker(Broker):
         pipe = self._client.pipeline(transaction=False)
         pipe.hset(self._keys.landings, landing, block_key)  # so a reaper can find it
         blmove: Callable[..., object] = pipe.execute_command  # blmove() types timeout as int
-        blmove("BLMOVE", block_key, landing, wait, "RIGHT", "LEFT")
+        blmove("BLMOVE", block_key, landing, "RIGHT", "LEFT", wait)
         pipe.evalsha(self._fetch_script.sha, len(keys), *keys, *args)
         try:
             return cast(list[Any], pipe.execute()[2])

@@ -15,10 +15,19 @@ import logging
 import os
 import time
 import traceback as tb_mod
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from taskq.canvas import Signature
-from taskq.errors import BackendError, Ignore, Reject, Retry, TaskError
+from taskq import canvas
+from taskq.errors import (
+    BackendError,
+    Ignore,
+    NotRegistered,
+    Reject,
+    Retry,
+    TaskError,
+    TaskRevokedError,
+)
 from taskq.result import exception_to_dict, states
 from taskq.task import Context, current_request, new_id
 
@@ -29,6 +38,40 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskq.worker")
 
 IGNORED, REJECTED = "IGNORED", "REJECTED"
+ACK, REQUEUE, DEAD_LETTER, WORKER_LOST = "ack", "requeue", "dead_letter", "worker_lost"
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What the worker must do with a message once its task ran (or could not)."""
+
+    action: str  # ACK, REQUEUE, DEAD_LETTER or WORKER_LOST
+    reason: str = ""
+
+
+def execute(app: App, ctx: Context) -> Outcome:
+    """Run the request described by ``ctx`` and record its state: the part of a
+    worker that runs where the task runs (a thread, or a prefork child)."""
+    task = app.tasks.get(ctx.task or "")
+    if task is None:
+        log.error("Received unregistered task of type %r (id %s).", ctx.task, ctx.id)
+        error = NotRegistered(f"Task {ctx.task!r} is not registered on worker {ctx.hostname}.")
+        store(app, None, ctx, states.FAILURE, error)
+        return Outcome(ACK)
+    if ctx.expires is not None and ctx.expires <= datetime.now(timezone.utc):
+        log.info("Task %s[%s] expired: not run", ctx.task, ctx.id)
+        store(app, task, ctx, states.REVOKED, TaskRevokedError("expired"))
+        return Outcome(ACK)
+    track = task.track_started if task.track_started is not None else app.conf.task_track_started
+    if track:
+        store(app, task, ctx, states.STARTED, {"pid": os.getpid(), "hostname": ctx.hostname})
+    traced = trace(task, ctx)
+    record(app, task, ctx, traced)
+    if traced.state == REJECTED:
+        if traced.requeue:
+            return Outcome(REQUEUE)
+        return Outcome(DEAD_LETTER, f"rejected by the task: {traced.value}")
+    return Outcome(ACK)
 
 
 @dataclasses.dataclass
@@ -89,20 +132,46 @@ def record(app: App, task: Task[Any, Any], ctx: Context, traced: Traced) -> None
     name, task_id = task.name, ctx.id
     assert task_id is not None
     if traced.state == states.SUCCESS:
-        log.info("Task %s[%s] succeeded in %.6fs: %s", name, task_id, traced.runtime, _short(traced.value))
+        log.info(
+            "Task %s[%s] succeeded in %.6fs: %s",
+            name,
+            task_id,
+            traced.runtime,
+            _short(traced.value),
+        )
         if not _ignores_result(app, task, ctx):
             store(app, task, ctx, states.SUCCESS, traced.value, runtime=traced.runtime)
-        _callbacks(app, ctx.callbacks, traced.value)
+        canvas.on_success(app, ctx, traced.value)
     elif traced.state == states.RETRY:
         log.info("Task %s[%s] retry: %s", name, task_id, traced.value)
-        exc = traced.value.exc if isinstance(traced.value, Retry) and traced.value.exc else traced.value
+        exc = (
+            traced.value.exc
+            if isinstance(traced.value, Retry) and traced.value.exc
+            else traced.value
+        )
         store(app, task, ctx, states.RETRY, exc, traceback=traced.traceback)
     elif traced.state == states.FAILURE:
-        log.error("Task %s[%s] raised unexpected: %r\n%s", name, task_id, traced.value, traced.traceback)
-        store(app, task, ctx, states.FAILURE, traced.value, traceback=traced.traceback, runtime=traced.runtime)
-        _callbacks(app, ctx.errbacks, ctx.id)
+        log.error(
+            "Task %s[%s] raised unexpected: %r\n%s", name, task_id, traced.value, traced.traceback
+        )
+        store(
+            app,
+            task,
+            ctx,
+            states.FAILURE,
+            traced.value,
+            traceback=traced.traceback,
+            runtime=traced.runtime,
+        )
+        canvas.on_failure(app, ctx, traced.value)
     elif traced.state == REJECTED:
-        log.warning("Task %s[%s] rejected itself (requeue=%s): %s", name, task_id, traced.requeue, traced.value)
+        log.warning(
+            "Task %s[%s] rejected itself (requeue=%s): %s",
+            name,
+            task_id,
+            traced.requeue,
+            traced.value,
+        )
 
 
 def store(
@@ -125,7 +194,12 @@ def store(
     if runtime is not None:
         extra["runtime"] = runtime
     if app.conf.result_extended:
-        extra.update(name=ctx.task, args=list(ctx.args), kwargs=ctx.kwargs, queue=ctx.delivery_info.get("routing_key"))
+        extra.update(
+            name=ctx.task,
+            args=list(ctx.args),
+            kwargs=ctx.kwargs,
+            queue=ctx.delivery_info.get("routing_key"),
+        )
     try:
         try:
             backend.store(ctx.id, state, result, traceback=traceback, extra=extra)
@@ -144,14 +218,6 @@ def _ignores_result(app: App, task: Task[Any, Any], ctx: Context) -> bool:
     if task.ignore_result is not None:
         return task.ignore_result or ctx.ignore_result
     return ctx.ignore_result or app.conf.task_ignore_result
-
-
-def _callbacks(app: App, sigs: list[dict[str, Any]] | None, value: Any) -> None:
-    for sig in sigs or ():
-        try:
-            Signature.from_dict(sig, app=app).apply_async((value,))
-        except Exception:
-            log.exception("Could not send callback %r", sig)
 
 
 def _short(value: Any, limit: int = 256) -> str:
@@ -191,7 +257,8 @@ def run_eager(
     if traced.state == states.FAILURE and app.conf.task_eager_propagates:
         raise traced.value
     if traced.state == states.SUCCESS:
-        _callbacks(app, [dict(s) for s in _as_list(options.get("link"))], traced.value)
+        ctx.callbacks = [dict(s) for s in _as_list(options.get("link"))]
+        canvas.on_success(app, ctx, traced.value)
     value = traced.value
     return {
         "task_id": ctx.id,

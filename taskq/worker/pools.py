@@ -8,13 +8,31 @@ worker does not care which it drives.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from taskq.worker.executor import REQUEUE, Outcome, execute
 from taskq.worker.request import Request
 
-Run = Callable[[Request], None]
+if TYPE_CHECKING:
+    from taskq.app import App
+
+log = logging.getLogger("taskq.worker")
+
+#: Called by a pool when a request is done, with what to do with its message.
+Done = Callable[[Request, Outcome], None]
+
+
+def run_here(app: App, request: Request, done: Done) -> None:
+    """Execute in this thread and report the outcome (solo and threads pools)."""
+    try:
+        outcome = execute(app, request.context())
+    except Exception:
+        log.exception("Internal error running %r; giving it back", request)
+        outcome = Outcome(REQUEUE)
+    done(request, outcome)
 
 
 class Pool(Protocol):
@@ -39,9 +57,10 @@ class Pool(Protocol):
 class SoloPool:
     """Runs each request inline, in the thread that submits it."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, app: App, done: Done) -> None:
         self.concurrency = 1
-        self._run = run
+        self._app = app
+        self._done = done
         self._current: Request | None = None
 
     def start(self) -> None:
@@ -50,7 +69,7 @@ class SoloPool:
     def submit(self, request: Request) -> None:
         self._current = request
         try:
-            self._run(request)
+            run_here(self._app, request, self._done)
         finally:
             self._current = None
 
@@ -70,9 +89,10 @@ class SoloPool:
 class ThreadPool:
     """N daemon threads taking requests from a local FIFO."""
 
-    def __init__(self, concurrency: int, run: Run) -> None:
+    def __init__(self, concurrency: int, app: App, done: Done) -> None:
         self.concurrency = concurrency
-        self._run = run
+        self._app = app
+        self._done = done
         self._waiting: collections.deque[Request] = collections.deque()
         self._running: set[Request] = set()
         self._cond = threading.Condition()
@@ -100,7 +120,7 @@ class ThreadPool:
                 request = self._waiting.popleft()
                 self._running.add(request)
             try:
-                self._run(request)
+                run_here(self._app, request, self._done)
             finally:
                 with self._cond:
                     self._running.discard(request)
@@ -126,9 +146,9 @@ class ThreadPool:
             self._cond.notify_all()
 
 
-def make_pool(name: str, concurrency: int, run: Run) -> Pool:
+def make_pool(name: str, concurrency: int, app: App, done: Done) -> Pool:
     if name == "solo":
-        return SoloPool(run)
+        return SoloPool(app, done)
     if name == "threads":
-        return ThreadPool(concurrency, run)
+        return ThreadPool(concurrency, app, done)
     raise ValueError(name)

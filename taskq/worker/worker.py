@@ -19,14 +19,14 @@ import socket
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from taskq.broker.base import Delivery, QueueSpec
-from taskq.errors import BackendError, BrokerError, DecodeError, NotRegistered, TaskRevokedError, WorkerLostError
+from taskq.errors import BackendError, BrokerError, DecodeError, TaskRevokedError, WorkerLostError
 from taskq.message import decode
 from taskq.result import states
 from taskq.worker import executor
+from taskq.worker.executor import ACK, DEAD_LETTER, REQUEUE, Outcome
 from taskq.worker.pools import Pool, make_pool
 from taskq.worker.request import Request
 
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskq.worker")
 
 POOLS = ("threads", "solo")
+
+#: Header counting how often the process running this message died (the poison guard).
+LOST_HEADER = "x-taskq-worker-lost"
 
 
 @dataclasses.dataclass
@@ -74,11 +77,19 @@ class Worker:
         if pool_name not in POOLS:
             raise ValueError(f"Unknown pool {pool_name!r}; choose one of {', '.join(POOLS)}.")
         self.pool_name = pool_name
-        concurrency = 1 if pool_name == "solo" else (opts.concurrency or conf.worker_concurrency or os.cpu_count() or 1)
-        self.pool: Pool = make_pool(pool_name, concurrency, self._execute)
+        concurrency = (
+            1
+            if pool_name == "solo"
+            else (opts.concurrency or conf.worker_concurrency or os.cpu_count() or 1)
+        )
+        self.pool: Pool = make_pool(pool_name, concurrency, app, self._settle)
         multiplier = opts.prefetch_multiplier or conf.worker_prefetch_multiplier
         self.capacity = max(1, concurrency * multiplier)
-        self.shutdown_timeout = opts.shutdown_timeout if opts.shutdown_timeout is not None else conf.worker_shutdown_timeout
+        self.shutdown_timeout = (
+            opts.shutdown_timeout
+            if opts.shutdown_timeout is not None
+            else conf.worker_shutdown_timeout
+        )
         self.consumer_id = f"{self.hostname}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         self.broker: Broker = app.new_broker(self.consumer_id)
         self.ready = threading.Event()
@@ -87,14 +98,18 @@ class Worker:
         self._in_flight = 0
         self._lock = threading.Lock()
         self._slot = threading.Event()
-        self._held: list[tuple[float, int, Request]] = []  # ETA messages (brokers without a delayed store)
+        self._held: list[
+            tuple[float, int, Request]
+        ] = []  # ETA messages (brokers without a delayed store)
         self._seq = itertools.count()
 
     # -- lifecycle -------------------------------------------------------------------
 
     def run(self, burst: bool = False) -> None:
         """Consume until ``stop`` (or, with ``burst``, until the queues are empty)."""
-        self.broker.declare([QueueSpec(q, self.app.conf.task_queue_max_priority) for q in self.queues])
+        self.broker.declare(
+            [QueueSpec(q, self.app.conf.task_queue_max_priority) for q in self.queues]
+        )
         self.pool.start()
         heartbeat = threading.Thread(target=self._heartbeat, name="taskq-heartbeat", daemon=True)
         heartbeat.start()
@@ -116,7 +131,9 @@ class Worker:
 
         def on_signal(signum: int, frame: Any) -> None:
             cold = signum == signal.SIGQUIT or self._stopping.is_set()
-            log.warning("%s received: %s shutdown", signal.Signals(signum).name, "cold" if cold else "warm")
+            log.warning(
+                "%s received: %s shutdown", signal.Signals(signum).name, "cold" if cold else "warm"
+            )
             self.stop(cold=cold)
 
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
@@ -162,7 +179,9 @@ class Worker:
         now = time.time()
         for request in requests:
             if request.id in revoked:
-                self._finish_unrun(request, TaskRevokedError(f"task {request.id} was revoked"), "revoked")
+                self._finish_unrun(
+                    request, TaskRevokedError(f"task {request.id} was revoked"), "revoked"
+                )
                 continue
             eta = request.message.eta
             if eta is not None and eta.timestamp() > now:
@@ -179,8 +198,9 @@ class Worker:
             return None
         request = Request(delivery, message, self.broker, self.hostname)
         limit = self.app.conf.task_max_delivery_attempts
-        if delivery.delivery_count > limit:
-            reason = f"delivered {delivery.delivery_count} times and its worker died each time (limit {limit})"
+        attempts = delivery.delivery_count + int(delivery.envelope.headers.get(LOST_HEADER) or 0)
+        if attempts > limit:
+            reason = f"delivered {attempts} times and its process died each time (limit {limit})"
             self._finish_unrun(request, WorkerLostError(reason), None, dead_letter=reason)
             return None
         log.info("Task %s[%s] received", message.task, message.id)
@@ -215,7 +235,11 @@ class Worker:
         self.pool.submit(request)
 
     def _finish_unrun(
-        self, request: Request, exc: BaseException, reason: str | None, dead_letter: str | None = None
+        self,
+        request: Request,
+        exc: BaseException,
+        reason: str | None,
+        dead_letter: str | None = None,
     ) -> None:
         ctx = request.context()
         state = states.REVOKED if isinstance(exc, TaskRevokedError) else states.FAILURE
@@ -227,43 +251,43 @@ class Worker:
         else:
             request.ack()
 
-    # -- executing (pool threads) ----------------------------------------------------
+    # -- settling (called by the pool when a request is done) -------------------------
 
-    def _execute(self, request: Request) -> None:
+    def _settle(self, request: Request, outcome: Outcome) -> None:
         try:
-            self._run_one(request)
+            if outcome.action == ACK:
+                request.ack()
+            elif outcome.action == REQUEUE:
+                request.requeue()
+            elif outcome.action == DEAD_LETTER:
+                request.dead_letter(outcome.reason)
+            else:
+                self._worker_lost(request, outcome.reason)
         except Exception:
-            log.exception("Internal error running %r; giving it back", request)
-            request.requeue()
+            log.exception("Could not settle %r; its lease will return it", request)
         finally:
             with self._lock:
                 self._in_flight -= 1
             self._slot.set()
 
-    def _run_one(self, request: Request) -> None:
-        message = request.message
-        task = self.app.tasks.get(message.task)
-        if task is None:
-            log.error("Received unregistered task of type %r (id %s).", message.task, message.id)
-            error = NotRegistered(f"Task {message.task!r} is not registered on worker {self.hostname}.")
-            self._finish_unrun(request, error, None)
+    def _worker_lost(self, request: Request, reason: str) -> None:
+        """The process running the task died. Redeliver it (counting the attempt, so a
+        task that kills its process every time ends in the dead-letter queue) or, with
+        ``reject_on_worker_lost`` off, record the failure."""
+        task = self.app.tasks.get(request.name)
+        redeliver = (
+            task.reject_on_worker_lost
+            if task and task.reject_on_worker_lost is not None
+            else self.app.conf.task_reject_on_worker_lost
+        )
+        log.error("Task %s[%s]: %s", request.name, request.id, reason)
+        if not redeliver:
+            self._finish_unrun(request, WorkerLostError(reason), None)
             return
-        if message.expires is not None and message.expires <= datetime.now(timezone.utc):
-            self._finish_unrun(request, TaskRevokedError("expired"), "expired")
-            return
-        ctx = request.context()
-        track = task.track_started if task.track_started is not None else self.app.conf.task_track_started
-        if track:
-            executor.store(self.app, task, ctx, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname})
-        traced = executor.trace(task, ctx)
-        executor.record(self.app, task, ctx, traced)
-        if traced.state == executor.REJECTED:
-            if traced.requeue:
-                request.requeue()
-            else:
-                request.dead_letter(f"rejected by the task: {traced.value}")
-        else:
-            request.ack()
+        env = request.delivery.envelope
+        headers = {**env.headers, LOST_HEADER: int(env.headers.get(LOST_HEADER) or 0) + 1}
+        self.broker.publish(dataclasses.replace(env, headers=headers), request.delivery.queue)
+        request.ack()
 
     # -- background ------------------------------------------------------------------
 
