@@ -19,6 +19,7 @@ from taskq.errors import (
     TimeoutError,
 )
 from taskq.result import AsyncResult, states
+from taskq.schedules import crontab, every, solar
 from taskq.task import Task
 
 __version__ = "0.1.0"
@@ -42,7 +43,10 @@ __all__ = [
     "TaskqError",
     "TimeLimitExceeded",
     "TimeoutError",
+    "crontab",
+    "every",
     "signature",
+    "solar",
     "states",
     "__version__",
 ]

@@ -25,20 +25,18 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Protocol
 
-import redis
-from redis import exceptions as redis_errors
-
-from taskq.errors import BackendError, ConfigurationError, did_you_mean
+from taskq.beat_locks import BeatLock
+from taskq.errors import ConfigurationError, did_you_mean
 from taskq.schedules import Schedule, as_schedule
+
+if TYPE_CHECKING:
+    from taskq.app import App
 
 logger = logging.getLogger(__name__)
 
@@ -222,137 +220,6 @@ class KeyValueStore:
         return names
 
 
-# -- who may send ----------------------------------------------------------------------
-
-
-class BeatLock(Protocol):
-    """Decides which of several beats sends (high availability)."""
-
-    def acquire_or_renew(self, owner: str, ttl: float) -> bool:
-        """Take the lease if it is free or extend it if ``owner`` holds it, for ``ttl``
-        seconds; True while ``owner`` holds it."""
-        ...
-
-    def release(self, owner: str) -> None:
-        """Give the lease up at once if ``owner`` holds it; otherwise do nothing."""
-        ...
-
-    def claim_tick(self, name: str, due_iso: str, ttl: float) -> bool:
-        """True for the first claim of (``name``, ``due_iso``) within ``ttl`` seconds,
-        across every beat sharing the lock; False for any later claim."""
-        ...
-
-
-class LocalBeatLock:
-    """For a single beat process: always the owner; claims kept in memory until their ttl."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._claims: dict[tuple[str, str], float] = {}
-        self._lock = threading.Lock()
-
-    def acquire_or_renew(self, owner: str, ttl: float) -> bool:
-        return True
-
-    def release(self, owner: str) -> None:
-        pass
-
-    def claim_tick(self, name: str, due_iso: str, ttl: float) -> bool:
-        now = self._clock()
-        with self._lock:
-            self._claims = {key: until for key, until in self._claims.items() if until > now}
-            if (name, due_iso) in self._claims:
-                return False
-            self._claims[(name, due_iso)] = now + ttl
-            return True
-
-
-# Only the owner may renew or drop the lease: compare and act in one atomic script.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-
-def _masked(url: str) -> str:
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
-
-
-class RedisBeatLock:
-    """A lease in Redis: ``<prefix>lease`` holds the owner's id and expires after ttl.
-
-    Taking a free lease is SET NX PX; renewing and releasing compare the owner in a
-    Lua script, so a beat whose lease ran out cannot extend or delete its
-    successor's. ``claim_tick`` is SET NX PX on ``<prefix>tick:<name>:<due_iso>``.
-
-    Raises:
-        ConfigurationError: the URL cannot be parsed.
-        BackendError: Redis fails (the URL is named with its password masked).
-    """
-
-    def __init__(self, redis_url: str, key_prefix: str = "taskq-beat:") -> None:
-        self.url = redis_url
-        self.key_prefix = key_prefix
-        try:
-            self._client = redis.Redis.from_url(
-                redis_url, socket_timeout=5.0, socket_connect_timeout=5.0
-            )
-        except ValueError as exc:
-            raise ConfigurationError(f"Bad beat lock URL {_masked(redis_url)}: {exc}") from exc
-        self._lease_key = f"{key_prefix}lease"
-        self._renew = self._client.register_script(_RENEW)
-        self._release = self._client.register_script(_RELEASE)
-
-    def acquire_or_renew(self, owner: str, ttl: float) -> bool:
-        with self._translate("renew the beat lease"):
-            if self._renew(keys=[self._lease_key], args=[owner, _millis(ttl)]):
-                return True
-            return bool(self._client.set(self._lease_key, owner, nx=True, px=_millis(ttl)))
-
-    def release(self, owner: str) -> None:
-        with self._translate("release the beat lease"):
-            self._release(keys=[self._lease_key], args=[owner])
-
-    def claim_tick(self, name: str, due_iso: str, ttl: float) -> bool:
-        key = f"{self.key_prefix}tick:{name}:{due_iso}"
-        with self._translate("claim a beat run"):
-            return bool(self._client.set(key, b"1", nx=True, px=_millis(ttl)))
-
-    def holder(self) -> str | None:
-        """The owner id holding the lease now, or None."""
-        with self._translate("read the beat lease"):
-            value = self._client.get(self._lease_key)
-        return value.decode() if isinstance(value, bytes) else value
-
-    def close(self) -> None:
-        self._client.close()
-
-    @contextmanager
-    def _translate(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except redis_errors.RedisError as exc:
-            raise BackendError(
-                f"Beat lock at {_masked(self.url)} could not {action}: {exc}. "
-                "Is Redis running and reachable at that URL?"
-            ) from exc
-
-
-def _millis(seconds: float) -> int:
-    return max(1, round(seconds * 1000))
-
-
 # -- the scheduler -----------------------------------------------------------------------
 
 
@@ -391,6 +258,8 @@ class Scheduler:
         for entry in entries:
             if entry.name in self.entries:
                 raise ConfigurationError(f"Two beat entries are named {entry.name!r}.")
+            if entry.last_run_at is not None:
+                entry.last_run_at = _utc(entry.last_run_at, f"{entry.name} last_run_at")
             self.entries[entry.name] = entry
         for name, value in (("max_interval", max_interval), ("lease_timeout", lease_timeout)):
             if not value > 0:
@@ -400,14 +269,14 @@ class Scheduler:
         self.lease_timeout = lease_timeout
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._started: datetime | None = None  # entries that never ran count from here
-        self._leader = False
+        self._leader: bool | None = None  # None until the first tick asks the lock
         self._loaded = False
         self._claimed: dict[str, str] = {}  # entry name -> due time claimed, not yet sent
 
     @property
     def is_leader(self) -> bool:
         """True when the latest tick held the lock (always, without a lock)."""
-        return self._leader
+        return bool(self._leader)
 
     def tick(self, now: datetime | None = None) -> float:
         """Send every due entry once; return the seconds until the next one is due.
@@ -462,6 +331,8 @@ class Scheduler:
             self._loaded = False  # another beat may have run entries meanwhile
         elif not held and self._leader:
             logger.warning("Scheduler: %s lost the beat lock; standing by", self.owner)
+        elif not held and self._leader is None:
+            logger.info("Scheduler: another beat holds the lock; %s stands by", self.owner)
         self._leader = held
         return held
 
@@ -536,3 +407,38 @@ def run_beat(scheduler: Scheduler, stop: threading.Event) -> None:
             stop.wait(delay)
     finally:
         scheduler.close()
+
+
+def scheduler_for(app: App) -> Scheduler:
+    """The scheduler for an app's ``beat_schedule`` and ``add_periodic_task`` entries.
+
+    Progress persists in the result backend when there is one (so restarts keep
+    last-run times). When the broker or the backend is Redis, beats share a Redis
+    lease, so several may run at once and exactly one sends (high availability);
+    otherwise run a single beat.
+    """
+    from zoneinfo import ZoneInfo
+
+    from taskq.beat_locks import LocalBeatLock, RedisBeatLock
+
+    conf = app.conf
+    redis_url = next(
+        (u for u in (app.backend_url, app.broker_url) if u and u.startswith(("redis://", "rediss://"))),
+        None,
+    )
+    lock: BeatLock = RedisBeatLock(redis_url) if redis_url else LocalBeatLock()
+    backend = app.backend
+    store: ScheduleStore = KeyValueStore(backend) if backend is not None else MemoryStore()
+
+    def send(entry: Entry) -> None:
+        app.send_task(entry.task, entry.args, entry.kwargs, **entry.options)
+
+    return Scheduler(
+        entries_from_config(app.periodic_tasks),
+        send=send,
+        store=store,
+        tz=ZoneInfo(conf.timezone),
+        lock=lock,
+        max_interval=conf.beat_max_loop_interval,
+        lease_timeout=conf.beat_lease_timeout,
+    )

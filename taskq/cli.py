@@ -236,6 +236,31 @@ def purge(ctx: click.Context, app_spec: str | None, queues: str | None, force: b
     click.echo(f"Purged {total} message(s) from {', '.join(names)}.")
 
 
+@main.command()
+@app_option
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("--logfile", type=click.Path(dir_okay=False), default=None)
+@click.pass_context
+def beat(ctx: click.Context, app_spec: str | None, loglevel: str, logfile: str | None) -> None:
+    """Send periodic tasks (beat_schedule and add_periodic_task) when due."""
+    import signal as signals
+    import threading
+
+    from taskq.beat import run_beat, scheduler_for
+
+    _configure_logging(loglevel, logfile)
+    app = _resolve_app(ctx, app_spec)
+    try:
+        scheduler = scheduler_for(app)
+    except TaskqError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(f"taskq beat {__version__}: {len(scheduler.entries)} periodic task(s), broker {app.broker_url}")
+    stop = threading.Event()
+    for sig in (signals.SIGTERM, signals.SIGINT):
+        signals.signal(sig, lambda *_: stop.set())
+    run_beat(scheduler, stop)
+
+
 def _configure_logging(level: str, logfile: str | None) -> None:
     handler: logging.Handler = (
         logging.FileHandler(Path(logfile)) if logfile else logging.StreamHandler(sys.stderr)

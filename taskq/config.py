@@ -46,8 +46,6 @@ class Settings:
     broker_url: str | None = None
     broker_transport_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     broker_connection_timeout: float | None = 4.0
-    broker_connection_retry: bool = True
-    broker_connection_max_retries: int | None = 100
     # Results
     result_backend: str | None = None
     result_backend_transport_options: dict[str, Any] = dataclasses.field(default_factory=dict)

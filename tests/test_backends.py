@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,40 +34,40 @@ def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
         time.sleep(0.02)
 
 
+def delete_prefixed(url: str, prefix: str) -> None:
+    """Delete this test's own Redis keys (never FLUSHDB: the server is shared)."""
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
 @pytest.fixture(params=["memory", "redis", "sqlite"])
 def make_backend(
-    request: pytest.FixtureRequest, tmp_path: Any, unique: str
+    request: pytest.FixtureRequest, tmp_path: Path, unique: str
 ) -> Iterator[MakeBackend]:
     """A factory for backends of one kind (``make_backend(expires=1)``); all closed after."""
     made: list[Backend] = []
-    kind = request.param
-    if kind == "redis":
+    prefix = f"taskq-test-{unique}:"
+    if request.param == "memory":
+        build: MakeBackend = partial(MemoryBackend, "memory://")
+    elif request.param == "redis":
         url = request.getfixturevalue("redis_url")
-        prefix = f"taskq-test-{unique}:"
-    elif kind == "sqlite":
+        build = partial(RedisBackend, url, options={"key_prefix": prefix})
+    else:
         sqlite = pytest.importorskip("taskq.backends.sqlite")
+        build = partial(sqlite.SqliteBackend, f"sqlite:///{tmp_path / 'results.sqlite3'}")
 
     def make(expires: float | None = 300.0) -> Backend:
-        backend: Backend
-        if kind == "memory":
-            backend = MemoryBackend("memory://", expires=expires)
-        elif kind == "redis":
-            backend = RedisBackend(url, expires=expires, options={"key_prefix": prefix})
-        else:
-            path = tmp_path / "results.sqlite3"
-            backend = sqlite.SqliteBackend(f"sqlite:///{path}", expires=expires)
-        made.append(backend)
-        return backend
+        made.append(build(expires=expires))
+        return made[-1]
 
     yield make
     for backend in made:
         backend.close()
-    if kind == "redis":
-        client = redis.Redis.from_url(url)
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
+    if request.param == "redis":
+        delete_prefixed(url, prefix)
 
 
 @pytest.fixture
@@ -272,11 +274,7 @@ def redis_backend(redis_url: str, unique: str) -> Iterator[RedisBackend]:
     backend = RedisBackend(redis_url, expires=300, options={"key_prefix": f"taskq-test-{unique}:"})
     yield backend
     backend.close()
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"taskq-test-{unique}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    delete_prefixed(redis_url, f"taskq-test-{unique}:")
 
 
 def numsub(client: redis.Redis, channel: str) -> int:

@@ -502,8 +502,8 @@ def test_reloads_scripts_redis_forgot(env: Env) -> None:
     assert ids(broker.fetch([env.queue], 1, 0)) == ["1"]
     broker._fetch_script.sha = bogus
     keys = [list_key(env.queue, step) for step in (0, 3, 6, 9)]
-    rows = broker._fetch_once(keys, 10, 0.05, block_key=env.queue)  # the pipelined path
-    assert len(rows) == 4 and rows[2].endswith(b"}")
+    _, reply = broker._fetch_once(keys, 10, 0.05, block_key=env.queue)  # the pipelined path
+    assert [d.envelope.headers["id"] for d in broker._deliveries("t", reply, {})] == ["2"]
     assert not env.raw.exists(f"{broker._keys.landing_prefix}{env.queue}")
 
 
@@ -514,6 +514,14 @@ def test_wrong_type_queue_key_is_reported(env: Env) -> None:
         broker.fetch([env.queue], 10, 0)
     broker.publish(message(1), env.queue)
     assert ids(broker.fetch([env.queue], 10, 0)) == ["1"]  # the good list still works
+
+
+def test_wrong_type_watched_key_leases_nothing(env: Env) -> None:
+    broker = env.make()
+    env.raw.set(env.queue, "not a list")
+    with pytest.raises(BrokerError, match="WRONGTYPE"):
+        broker.fetch([env.queue], 10, 0.2)
+    assert env.raw.hlen(broker._keys.inflight) == 0
 
 
 # -- kombu interop -----------------------------------------------------------------

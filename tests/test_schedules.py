@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import date, datetime, timedelta, timezone
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -268,7 +269,7 @@ def test_quarter_hour_job_across_transitions(zone: ZoneInfo, day: date) -> None:
     assert utc == sorted(set(utc)), "no duplicates, in order"
     walls = [(i.hour, i.minute) for i in instants]
     assert len(walls) == len(set(walls)), "each wall time at most once"
-    gaps = [(b - a) / 60 for a, b in zip(utc, utc[1:])]
+    gaps = [(b - a) / 60 for a, b in pairwise(utc)]
     if day.month == 3:
         # The gap's wall times collapse onto its end, which is itself a slot: every
         # real quarter hour still gets exactly one run.

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any, Protocol, cast, overload
+from typing import Any, Protocol, cast
 
 import redis
 from redis import exceptions as redis_errors
@@ -137,7 +137,9 @@ class RedisBackend(Backend):
 
     def set(self, key: str, value: bytes, expires: float | None) -> None:
         with self._translate(f"write {key!r}"):
-            self._client.set(self._prefix + key, value, px=_millis(expires))
+            self._client.set(
+                self._prefix + key, value, px=None if expires is None else _millis(expires)
+            )
 
     def delete(self, key: str) -> None:
         with self._translate(f"delete {key!r}"):
@@ -159,7 +161,7 @@ class RedisBackend(Backend):
         # SET and PUBLISH in one round trip, as Celery's Redis backend does.
         with self._translate(f"write {key!r}"):
             pipe = self._client.pipeline(transaction=True)
-            pipe.set(self._prefix + key, value, px=_millis(expires))
+            pipe.set(self._prefix + key, value, px=None if expires is None else _millis(expires))
             pipe.publish(self._prefix + key, value)
             pipe.execute()
 
@@ -249,13 +251,9 @@ class RedisBackend(Backend):
             ) from exc
 
 
-@overload
-def _millis(seconds: float) -> int: ...
-@overload
-def _millis(seconds: None) -> None: ...
-def _millis(seconds: float | None) -> int | None:
+def _millis(seconds: float) -> int:
     # PX needs a positive integer; an expiry under 1 ms still means "gone at once".
-    return None if seconds is None else max(1, round(seconds * 1000))
+    return max(1, round(seconds * 1000))
 
 
 def _hint(exc: redis_errors.RedisError) -> str:
@@ -487,6 +485,8 @@ class _Listener:
                 conn.disconnect()  # redis-py may have reconnected it behind our back
 
     def _read(self, conn: _Connection, generation: int) -> None:
+        if generation != self._generation:
+            return  # replaced: reading would make redis-py reconnect the old one
         if not conn.can_read(timeout=_TICK):
             self._on_silence(conn, generation)
             return

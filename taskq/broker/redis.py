@@ -88,9 +88,10 @@ __all__ = ["MALFORMED_CONTENT_TYPE", "PRIORITY_STEPS", "RedisBroker", "list_key"
 
 logger = logging.getLogger(__name__)
 
-# kombu's JSON (datetime, Decimal, UUID, bytes markers), so payloads read as kombu's do.
-_json_dumps: Callable[[Any], str] = kombu_json.dumps
-_json_loads: Callable[[bytes], Any] = kombu_json.loads
+# kombu's JSON (datetime, Decimal, UUID, bytes as {"__type__": ...} markers), so payloads
+# read as kombu's do. One shared encoder: json.dumps(cls=...) would build one per message.
+_json_encoder: json.JSONEncoder = kombu_json.JSONEncoder()
+_kombu_loads: Callable[[bytes], Any] = kombu_json.loads
 
 PRIORITY_STEPS = (0, 3, 6, 9)
 PRIORITY_SEP = "\x06\x16"
@@ -124,7 +125,10 @@ end
 
 # KEYS: inflight, consumers, deliveries, landings, delayed, source lists in pop order.
 # ARGV: lease id, lease seconds, max count, tag prefix, promote limit (0: skip).
-# Returns {rows (tag, source, payload, times reaped)..., next ETA or '', TIME, errors}.
+# Returns {runs, payloads, reaped, next ETA or '', TIME seconds, TIME micros, errors}:
+# runs = source list, count, ... in payload order; the i-th payload's tag is prefix .. i;
+# reaped = i, times reaped, ... for the payloads the reaper gave back before. The reply
+# is kept this small because parsing it is most of a fetch's client-side cost.
 _FETCH = (
     _LUA_HELPERS
     + r"""
@@ -147,44 +151,49 @@ if tonumber(ARGV[5]) > 0 then
   local first = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
   if first[2] then next_due = first[2] end
 end
-local rows, pairs_, n = {}, {}, 0
-local want = tonumber(ARGV[3])
+local runs, payloads, reaped, entries = {}, {}, {}, {}
 local counted = redis.call('EXISTS', KEYS[3]) == 1
-local function lease(source, payload)
-  n = n + 1
-  local tag = ARGV[4] .. n
-  pairs_[#pairs_ + 1] = tag
-  pairs_[#pairs_ + 1] = string.len(source) .. ':' .. source .. payload
-  local reaped = 0
-  if counted then
-    reaped = tonumber(redis.call('HGET', KEYS[3], redis.sha1hex(payload))) or 0
+local function lease(source, items, from, to, step)
+  local prefix = string.len(source) .. ':' .. source
+  for j = from, to, step do
+    local payload = items[j]
+    local n = #payloads + 1
+    payloads[n] = payload
+    entries[#entries + 1] = ARGV[4] .. n
+    entries[#entries + 1] = prefix .. payload
+    if counted then
+      local times = redis.call('HGET', KEYS[3], redis.sha1hex(payload))
+      if times then
+        reaped[#reaped + 1] = n
+        reaped[#reaped + 1] = tonumber(times)
+      end
+    end
   end
-  rows[#rows + 1] = tag
-  rows[#rows + 1] = source
-  rows[#rows + 1] = payload
-  rows[#rows + 1] = reaped
+  runs[#runs + 1] = source
+  runs[#runs + 1] = math.abs(to - from) + 1
 end
 local landings = redis.call('HGETALL', KEYS[4])
 for i = 1, #landings, 2 do
   local items = redis.call('LRANGE', landings[i], 0, -1)
   if #items > 0 then
     redis.call('DEL', landings[i])
-    for j = #items, 1, -1 do lease(landings[i + 1], items[j]) end  -- oldest first
+    lease(landings[i + 1], items, #items, 1, -1)  -- oldest first
   end
 end
+local want = tonumber(ARGV[3])
 for i = 6, #KEYS do
-  if n >= want then break end
-  local got = redis.pcall('RPOP', KEYS[i], want - n)
+  if #payloads >= want then break end
+  local got = redis.pcall('RPOP', KEYS[i], want - #payloads)
   if failed(got) then
     errors[#errors + 1] = KEYS[i] .. ': ' .. got.err
   elseif got then
-    for _, payload in ipairs(got) do lease(KEYS[i], payload) end
+    lease(KEYS[i], got, 1, #got, 1)
   end
 end
-for i = 1, #pairs_, 1000 do
-  redis.call('HSET', KEYS[1], unpack(pairs_, i, math.min(i + 999, #pairs_)))
+for i = 1, #entries, 1000 do
+  redis.call('HSET', KEYS[1], unpack(entries, i, math.min(i + 999, #entries)))
 end
-return {rows, next_due, t[1], t[2], errors}
+return {runs, payloads, reaped, next_due, t[1], t[2], errors}
 """
 )
 
@@ -290,13 +299,22 @@ return {moved, errors}
 )
 
 
-def priority_step(priority: int | None) -> int:
-    """The kombu priority step (0, 3, 6 or 9) for ``priority``, clamped to 0-9."""
-    value = min(max(int(priority or 0), 0), 9)
+def clamp_priority(priority: object) -> int:
+    """``priority`` as kombu reads it: an int clamped to 0-9, 0 when missing or not a number."""
+    try:
+        value = int(cast(Any, priority) or 0)
+    except (TypeError, ValueError):
+        return 0
+    return min(max(value, 0), 9)
+
+
+def priority_step(priority: object) -> int:
+    """The kombu priority step (0, 3, 6 or 9) whose list holds ``priority``."""
+    value = clamp_priority(priority)
     return max(step for step in PRIORITY_STEPS if step <= value)
 
 
-def list_key(queue: str, priority: int | None = 0) -> str:
+def list_key(queue: str, priority: object = 0) -> str:
     """The Redis list holding ``queue``'s messages of ``priority``, named as kombu does."""
     step = priority_step(priority)
     return f"{queue}{PRIORITY_SEP}{step}" if step else queue
@@ -334,7 +352,7 @@ def encode_payload(envelope: Envelope, queue: str, priority: int) -> bytes:
         "properties": properties,
     }
     try:
-        return _json_dumps(message).encode("utf-8")
+        return _json_encoder.encode(message).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise BrokerError(
             f"Cannot encode a message for queue {queue!r}: {exc}. "
@@ -355,7 +373,8 @@ def malformed(raw: bytes, error: str) -> Envelope:
 def decode_payload(raw: bytes) -> Envelope:
     """The envelope in kombu JSON ``raw``; a malformed envelope when it is not one."""
     try:
-        message = _json_loads(raw)
+        # kombu's object hook costs a Python call per object; only markers need it.
+        message = _kombu_loads(raw) if b'"__type__"' in raw else json.loads(raw.decode())
     except ValueError as exc:  # also UnicodeDecodeError and kombu's unknown __type__
         return malformed(raw, f"payload is not JSON: {exc}")
     if not isinstance(message, dict) or not isinstance(message.get("properties"), dict):
@@ -398,9 +417,7 @@ def _decode_body(body: object, encoding: object) -> bytes:
 
 def _prepare(envelope: Envelope, queue: str, priority: int | None) -> tuple[str, bytes]:
     """The list key and payload for publishing; ``priority`` None takes the envelope's."""
-    if priority is None:
-        priority = envelope.properties.get("priority")
-    value = min(max(int(priority or 0), 0), 9)
+    value = clamp_priority(envelope.properties.get("priority") if priority is None else priority)
     return list_key(queue, value), encode_payload(envelope, queue, value)
 
 
@@ -455,18 +472,20 @@ def _option_value(name: str, value: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigurationError(f"Redis broker option key_prefix={value!r} must be a string.")
         return value
-    if value is None and name != "lease_timeout" and name != "poll_interval":
+    if value is None and name in ("socket_timeout", "socket_connect_timeout", "max_connections"):
         return None
+    number: float | None
     try:
         number = int(value) if name == "max_connections" else float(value)
     except (TypeError, ValueError):
-        number = -1
-    if name == "max_connections" and number < 2:
-        raise ConfigurationError(
-            f"Redis broker option max_connections={value!r} must be an integer of at least 2 "
-            "(the consumer blocks one connection while other threads ack)."
-        )
-    if not number > 0:
+        number = None
+    if name == "max_connections":
+        if number is None or number < 2:
+            raise ConfigurationError(
+                f"Redis broker option max_connections={value!r} must be an integer of at "
+                "least 2 (the consumer blocks one connection while other threads ack)."
+            )
+    elif number is None or not number > 0:  # also rejects NaN
         raise ConfigurationError(
             f"Redis broker option {name}={value!r} must be a positive number of seconds."
         )
@@ -520,7 +539,8 @@ class RedisBroker(Broker):
         self._requeue_script = self._client.register_script(_REQUEUE)
         self._dead_letter_script = self._client.register_script(_DEAD_LETTER)
         self._requeue_dead_script = self._client.register_script(_REQUEUE_DEAD)
-        self._calls = 0  # fetch calls: makes tags unique and rotates queue order
+        self._calls = 0  # fetch script calls: part of every tag
+        self._rotation = 0  # fetch calls: which queue goes first
         self._promoted_at = -math.inf  # monotonic time of the last promotion
         # Monotonic time the earliest delayed message is due. Publishing threads
         # lower it without a lock; a lost update delays promotion by at most 0.5 s.
@@ -647,18 +667,21 @@ class RedisBroker(Broker):
         """
         if not queues or max_count < 1:
             raise ValueError(f"fetch needs queues and max_count >= 1, got {queues!r}, {max_count}")
-        start = self._calls % len(queues)
+        start = self._rotation % len(queues)
+        self._rotation += 1
         ordered = [*queues[start:], *queues[:start]]  # fairness between queues
         keys = {list_key(q, step): q for step in PRIORITY_STEPS for q in ordered}
         deadline = time.monotonic() + max(timeout, 0.0)
         with self._translate(f"fetch from queues {', '.join(queues)}"):
-            rows = self._fetch_once(list(keys), max_count, wait=0.0, block_key=None)
-            while not rows:
+            tag_prefix, reply = self._fetch_once(list(keys), max_count, wait=0.0, block_key=None)
+            while not reply[1]:
                 wait = self._wait_time(deadline)
                 if wait is None:
                     break
-                rows = self._fetch_once(list(keys), max_count, wait, list_key(queues[0]))
-        return [self._delivery(rows[i : i + 4], keys) for i in range(0, len(rows), 4)]
+                tag_prefix, reply = self._fetch_once(
+                    list(keys), max_count, wait, list_key(queues[0])
+                )
+        return self._deliveries(tag_prefix, reply, keys)
 
     def _wait_time(self, deadline: float) -> float | None:
         """How long the next BLMOVE may block; None when the fetch timeout is over."""
@@ -675,9 +698,13 @@ class RedisBroker(Broker):
 
     def _fetch_once(
         self, sources: list[str], max_count: int, wait: float, block_key: str | None
-    ) -> list[Any]:
-        """Run the fetch script, after blocking up to ``wait`` s on ``block_key`` if set."""
+    ) -> tuple[str, list[Any]]:
+        """Run the fetch script, after blocking up to ``wait`` s on ``block_key`` if set.
+
+        Returns the tag prefix and the script's reply.
+        """
         self._calls += 1
+        tag_prefix = f"{self._tag_base}.{self._calls:x}."
         promote = self._promote_due(time.monotonic() + wait)
         keys = [
             self._keys.inflight,
@@ -691,14 +718,14 @@ class RedisBroker(Broker):
             self._lease_id,
             self.settings.lease_timeout,
             max_count,
-            f"{self._tag_base}.{self._calls:x}.",
+            tag_prefix,
             _PROMOTE_LIMIT if promote else 0,
         ]
         if block_key is None:
-            reply = self._fetch_script(keys, args)
+            reply = cast(list[Any], self._fetch_script(keys, args))
         else:
             reply = self._block_then_fetch(block_key, wait, keys, args)
-        rows, next_due, seconds, micros, errors = reply
+        _, payloads, _, next_due, seconds, micros, errors = reply
         if promote:
             self._promoted_at = time.monotonic()
             server_now = int(seconds) + int(micros) / 1e6
@@ -706,8 +733,8 @@ class RedisBroker(Broker):
                 time.monotonic() + float(next_due) - server_now if next_due else math.inf
             )
         if errors:
-            self._script_errors("fetch", errors, raise_=not rows)
-        return cast(list[Any], rows)
+            self._script_errors("fetch", errors, raise_=not payloads)
+        return tag_prefix, reply
 
     def _block_then_fetch(
         self, block_key: str, wait: float, keys: list[Any], args: list[Any]
@@ -719,30 +746,46 @@ class RedisBroker(Broker):
         blmove: Callable[..., object] = pipe.execute_command  # blmove() types timeout as int
         blmove("BLMOVE", block_key, landing, "RIGHT", "LEFT", wait)
         pipe.evalsha(self._fetch_script.sha, len(keys), *keys, *args)
-        try:
-            return cast(list[Any], pipe.execute()[2])
-        except NoScriptError:
+        # Not raise_on_error: the script runs even when BLMOVE fails, and raising then
+        # would strand what it leased in this (live, never reaped) consumer's hash.
+        _, blocked, reply = pipe.execute(raise_on_error=False)
+        if isinstance(reply, NoScriptError):
             # Redis restarted or flushed its scripts. A message BLMOVE took waits in the
             # landing list; the plain call reloads the script and adopts it.
-            return cast(list[Any], self._fetch_script(keys, args))
+            reply = self._fetch_script(keys, args)
+        elif isinstance(reply, Exception):
+            raise reply
+        if isinstance(blocked, Exception):
+            if not reply[1]:
+                raise blocked
+            logger.error("Redis broker could not block on list %r: %s", block_key, blocked)
+        return cast(list[Any], reply)
 
     def _promote_due(self, at: float) -> bool:
         return at >= self._next_due or at - self._promoted_at >= _PROMOTE_EVERY
 
-    def _delivery(self, row: list[Any], queues: dict[str, str]) -> Delivery:
-        tag, source_bytes, payload, reaped = row
-        source = source_bytes.decode("utf-8")
-        queue = queues.get(source)
-        if queue is None:  # adopted from a landing list of an earlier fetch
-            base, _, step = source.rpartition(PRIORITY_SEP)
-            queue = base if base and step in ("3", "6", "9") else source
-        return Delivery(
-            envelope=decode_payload(payload),
-            queue=queue,
-            tag=tag.decode("ascii"),
-            delivery_count=1 + int(reaped),
-            raw=_Lease(source, payload),
-        )
+    def _deliveries(
+        self, tag_prefix: str, reply: list[Any], queues: dict[str, str]
+    ) -> list[Delivery]:
+        runs, payloads, reaped_pairs = reply[0], reply[1], reply[2]
+        reaped = dict(zip(reaped_pairs[::2], reaped_pairs[1::2], strict=True))
+        deliveries: list[Delivery] = []
+        for i in range(0, len(runs), 2):
+            source = runs[i].decode("utf-8")
+            queue = queues.get(source) or _queue_of(source)
+            for _ in range(int(runs[i + 1])):
+                n = len(deliveries) + 1
+                payload = payloads[n - 1]
+                deliveries.append(
+                    Delivery(
+                        envelope=decode_payload(payload),
+                        queue=queue,
+                        tag=f"{tag_prefix}{n}",
+                        delivery_count=1 + int(reaped.get(n, 0)),
+                        raw=_Lease(source, payload),
+                    )
+                )
+        return deliveries
 
     def _script_errors(self, doing: str, errors: list[bytes], *, raise_: bool) -> None:
         text = "; ".join(error.decode("utf-8", "replace") for error in errors)
@@ -880,6 +923,12 @@ class RedisBroker(Broker):
     def close(self) -> None:
         """Disconnect the pool. Leased messages stay leased until the lease runs out."""
         self._pool.disconnect()
+
+
+def _queue_of(source: str) -> str:
+    """The queue of a list key the caller did not pass (a landing list of an earlier fetch)."""
+    base, _, step = source.rpartition(PRIORITY_SEP)
+    return base if base and step in ("3", "6", "9") else source
 
 
 def _lease(delivery: Delivery) -> _Lease:

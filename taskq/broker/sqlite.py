@@ -125,7 +125,7 @@ class SqliteFile:
             )
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(f"BEGIN IMMEDIATE;\n{self._schema}\nCOMMIT;")
         except BaseException:
@@ -168,6 +168,23 @@ class SqliteFile:
         self._local.conn = None
         if conn is not None and self._local.pid == os.getpid():
             conn.close()
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    # When several processes open a new file at once, switching it to WAL can fail
+    # with "database is locked" at once instead of waiting out the busy timeout
+    # (seen with 8 processes on SQLite 3.40), so retry until that timeout.
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    pause = _FIRST_POLL
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _advice(exc: sqlite3.Error) -> str:
