@@ -6,6 +6,7 @@ Each command builds its options and calls library code.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -48,11 +49,9 @@ def find_app(spec: str) -> App:
     if app is not None:
         return app
     for sub in ("app", "celery", "tasks"):
-        try:
-            submodule = importlib.import_module(f"{module_name}.{sub}")
-        except ModuleNotFoundError:
+        if not hasattr(module, "__path__") or importlib.util.find_spec(f"{module_name}.{sub}") is None:
             continue
-        app = _app_in(submodule)
+        app = _app_in(_import(f"{module_name}.{sub}"))
         if app is not None:
             return app
     raise click.UsageError(

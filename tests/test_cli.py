@@ -84,7 +84,7 @@ def test_app_spec_forms(project: Path) -> None:
     environ = proc.env()
     (project / "pkg").mkdir()
     (project / "pkg" / "__init__.py").write_text("")
-    (project / "pkg" / "celery.py").write_text(PROJ.replace("app = App", "my_app = App"))
+    (project / "pkg" / "celery.py").write_text("from taskq import App\nmy_app = App('pkg')\n")
     for spec in ("proj", "proj:app", "pkg"):
         out = proc.run(project, environ, "-A", spec, "purge", "-f")
         assert out.returncode == 0, (spec, out.stderr)

@@ -79,6 +79,10 @@ class DeadLetter:
 class Broker(abc.ABC):
     """Publishing and consuming for one broker URL.
 
+    Every broker accepts the options ``lease_timeout`` (seconds before the messages
+    of a consumer that stopped heartbeating go back to their queues) and
+    ``connect_timeout`` (seconds); others are transport-specific.
+
     Attributes:
         supports_delayed: True when ``publish(eta=...)`` keeps the message in a
             delayed store outside any worker's prefetch until it is due. When False

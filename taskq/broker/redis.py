@@ -19,8 +19,10 @@ long it runs. ``heartbeat`` also reaps: for each consumer past its deadline it
 pushes the in-flight and landing messages back to the consumer end of their
 lists and counts a delivery for each in-flight one, in one script, so two
 reapers never restore a message twice. The count is keyed by the payload's
-SHA-1 (a tag is per delivery, the payload is what comes back). Landing messages
-are not counted: they were never handed to the application. The lease id is
+SHA-1 (a tag is per delivery, the payload is what comes back), so identical
+payloads share a count, and a count stays behind if a kombu consumer takes the
+message after a reap. Landing messages are not counted: they were never handed
+to the application. The lease id is
 ``consumer_id`` plus a per-instance random part, so a restarted worker reusing
 its name never inherits (and keeps alive) its predecessor's leases.
 
@@ -54,8 +56,9 @@ Keys (besides the queue lists), all under ``key_prefix`` (default ``taskq:``)::
     delayed                            zset  "<32 hex><len>:<list><payload>" by ETA
     dlq                                list  JSON entries, oldest first
 
-Scripts build per-consumer key names from the prefix, so this broker needs a
-single Redis server (not Redis Cluster), like kombu's Redis transport.
+Needs Redis 6.2+ (BLMOVE, RPOP with a count). Scripts build per-consumer key
+names from the prefix, so it needs a single Redis server (not Redis Cluster),
+like kombu's Redis transport.
 """
 
 from __future__ import annotations
@@ -457,6 +460,9 @@ class RedisOptions:
         """
         known = [f.name for f in fields(cls)]
         values: dict[str, Any] = {}
+        options = dict(options)
+        if "connect_timeout" in options:  # the name every broker accepts (see base.Broker)
+            options.setdefault("socket_connect_timeout", options.pop("connect_timeout"))
         for name, value in options.items():
             if name not in known:
                 raise ConfigurationError(

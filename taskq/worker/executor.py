@@ -18,7 +18,7 @@ import traceback as tb_mod
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from taskq import canvas
+from taskq import canvas, signals
 from taskq.errors import (
     BackendError,
     Ignore,
@@ -30,6 +30,7 @@ from taskq.errors import (
 )
 from taskq.result import exception_to_dict, states
 from taskq.task import Context, current_request, new_id
+from taskq.worker.limits import enforced
 
 if TYPE_CHECKING:
     from taskq.app import App
@@ -49,9 +50,25 @@ class Outcome:
     reason: str = ""
 
 
-def execute(app: App, ctx: Context) -> Outcome:
+def execute(app: App, ctx: Context, *, inline_hard_limit: bool = True) -> Outcome:
     """Run the request described by ``ctx`` and record its state: the part of a
-    worker that runs where the task runs (a thread, or a prefork child)."""
+    worker that runs where the task runs (a thread, or a prefork child).
+
+    ``ctx.soft_time_limit`` and ``ctx.time_limit`` are raised inside the task (see
+    ``limits.enforced``); a prefork child passes ``inline_hard_limit=False``
+    because its parent enforces the hard limit by killing it.
+    """
+    task = begin(app, ctx)
+    if isinstance(task, Outcome):
+        return task
+    hard = ctx.time_limit if inline_hard_limit else None
+    return finish(app, task, ctx, trace(task, ctx, (ctx.soft_time_limit, hard)))
+
+
+def begin(app: App, ctx: Context) -> Task[Any, Any] | Outcome:
+    """Find the task and get it ready to run: an ``Outcome`` means "do not run"
+    (unregistered or expired, already recorded). Records STARTED when tracked and
+    fires ``task_prerun``."""
     task = app.tasks.get(ctx.task or "")
     if task is None:
         log.error("Received unregistered task of type %r (id %s).", ctx.task, ctx.id)
@@ -61,17 +78,51 @@ def execute(app: App, ctx: Context) -> Outcome:
     if ctx.expires is not None and ctx.expires <= datetime.now(timezone.utc):
         log.info("Task %s[%s] expired: not run", ctx.task, ctx.id)
         store(app, task, ctx, states.REVOKED, TaskRevokedError("expired"))
+        signals.task_revoked.send(task, request=ctx, terminated=False, signum=None, expired=True)
         return Outcome(ACK)
     track = task.track_started if task.track_started is not None else app.conf.task_track_started
     if track:
         store(app, task, ctx, states.STARTED, {"pid": os.getpid(), "hostname": ctx.hostname})
-    traced = trace(task, ctx)
+    signals.task_prerun.send(task, task_id=ctx.id, task=task, args=ctx.args, kwargs=ctx.kwargs)
+    return task
+
+
+def finish(app: App, task: Task[Any, Any], ctx: Context, traced: Traced) -> Outcome:
+    """Record what ``traced`` says, fire the outcome's signals and ``task_postrun``,
+    and say what to do with the message."""
     record(app, task, ctx, traced)
+    announce(task, ctx, traced)
     if traced.state == REJECTED:
         if traced.requeue:
             return Outcome(REQUEUE)
         return Outcome(DEAD_LETTER, f"rejected by the task: {traced.value}")
     return Outcome(ACK)
+
+
+def announce(task: Task[Any, Any], ctx: Context, traced: Traced) -> None:
+    """Fire ``task_success`` / ``task_failure`` / ``task_retry``, then ``task_postrun``."""
+    if traced.state == states.SUCCESS:
+        signals.task_success.send(task, result=traced.value)
+    elif traced.state == states.FAILURE:
+        signals.task_failure.send(
+            task,
+            task_id=ctx.id,
+            exception=traced.value,
+            args=ctx.args,
+            kwargs=ctx.kwargs,
+            traceback=traced.traceback,
+        )
+    elif traced.state == states.RETRY:
+        signals.task_retry.send(task, request=ctx, reason=traced.value)
+    signals.task_postrun.send(
+        task,
+        task_id=ctx.id,
+        task=task,
+        args=ctx.args,
+        kwargs=ctx.kwargs,
+        retval=traced.value,
+        state=traced.state,
+    )
 
 
 @dataclasses.dataclass
@@ -85,28 +136,38 @@ class Traced:
     requeue: bool = False
 
 
-def trace(task: Task[Any, Any], ctx: Context) -> Traced:
-    """Run ``task`` with ``ctx`` as its request; never raises for task errors."""
+def trace(
+    task: Task[Any, Any], ctx: Context, limits: tuple[float | None, float | None] = (None, None)
+) -> Traced:
+    """Run ``task`` with ``ctx`` as its request; never raises for task errors.
+
+    ``limits`` are the ``(soft, hard)`` seconds raised inside the task.
+    """
     token = current_request.set(ctx)
     start = time.monotonic()
     try:
-        value = task.run(*ctx.args, **ctx.kwargs)
-        if inspect.isawaitable(value):
-            value = asyncio.run(_await(value))
+        with enforced(*limits):
+            value = task.run(*ctx.args, **ctx.kwargs)
+            if inspect.isawaitable(value):
+                value = asyncio.run(_await(value))
         return Traced(states.SUCCESS, value, runtime=time.monotonic() - start)
-    except Retry as exc:
-        return Traced(states.RETRY, exc, runtime=time.monotonic() - start)
-    except Ignore:
-        return Traced(IGNORED, runtime=time.monotonic() - start)
-    except Reject as exc:
-        return Traced(REJECTED, exc, requeue=exc.requeue, runtime=time.monotonic() - start)
     except Exception as exc:
-        runtime = time.monotonic() - start
-        if task.autoretry_for and isinstance(exc, task.autoretry_for):
-            return _autoretry(task, ctx, exc, runtime)
-        return Traced(states.FAILURE, exc, tb_mod.format_exc(), runtime)
+        return classify(task, ctx, exc, time.monotonic() - start)
     finally:
         current_request.reset(token)
+
+
+def classify(task: Task[Any, Any], ctx: Context, exc: Exception, runtime: float) -> Traced:
+    """What an exception raised by a task means (call it inside ``except``)."""
+    if isinstance(exc, Retry):
+        return Traced(states.RETRY, exc, runtime=runtime)
+    if isinstance(exc, Ignore):
+        return Traced(IGNORED, runtime=runtime)
+    if isinstance(exc, Reject):
+        return Traced(REJECTED, exc, requeue=exc.requeue, runtime=runtime)
+    if task.autoretry_for and isinstance(exc, task.autoretry_for):
+        return _autoretry(task, ctx, exc, runtime)
+    return Traced(states.FAILURE, exc, tb_mod.format_exc(), runtime)
 
 
 async def _await(value: Any) -> Any:

@@ -2,7 +2,8 @@
 
 A ``Request`` is settled exactly once (ack, requeue or dead-letter); a second
 settle is ignored, so no code path can ack a message twice or ack one that was
-handed back.
+handed back. A request with ``acks_late`` off is acked when it starts
+(``started``), so what happens to it afterwards cannot bring it back.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ class Request:
         self.message = message
         self.broker = broker
         self.hostname = hostname
+        #: False: ack when the task starts rather than when it is done.
+        self.acks_late = True
+        #: The (soft, hard) time limits in seconds the worker resolved for it.
+        self.soft_time_limit: float | None = message.soft_time_limit
+        self.time_limit: float | None = message.time_limit
         self._settled = False
         self._lock = threading.Lock()
 
@@ -65,8 +71,8 @@ class Request:
             group_index=m.group_index,
             reply_to=m.reply_to,
             origin=m.origin,
-            time_limit=m.time_limit,
-            soft_time_limit=m.soft_time_limit,
+            time_limit=self.time_limit,
+            soft_time_limit=self.soft_time_limit,
             ignore_result=m.ignore_result,
             callbacks=m.callbacks,
             errbacks=m.errbacks,
@@ -86,6 +92,11 @@ class Request:
     @property
     def settled(self) -> bool:
         return self._settled
+
+    def started(self) -> None:
+        """The pool is about to run it: ack now unless ``acks_late``."""
+        if not self.acks_late:
+            self.ack()
 
     def ack(self) -> None:
         if self._settle():

@@ -1,0 +1,29 @@
+"""Dramatiq: the bench actors on its Redis broker, the Results middleware when asked for."""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.results import Results
+from dramatiq.results.backends.redis import RedisBackend
+
+from bench import counter
+from bench.apps import BROKER_URL, QUEUE, RESULTS
+
+broker = RedisBroker(url=BROKER_URL)
+if RESULTS:
+    broker.add_middleware(Results(backend=RedisBackend(url=BROKER_URL)))
+dramatiq.set_broker(broker)
+# Dramatiq refuses the store_results option unless the Results middleware is installed.
+OPTIONS = {"store_results": True} if RESULTS else {}
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, **OPTIONS)
+def noop() -> None:
+    counter.done()
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, **OPTIONS)
+def latency(sent: float) -> None:
+    counter.started(sent)
+    counter.done()
