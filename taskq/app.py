@@ -61,6 +61,7 @@ class App:
         self._broker: Broker | None = None
         self._backend: Backend | None = None
         self._lock = threading.Lock()
+        self._inherited: list[object] = []  # see reset_connections
         self._control: Control | None = None
         self._periodic: dict[str, dict[str, Any]] = {}
 
@@ -271,6 +272,17 @@ class App:
 
             self._control = Control(self)
         return self._control
+
+    def reset_connections(self) -> None:
+        """Forget the broker and backend connections without closing them, so the
+        next use opens new ones. For a forked child process: its inherited sockets
+        belong to the parent, and closing them here could close the parent's
+        session (an AMQP close frame, a socket shutdown), so the old objects are
+        kept referenced and never garbage-collected in this process."""
+        self._inherited.extend(c for c in (self._broker, self._backend) if c is not None)
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        self._broker = None
+        self._backend = None
 
     def close(self) -> None:
         """Close the broker and backend connections."""

@@ -99,15 +99,65 @@ def main(ctx: click.Context, app_spec: str | None) -> None:
     ctx.obj["app_spec"] = app_spec
 
 
+def _autoscale(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        high, _, low = value.partition(",")
+        return int(high), int(low or high)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: write MAX,MIN, e.g. 10,3") from None
+
+
 @main.command()
 @app_option
-@click.option("-c", "--concurrency", type=int, default=None, help="Pool size (default: CPU count).")
-@click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "solo"]), default=None)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=int,
+    default=None,
+    help="Pool size (default: CPU count; asyncio 100).",
+)
+@click.option(
+    "-P",
+    "--pool",
+    type=click.Choice(["prefork", "threads", "solo", "asyncio"]),
+    default=None,
+    help="Where tasks run (default: worker_pool, prefork).",
+)
 @click.option("-Q", "--queues", default=None, help="Comma-separated queues to consume.")
 @click.option("-n", "--hostname", default=None, help="Node name; %h is the host name.")
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.option("--logfile", type=click.Path(dir_okay=False), default=None)
-@click.option("--prefetch-multiplier", type=int, default=None)
+@click.option("--json-logs", is_flag=True, help="Write each log record as one JSON object.")
+@click.option("--prefetch-multiplier", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--max-tasks-per-child",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Prefork: recycle after N tasks.",
+)
+@click.option(
+    "--max-memory-per-child",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Prefork: recycle a child past this resident memory, in KiB.",
+)
+@click.option(
+    "--time-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Hard time limit, seconds.",
+)
+@click.option(
+    "--soft-time-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Soft time limit, seconds.",
+)
+@click.option(
+    "--autoscale", callback=_autoscale, default=None, help="Prefork: MAX,MIN children, by load."
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -118,13 +168,20 @@ def worker(
     hostname: str | None,
     loglevel: str,
     logfile: str | None,
+    json_logs: bool,
     prefetch_multiplier: int | None,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
+    time_limit: float | None,
+    soft_time_limit: float | None,
+    autoscale: tuple[int, int] | None,
 ) -> None:
-    """Start a worker."""
+    """Start a worker. SIGTERM or Ctrl-C: warm shutdown (running tasks finish);
+    a second one, or SIGQUIT: cold shutdown (running tasks go back to the queue)."""
     from taskq.worker.banner import banner
     from taskq.worker.worker import Worker, WorkerOptions
 
-    _configure_logging(loglevel, logfile)
+    _configure_logging(loglevel, logfile, json_logs)
     app = _resolve_app(ctx, app_spec)
     options = WorkerOptions(
         queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
@@ -132,6 +189,11 @@ def worker(
         pool=pool,
         hostname=hostname,
         prefetch_multiplier=prefetch_multiplier,
+        max_tasks_per_child=max_tasks_per_child,
+        max_memory_per_child=max_memory_per_child,
+        time_limit=time_limit,
+        soft_time_limit=soft_time_limit,
+        autoscale=autoscale,
     )
     try:
         w = Worker(app, options)
@@ -260,11 +322,29 @@ def beat(ctx: click.Context, app_spec: str | None, loglevel: str, logfile: str |
     run_beat(scheduler, stop)
 
 
-def _configure_logging(level: str, logfile: str | None) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, process, pid, message and,
+    when there is one, the traceback in ``exc``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "process": record.processName,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def _configure_logging(level: str, logfile: str | None, json_logs: bool = False) -> None:
     handler: logging.Handler = (
         logging.FileHandler(Path(logfile)) if logfile else logging.StreamHandler(sys.stderr)
     )
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(JsonFormatter() if json_logs else logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     try:

@@ -199,8 +199,10 @@ def _duration(name: str, value: Any) -> float | None:
             raise ConfigurationError(f"Setting {name!r} cannot be None: give seconds.")
         return None
     if isinstance(value, timedelta):
-        return value.total_seconds()
+        value = value.total_seconds()
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        if name == "result_expires" and value == 0:
+            return None  # Celery: 0 means results never expire
         return float(value)
     raise ConfigurationError(
         f"Setting {name!r} must be a number of seconds or a timedelta, got {value!r}."

@@ -58,9 +58,19 @@ def running_worker(
     pool: str = "threads",
     concurrency: int = 2,
     ready_timeout: float = 10.0,
+    **options: Any,
 ) -> Iterator[Worker]:
-    """Run a worker in a background thread; warm-stop it when the block ends."""
-    worker = Worker(app, WorkerOptions(queues=queues, pool=pool, concurrency=concurrency))
+    """Run a worker in a background thread; warm-stop it when the block ends.
+
+    ``pool`` is any pool; ``prefork`` forks its children from this process, so
+    they inherit the test's objects (``multiprocessing`` events and queues work
+    across them, plain lists and ``threading.Event`` do not) and need a broker and
+    backend other processes reach (not ``memory://``). ``options`` are further
+    ``WorkerOptions`` fields (``time_limit=``, ``max_tasks_per_child=``, ...).
+    """
+    worker = Worker(
+        app, WorkerOptions(queues=queues, pool=pool, concurrency=concurrency, **options)
+    )
     thread = threading.Thread(target=worker.run, name="taskq-test-worker", daemon=True)
     thread.start()
     if not worker.ready.wait(ready_timeout):

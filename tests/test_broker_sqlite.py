@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from taskq.broker.base import Delivery, Envelope
-from taskq.broker.sqlite import MALFORMED_CONTENT_TYPE, SqliteBroker, sqlite_path
+from taskq.broker.sqlite import MALFORMED_CONTENT_TYPE, SqliteBroker, _enable_wal, sqlite_path
 from taskq.errors import BrokerError, ConfigurationError
 
 Q = "default"
@@ -310,7 +310,7 @@ def _consume(url: str, consumer: int, done: Any, results: Any) -> None:
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_processes_ack_every_message_exactly_once(url: str, method: str) -> None:
-    ctx = multiprocessing.get_context(method)
+    ctx: Any = multiprocessing.get_context(method)
     done, results = ctx.Event(), ctx.Queue()
     consumers = [ctx.Process(target=_consume, args=(url, n, done, results)) for n in range(3)]
     producers = [ctx.Process(target=_produce, args=(url, n)) for n in range(2)]
@@ -342,3 +342,23 @@ def test_forked_child_opens_its_own_connection(broker: SqliteBroker) -> None:
     child.join(10)
     assert child.exitcode == 0
     assert bodies(broker.fetch([Q], 10, timeout=1)) == [b"from parent", b"from child"]
+
+
+class _LockedTwice:
+    """A connection whose first two statements fail as a racing WAL switch does."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def execute(self, sql: str) -> None:
+        self.calls += 1
+        if self.calls <= 2:
+            raise sqlite3.OperationalError("database is locked")
+
+
+def test_wal_switch_is_retried_when_locked() -> None:
+    # Several processes opening a new file at once made "PRAGMA journal_mode=WAL"
+    # fail at once, without the busy timeout, in about 1 process in 100.
+    conn = _LockedTwice()
+    _enable_wal(conn)  # type: ignore[arg-type]
+    assert conn.calls == 3

@@ -1,8 +1,11 @@
-"""The contract every broker and backend combination must honour, end to end:
-a real worker (in a thread) consumes what the app publishes."""
+"""The contract every broker and backend combination and every pool must honour,
+end to end: a real worker (in a thread; prefork children forked from this
+process) consumes what the app publishes."""
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +20,9 @@ from taskq.testing import running_worker
 from tests import servers
 
 COMBOS = ["memory", "redis", "amqp+redis", "sqlite"]
+POOLS = ["threads", "prefork", "solo", "asyncio"]
+# Objects the prefork children inherit by fork and share with this process.
+FORK = multiprocessing.get_context("fork")
 
 
 def make_app(combo: str, unique: str, tmp_path: Path, **settings: Any) -> App:
@@ -45,6 +51,13 @@ def combo(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=POOLS)
+def pool(request: pytest.FixtureRequest, combo: str) -> str:
+    if request.param == "prefork" and combo == "memory":
+        pytest.skip("memory:// lives in one process; prefork children cannot reach it")
+    return str(request.param)
+
+
 @pytest.fixture
 def app(combo: str, unique: str, tmp_path: Path) -> Iterator[App]:
     app = make_app(combo, unique, tmp_path)
@@ -56,12 +69,17 @@ class Tasks:
     """The task bodies the contract uses, registered on one app."""
 
     def __init__(self, app: App) -> None:
-        self.gate = threading.Event()
-        self.attempts: list[int] = []
-        gate, attempts = self.gate, self.attempts
+        self.gate = FORK.Event()
+        self._attempts: Any = FORK.SimpleQueue()
+        gate, attempts = self.gate, self._attempts
 
         @app.task(name="contract.add")
         def add(x: int, y: int) -> int:
+            return x + y
+
+        @app.task(name="contract.async_add")
+        async def async_add(x: int, y: int) -> int:
+            await asyncio.sleep(0.01)
             return x + y
 
         @app.task(name="contract.fail")
@@ -70,7 +88,7 @@ class Tasks:
 
         @app.task(name="contract.flaky", bind=True, max_retries=3)
         def flaky(self: Any, succeed_on: int) -> int:
-            attempts.append(self.request.retries)
+            attempts.put(self.request.retries)
             if self.request.retries + 1 < succeed_on:
                 raise self.retry(exc=ValueError("not yet"), countdown=0.2)
             return int(self.request.retries)
@@ -92,11 +110,20 @@ class Tasks:
             progress,
             where,
         )
+        self.async_add = async_add
+
+    def attempts(self) -> list[int]:
+        """The ``retries`` of each run of ``flaky``, in order."""
+        seen = []
+        while not self._attempts.empty():
+            seen.append(self._attempts.get())
+        return seen
 
 
-def test_publish_execute_result(app: App) -> None:
+def test_publish_execute_result(app: App, pool: str) -> None:
     t = Tasks(app)
-    with running_worker(app) as worker:
+    with running_worker(app, pool=pool) as worker:
+        assert t.async_add.delay(4, 5).get(timeout=10) == 9
         result = t.add.delay(2, 3)
         assert result.get(timeout=10) == 5
         assert result.state == states.SUCCESS
@@ -106,9 +133,9 @@ def test_publish_execute_result(app: App) -> None:
         assert result.runtime is not None and result.runtime >= 0
 
 
-def test_failure_keeps_type_and_traceback(app: App) -> None:
+def test_failure_keeps_type_and_traceback(app: App, pool: str) -> None:
     t = Tasks(app)
-    with running_worker(app):
+    with running_worker(app, pool=pool):
         result = t.fail.delay("missing")
         with pytest.raises(KeyError, match="missing"):
             result.get(timeout=10)
@@ -117,16 +144,16 @@ def test_failure_keeps_type_and_traceback(app: App) -> None:
         assert isinstance(result.get(timeout=1, propagate=False), KeyError)
 
 
-def test_retry_with_countdown(app: App) -> None:
+def test_retry_with_countdown(app: App, pool: str) -> None:
     t = Tasks(app)
-    with running_worker(app):
+    with running_worker(app, pool=pool):
         assert t.flaky.delay(3).get(timeout=15) == 2
-    assert t.attempts == [0, 1, 2]
+    assert t.attempts() == [0, 1, 2]
 
 
-def test_custom_state_is_visible_while_running(app: App) -> None:
+def test_custom_state_is_visible_while_running(app: App, pool: str) -> None:
     t = Tasks(app)
-    with running_worker(app):
+    with running_worker(app, pool=pool):
         result = t.progress.delay()
         wait_until(lambda: result.state == "PROGRESS", timeout=10)
         assert result.info == {"done": 1, "total": 2}
@@ -134,21 +161,21 @@ def test_custom_state_is_visible_while_running(app: App) -> None:
         assert result.get(timeout=10) == "finished"
 
 
-def test_routing_to_named_queues(combo: str, unique: str, tmp_path: Path) -> None:
+def test_routing_to_named_queues(combo: str, pool: str, unique: str, tmp_path: Path) -> None:
     routed = f"routed-{unique}"
     app = make_app(combo, unique, tmp_path, task_routes={"contract.where": {"queue": routed}})
     t = Tasks(app)
-    with running_worker(app, queues=[app.conf.task_default_queue, routed]):
+    with running_worker(app, queues=[app.conf.task_default_queue, routed], pool=pool):
         assert t.where.delay().get(timeout=10) == routed
         other = f"percall-{unique}"
-        with running_worker(app, queues=[other]):
+        with running_worker(app, queues=[other], pool=pool):
             assert t.where.apply_async(queue=other).get(timeout=10) == other
     app.close()
 
 
-def test_unknown_task_fails_with_not_registered_and_worker_goes_on(app: App) -> None:
+def test_unknown_task_fails_with_not_registered_and_worker_goes_on(app: App, pool: str) -> None:
     t = Tasks(app)
-    with running_worker(app):
+    with running_worker(app, pool=pool):
         result = app.send_task("contract.no_such_task", [1])
         with pytest.raises(NotRegistered, match="contract.no_such_task"):
             result.get(timeout=10)
@@ -169,12 +196,12 @@ def test_unknown_task_fails_with_not_registered_and_worker_goes_on(app: App) -> 
     ids=["bad-json", "missing-header", "not-accepted"],
 )
 def test_malformed_messages_do_not_stop_the_worker(
-    app: App, body: bytes, content_type: str, headers: dict[str, str]
+    app: App, pool: str, body: bytes, content_type: str, headers: dict[str, str]
 ) -> None:
     t = Tasks(app)
     queue = app.conf.task_default_queue
     app.broker.publish(Envelope(body, content_type, "utf-8", headers), queue)
-    with running_worker(app):
+    with running_worker(app, pool=pool):
         assert t.add.delay(20, 22).get(timeout=10) == 42
     if app.broker_url.startswith(("redis", "sqlite")):
         parked = app.broker.dead_letters()

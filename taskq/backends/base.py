@@ -97,6 +97,26 @@ class Backend(abc.ABC):
     def incr(self, key: str, expires: float | None) -> int:
         """Atomically add one to the integer at ``key`` (missing counts as 0); return it."""
 
+    def add_member(self, key: str, member: str, expires: float | None) -> int:
+        """Add ``member`` to the set at ``key`` and return the set's size.
+
+        Adding a member that is already there changes nothing, so a count kept this
+        way survives duplicate deliveries (the chord counter adds each header task's
+        index: a task run twice counts once). The size counts at least every add
+        that finished before this one: the add that completes a set always sees the
+        full size, and concurrent adds may see it too, so a caller that must act on
+        the full size once claims that with ``incr``. ``expires`` as for ``incr``.
+        The key holds a set: use it only through this method.
+
+        This default, for backends that only implement the primitives above, marks
+        the member with a counter of its own and counts it on the first mark: right
+        under concurrency, but a crash between the two steps loses that member, so
+        the built-in backends override it with one atomic step.
+        """
+        if self.incr(f"{key}:{member}", expires) == 1:
+            return self.incr(key, expires)
+        return int(self.get(key) or 0)
+
     def publish_ready(self, key: str, value: bytes) -> None:  # noqa: B027 - optional hook
         """Tell waiters that ``key`` reached a ready state (push-based backends)."""
 

@@ -7,6 +7,7 @@ must share one backend object. Nothing survives the process.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Sequence
@@ -78,6 +79,19 @@ class MemoryBackend(Backend):
                 deadline = now + expires
             self._data[key] = (str(value).encode(), deadline)
             return value
+
+    def add_member(self, key: str, member: str, expires: float | None) -> int:
+        with self._changed:
+            now = time.monotonic()
+            current = self._live(key, now)
+            # Stored as a JSON list, so get() on the key reads what it holds.
+            members = set(json.loads(current)) if current is not None else set()
+            members.add(member)
+            deadline = self._data[key][1] if current is not None else None
+            if expires is not None:
+                deadline = now + expires
+            self._data[key] = (json.dumps(sorted(members)).encode(), deadline)
+            return len(members)
 
     def publish_ready(self, key: str, value: bytes) -> None:
         with self._changed:

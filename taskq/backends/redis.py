@@ -153,6 +153,15 @@ class RedisBackend(Backend):
                 pipe.pexpire(self._prefix + key, _millis(expires))
             return int(pipe.execute()[0])
 
+    def add_member(self, key: str, member: str, expires: float | None) -> int:
+        with self._translate(f"add a member to {key!r}"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.sadd(self._prefix + key, member)
+            pipe.scard(self._prefix + key)
+            if expires is not None:
+                pipe.pexpire(self._prefix + key, _millis(expires))
+            return int(pipe.execute()[1])
+
     def publish_ready(self, key: str, value: bytes) -> None:
         with self._translate(f"publish {key!r}"):
             self._client.publish(self._prefix + key, value)

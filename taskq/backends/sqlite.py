@@ -112,6 +112,27 @@ class SqliteBackend(Backend):
             self._cleanup(conn, now)
         return value
 
+    def add_member(self, key: str, member: str, expires: float | None) -> int:
+        now = time.time()
+        with self._db.writing("add_member") as conn:
+            row = conn.execute(
+                f"SELECT value, expires_at FROM kv WHERE key = ? AND {_LIVE}", (key, now)
+            ).fetchone()
+            # A JSON list, so get() on the key reads what it holds; a None expiry
+            # keeps the live row's deadline, as incr does.
+            members = set(json.loads(row[0])) if row is not None else set()
+            members.add(member)
+            expires_at = row[1] if row is not None else None
+            if expires is not None:
+                expires_at = now + expires
+            conn.execute(
+                "INSERT INTO kv (key, value, expires_at) VALUES (?, ?, ?) ON CONFLICT (key) "
+                "DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+                (key, json.dumps(sorted(members)).encode(), expires_at),
+            )
+            self._cleanup(conn, now)
+        return len(members)
+
     def close(self) -> None:
         """Close this thread's connection (see ``SqliteFile.close``)."""
         self._db.close()

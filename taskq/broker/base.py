@@ -137,21 +137,25 @@ class Broker(abc.ABC):
         as at least one is leased (an empty list after the timeout). A message is
         never in a state where a crash of this process loses it: it is either in
         its queue or leased to this consumer, and leases of a consumer that stops
-        heartbeating return to their queues. Due delayed messages are promoted here.
+        heartbeating return to their queues. Due delayed messages become deliverable
+        here.
         """
 
     @abc.abstractmethod
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """The messages are done: remove them for good."""
+        """The messages are done: remove them for good. Final even when the lease
+        already ran out; a message that no longer exists is a no-op."""
 
     @abc.abstractmethod
     def requeue(self, deliveries: Sequence[Delivery]) -> None:
         """Give unstarted or interrupted messages back to their queues at once,
-        without counting a delivery attempt."""
+        without counting a delivery attempt. Only messages still leased to this
+        consumer move; others are left alone."""
 
     @abc.abstractmethod
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        """Move a message to the dead-letter queue with ``reason`` and release it."""
+        """Move a message to the dead-letter queue with ``reason`` and release it
+        (final, like ``ack``)."""
 
     def heartbeat(self) -> None:  # noqa: B027 - optional hook
         """Renew this consumer's lease and return messages of consumers whose lease
@@ -159,7 +163,8 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def purge(self, queue: str) -> int:
-        """Delete every waiting message in ``queue``; return how many."""
+        """Delete every waiting message in ``queue`` (delayed ones included; leased ones
+        stay); return how many."""
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """List parked messages, oldest first."""
@@ -174,5 +179,6 @@ class Broker(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} has no dead-letter queue")
 
     def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections. Leased messages stay leased until the lease runs out
-        (call ``requeue`` first to hand them back at once)."""
+        """Release connections (a transport may release only the calling thread's).
+        Leased messages stay leased until the lease runs out (call ``requeue`` first
+        to hand them back at once)."""

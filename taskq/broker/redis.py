@@ -26,6 +26,14 @@ to the application. The lease id is
 ``consumer_id`` plus a per-instance random part, so a restarted worker reusing
 its name never inherits (and keeps alive) its predecessor's leases.
 
+Lost replies. A fetch's tags are ``<session>.<call number>.<i>``. When a fetch call
+fails (connection reset, timeout) the script may still have run, so the next call
+reuses the same call number; the script sees tags under that prefix already in
+the hash and answers with those messages instead of leasing more. redis-py's own
+retry (one, on a connection error or timeout) re-sends the same arguments and is
+answered the same way. Without this a lost reply strands messages with a live
+consumer (never reaped) and a re-sent call overwrites the first call's tags.
+
 Blocking when idle. Lua cannot block and BLMPOP would hold the message only in
 the client's socket, so the consumer blocks with ``BLMOVE <list> <landing>``:
 the message is always in one list or the other. BLMOVE, then the fetch script
@@ -69,6 +77,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import time
 import uuid
@@ -87,7 +96,13 @@ from redis.retry import Retry
 from taskq.broker.base import Broker, DeadLetter, Delivery, Envelope, QueueSpec
 from taskq.errors import BrokerError, ConfigurationError, did_you_mean
 
-__all__ = ["MALFORMED_CONTENT_TYPE", "PRIORITY_STEPS", "RedisBroker", "list_key"]
+__all__ = [
+    "CRASH_AFTER_FETCH_ENV",
+    "MALFORMED_CONTENT_TYPE",
+    "PRIORITY_STEPS",
+    "RedisBroker",
+    "list_key",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +122,12 @@ _PROMOTE_LIMIT = 1000  # due messages moved per script call
 _REAP_LIMIT = 100  # dead consumers handled per heartbeat
 _PUSH_CHUNK = 1000  # values per LPUSH in publish_many
 _DLQ_PAGE = 500
+
+#: Test hook (fault-injection suite only): when this environment variable is "1",
+#: the process exits with status 70 (``os._exit``, no cleanup) right after a fetch
+#: script that leased messages returns, before the client records anything, so the
+#: tests can prove a crash in that window loses nothing. Read once per broker.
+CRASH_AFTER_FETCH_ENV = "TASKQ_TEST_CRASH_AFTER_FETCH"
 
 # Shared by the scripts. Entries are "<len>:<list key><payload>" starting at `start`.
 # pcall on queue lists: a wrong-type key must not abort a script halfway, since
@@ -156,24 +177,44 @@ if tonumber(ARGV[5]) > 0 then
 end
 local runs, payloads, reaped, entries = {}, {}, {}, {}
 local counted = redis.call('EXISTS', KEYS[3]) == 1
+local function add(source, payload)
+  local n = #payloads + 1
+  payloads[n] = payload
+  if counted then
+    local times = redis.call('HGET', KEYS[3], redis.sha1hex(payload))
+    if times then
+      reaped[#reaped + 1] = n
+      reaped[#reaped + 1] = tonumber(times)
+    end
+  end
+  if runs[#runs - 1] == source then
+    runs[#runs] = runs[#runs] + 1
+  else
+    runs[#runs + 1] = source
+    runs[#runs + 1] = 1
+  end
+  return n
+end
+-- Tags under this prefix exist: an earlier run of this call leased them and its reply
+-- was lost (the client asks again with the same prefix, or redis-py re-sent the call
+-- after a timeout). Answer with those messages again: leasing more under the same
+-- tags would overwrite them, and leaving them would strand them with a live consumer.
+local entry = redis.call('HGET', KEYS[1], ARGV[4] .. 1)
+if entry then
+  while entry do
+    local source, payload = unpack_entry(entry, 1)
+    add(source, payload)
+    entry = redis.call('HGET', KEYS[1], ARGV[4] .. (#payloads + 1))
+  end
+  return {runs, payloads, reaped, next_due, t[1], t[2], errors}
+end
 local function lease(source, items, from, to, step)
   local prefix = string.len(source) .. ':' .. source
   for j = from, to, step do
-    local payload = items[j]
-    local n = #payloads + 1
-    payloads[n] = payload
+    local n = add(source, items[j])
     entries[#entries + 1] = ARGV[4] .. n
-    entries[#entries + 1] = prefix .. payload
-    if counted then
-      local times = redis.call('HGET', KEYS[3], redis.sha1hex(payload))
-      if times then
-        reaped[#reaped + 1] = n
-        reaped[#reaped + 1] = tonumber(times)
-      end
-    end
+    entries[#entries + 1] = prefix .. items[j]
   end
-  runs[#runs + 1] = source
-  runs[#runs + 1] = math.abs(to - from) + 1
 end
 local landings = redis.call('HGETALL', KEYS[4])
 for i = 1, #landings, 2 do
@@ -546,6 +587,8 @@ class RedisBroker(Broker):
         self._dead_letter_script = self._client.register_script(_DEAD_LETTER)
         self._requeue_dead_script = self._client.register_script(_REQUEUE_DEAD)
         self._calls = 0  # fetch script calls: part of every tag
+        self._unanswered = False  # the last fetch call failed: reuse its tag prefix
+        self._crash_after_fetch = os.environ.get(CRASH_AFTER_FETCH_ENV) == "1"
         self._rotation = 0  # fetch calls: which queue goes first
         self._promoted_at = -math.inf  # monotonic time of the last promotion
         # Monotonic time the earliest delayed message is due. Publishing threads
@@ -709,7 +752,8 @@ class RedisBroker(Broker):
 
         Returns the tag prefix and the script's reply.
         """
-        self._calls += 1
+        if not self._unanswered:
+            self._calls += 1
         tag_prefix = f"{self._tag_base}.{self._calls:x}."
         promote = self._promote_due(time.monotonic() + wait)
         keys = [
@@ -727,11 +771,21 @@ class RedisBroker(Broker):
             tag_prefix,
             _PROMOTE_LIMIT if promote else 0,
         ]
-        if block_key is None:
-            reply = cast(list[Any], self._fetch_script(keys, args))
-        else:
-            reply = self._block_then_fetch(block_key, wait, keys, args)
+        try:
+            if block_key is None:
+                reply = cast(list[Any], self._fetch_script(keys, args))
+            else:
+                reply = self._block_then_fetch(block_key, wait, keys, args)
+        except BaseException:
+            # The script may have run and leased messages under tag_prefix before the
+            # reply was lost. The next call reuses the prefix and the script hands them
+            # over again (see _FETCH), so they are not stranded with this live consumer.
+            self._unanswered = True
+            raise
+        self._unanswered = False
         _, payloads, _, next_due, seconds, micros, errors = reply
+        if payloads and self._crash_after_fetch:
+            os._exit(70)  # test hook, see CRASH_AFTER_FETCH_ENV
         if promote:
             self._promoted_at = time.monotonic()
             server_now = int(seconds) + int(micros) / 1e6

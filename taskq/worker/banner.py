@@ -33,7 +33,7 @@ def banner(worker: Worker) -> str:
         f"  app:         {app.main or '__main__'}",
         f"  broker:      {describe_url(app.broker_url)}",
         f"  results:     {describe_url(app.backend_url)}",
-        f"  concurrency: {worker.pool.concurrency} ({worker.pool_name})",
+        f"  concurrency: {worker.pool.describe()}",
         f"  queues:      {', '.join(worker.queues)}",
         "  [tasks]",
         *(f"    . {name}" for name in tasks),

@@ -1,13 +1,15 @@
 """Execution pools: where task code runs.
 
 ``solo`` runs each task in the consumer's thread, one at a time. ``threads`` runs
-up to N at once in a thread pool. Both expose the same small interface, so the
-worker does not care which it drives.
+up to N at once in a thread pool. ``prefork`` (``taskq.worker.prefork``) runs them
+in child processes and ``asyncio`` (``taskq.worker.aio``) on one event loop. All
+expose the same small interface, so the worker does not care which it drives.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -25,9 +27,33 @@ log = logging.getLogger("taskq.worker")
 Done = Callable[[Request, Outcome], None]
 
 
+#: The pools ``make_pool`` knows.
+POOLS = ("prefork", "threads", "solo", "asyncio")
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolSettings:
+    """How big a pool is and when a prefork child is replaced.
+
+    Attributes:
+        concurrency: how many tasks run at once (the maximum with ``autoscale``).
+        max_tasks_per_child: prefork: replace a child after this many tasks.
+        max_memory_per_child: prefork: replace a child whose resident memory
+            passed this many KiB after a task.
+        autoscale: prefork: ``(max, min)`` children; the pool grows while
+            requests wait and shrinks when idle.
+    """
+
+    concurrency: int
+    max_tasks_per_child: int | None = None
+    max_memory_per_child: int | None = None
+    autoscale: tuple[int, int] | None = None
+
+
 def run_here(app: App, request: Request, done: Done) -> None:
     """Execute in this thread and report the outcome (solo and threads pools)."""
     try:
+        request.started()
         outcome = execute(app, request.context())
     except Exception:
         log.exception("Internal error running %r; giving it back", request)
@@ -36,7 +62,14 @@ def run_here(app: App, request: Request, done: Done) -> None:
 
 
 class Pool(Protocol):
+    """What the worker needs from a pool. ``done`` (given at construction) is called
+    exactly once for every submitted request that started, unless ``stop`` came
+    first."""
+
     concurrency: int
+
+    def describe(self) -> str:
+        """The size and kind, for the banner: ``"4 (prefork)"``."""
 
     def start(self) -> None: ...
 
@@ -51,6 +84,10 @@ class Pool(Protocol):
     def join(self, timeout: float) -> bool:
         """Wait until nothing runs; False if ``timeout`` passed first."""
 
+    def terminate(self, task_id: str, signum: int) -> bool:
+        """Stop the running task ``task_id`` with ``signum``; False when it is not
+        running here or this pool cannot stop a running task."""
+
     def stop(self) -> None: ...
 
 
@@ -62,6 +99,9 @@ class SoloPool:
         self._app = app
         self._done = done
         self._current: Request | None = None
+
+    def describe(self) -> str:
+        return "1 (solo)"
 
     def start(self) -> None:
         pass
@@ -82,6 +122,9 @@ class SoloPool:
     def join(self, timeout: float) -> bool:
         return self._current is None
 
+    def terminate(self, task_id: str, signum: int) -> bool:
+        return _cannot_terminate("solo", task_id, self.running())
+
     def stop(self) -> None:
         pass
 
@@ -98,6 +141,9 @@ class ThreadPool:
         self._cond = threading.Condition()
         self._stopped = False
         self._threads: list[threading.Thread] = []
+
+    def describe(self) -> str:
+        return f"{self.concurrency} (threads)"
 
     def start(self) -> None:
         for n in range(self.concurrency):
@@ -140,15 +186,42 @@ class ThreadPool:
         with self._cond:
             return self._cond.wait_for(lambda: not self._running and not self._waiting, timeout)
 
+    def terminate(self, task_id: str, signum: int) -> bool:
+        return _cannot_terminate("threads", task_id, self.running())
+
     def stop(self) -> None:
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
 
 
-def make_pool(name: str, concurrency: int, app: App, done: Done) -> Pool:
+def _cannot_terminate(pool: str, task_id: str, running: list[Request]) -> bool:
+    if any(r.id == task_id for r in running):
+        log.warning(
+            "Task %s was revoked with terminate=True, but the %s pool cannot stop a "
+            "running task; it runs to the end (use the prefork or asyncio pool)",
+            task_id,
+            pool,
+        )
+    return False
+
+
+def make_pool(name: str, settings: PoolSettings, app: App, done: Done) -> Pool:
+    """The pool called ``name`` (one of ``POOLS``).
+
+    Raises:
+        ValueError: an unknown name.
+    """
     if name == "solo":
         return SoloPool(app, done)
     if name == "threads":
-        return ThreadPool(concurrency, app, done)
-    raise ValueError(name)
+        return ThreadPool(settings.concurrency, app, done)
+    if name == "prefork":
+        from taskq.worker.prefork import PreforkPool
+
+        return PreforkPool(app, done, settings)
+    if name == "asyncio":
+        from taskq.worker.aio import AsyncioPool
+
+        return AsyncioPool(settings.concurrency, app, done)
+    raise ValueError(f"Unknown pool {name!r}; choose one of {', '.join(POOLS)}.")

@@ -2,9 +2,14 @@
 
 The consumer loop leases messages from the broker (at most
 ``concurrency * prefetch_multiplier`` outstanding), decodes them, and hands them
-to the pool. A heartbeat thread keeps this worker's leases alive. Warm shutdown
-stops fetching, gives unstarted messages back at once, lets running tasks finish
-within ``worker_shutdown_timeout`` and then gives back what is still running.
+to the pool. A rate-limited task that has no token yet is parked in the worker
+(not counted against the prefetch until as many are parked as the prefetch
+holds) and released when its token is due, so it delays only its own kind. A
+heartbeat thread keeps this worker's leases alive; a control thread polls the
+result backend once a second for running tasks revoked with ``terminate=True``
+(see ``taskq.control``). Warm shutdown stops fetching, gives unstarted messages
+back at once, lets running tasks finish within ``worker_shutdown_timeout`` and
+then gives back what is still running; cold shutdown skips the wait.
 """
 
 from __future__ import annotations
@@ -21,13 +26,23 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from taskq import signals
 from taskq.broker.base import Delivery, QueueSpec
-from taskq.errors import BackendError, BrokerError, DecodeError, TaskRevokedError, WorkerLostError
+from taskq.control import terminations
+from taskq.errors import (
+    BackendError,
+    BrokerError,
+    ConfigurationError,
+    DecodeError,
+    TaskRevokedError,
+    WorkerLostError,
+)
 from taskq.message import decode
 from taskq.result import states
-from taskq.worker import executor
+from taskq.worker import executor, limits
 from taskq.worker.executor import ACK, DEAD_LETTER, REQUEUE, Outcome
-from taskq.worker.pools import Pool, make_pool
+from taskq.worker.pools import POOLS, Pool, PoolSettings, make_pool
+from taskq.worker.ratelimit import RateLimiter, parse_rate
 from taskq.worker.request import Request
 
 if TYPE_CHECKING:
@@ -36,7 +51,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("taskq.worker")
 
-POOLS = ("threads", "solo")
+#: Default concurrency of the asyncio pool (coroutines are cheap).
+ASYNCIO_CONCURRENCY = 100
+#: Seconds between two looks at the backend for running tasks revoked with terminate.
+CONTROL_INTERVAL = 1.0
 
 #: Header counting how often the process running this message died (the poison guard).
 LOST_HEADER = "x-taskq-worker-lost"
@@ -52,6 +70,11 @@ class WorkerOptions:
     hostname: str | None = None
     prefetch_multiplier: int | None = None
     shutdown_timeout: float | None = None
+    max_tasks_per_child: int | None = None
+    max_memory_per_child: int | None = None  # KiB
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    autoscale: tuple[int, int] | None = None  # (max, min) prefork children
 
 
 def expand_hostname(name: str | None) -> str:
@@ -70,37 +93,34 @@ class Worker:
         self.app = app
         self.hostname = expand_hostname(opts.hostname or conf.worker_hostname)
         self.queues = opts.queues or [conf.task_default_queue]
-        pool_name = opts.pool or conf.worker_pool
-        if pool_name == "prefork":
-            # The prefork pool arrives with the worker issue; threads serve until then.
-            pool_name = "threads"
-        if pool_name not in POOLS:
-            raise ValueError(f"Unknown pool {pool_name!r}; choose one of {', '.join(POOLS)}.")
-        self.pool_name = pool_name
-        concurrency = (
-            1
-            if pool_name == "solo"
-            else (opts.concurrency or conf.worker_concurrency or os.cpu_count() or 1)
-        )
-        self.pool: Pool = make_pool(pool_name, concurrency, app, self._settle)
+        self.pool_name = opts.pool or conf.worker_pool
+        self.soft_time_limit, self.time_limit = opts.soft_time_limit, opts.time_limit
+        self.pool: Pool = make_pool(self.pool_name, _pool_settings(app, opts), app, self._settle)
         multiplier = opts.prefetch_multiplier or conf.worker_prefetch_multiplier
-        self.capacity = max(1, concurrency * multiplier)
+        self.capacity = max(1, self.pool.concurrency * multiplier)
         self.shutdown_timeout = (
             opts.shutdown_timeout
             if opts.shutdown_timeout is not None
             else conf.worker_shutdown_timeout
         )
+        self._rates: dict[str, float | None] = {}
+        for name in app.tasks:  # a bad rate limit stops start-up, not a task later
+            self._rate_for(name)
         self.consumer_id = f"{self.hostname}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         self.broker: Broker = app.new_broker(self.consumer_id)
         self.ready = threading.Event()
         self._stopping = threading.Event()
+        self._closed = threading.Event()
         self._cold = False
         self._in_flight = 0
         self._lock = threading.Lock()
         self._slot = threading.Event()
-        self._held: list[
-            tuple[float, int, Request]
-        ] = []  # ETA messages (brokers without a delayed store)
+        # ETA messages (brokers without a delayed store), by unix time.
+        self._held: list[tuple[float, int, Request]] = []
+        # Rate-limited requests waiting for their token, by monotonic time.
+        self._parked: list[tuple[float, int, Request]] = []
+        self._limiter = RateLimiter()
+        self._terminated: set[str] = set()
         self._seq = itertools.count()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -111,10 +131,11 @@ class Worker:
             [QueueSpec(q, self.app.conf.task_queue_max_priority) for q in self.queues]
         )
         self.pool.start()
-        heartbeat = threading.Thread(target=self._heartbeat, name="taskq-heartbeat", daemon=True)
-        heartbeat.start()
+        for target, name in ((self._heartbeat, "heartbeat"), (self._watch_revokes, "control")):
+            threading.Thread(target=target, name=f"taskq-{name}", daemon=True).start()
         self.ready.set()
         log.info("%s ready.", self.hostname)
+        signals.worker_ready.send(self)
         try:
             self._consume(burst)
         finally:
@@ -145,10 +166,9 @@ class Worker:
         backoff = 0.1
         while not self._stopping.is_set():
             self._release_due()
-            with self._lock:
-                free = self.capacity - self._in_flight
+            free = self._free()
             if free <= 0:
-                self._slot.wait(0.5)
+                self._slot.wait(min(0.5, self._fetch_timeout(False)))
                 self._slot.clear()
                 continue
             try:
@@ -159,19 +179,37 @@ class Worker:
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            if self._stopping.is_set():
+                self._requeue_fetched(deliveries)
+                return
             if not deliveries and burst and self._idle():
                 return
             self._accept(deliveries)
+
+    def _free(self) -> int:
+        """How many more messages to lease. Parked (rate-limited) requests count only
+        beyond ``capacity`` of them, so they never starve other tasks of the prefetch."""
+        with self._lock:
+            return self.capacity - self._in_flight - max(0, len(self._parked) - self.capacity)
 
     def _fetch_timeout(self, burst: bool) -> float:
         timeout = 0.05 if burst else 1.0
         if self._held:
             timeout = min(timeout, max(0.0, self._held[0][0] - time.time()))
+        if self._parked:
+            timeout = min(timeout, max(0.0, self._parked[0][0] - time.monotonic()))
         return timeout
 
     def _idle(self) -> bool:
         with self._lock:
-            return self._in_flight == 0 and not self._held
+            return self._in_flight == 0 and not self._held and not self._parked
+
+    def _requeue_fetched(self, deliveries: list[Delivery]) -> None:
+        if deliveries:
+            try:
+                self.broker.requeue(deliveries)
+            except BrokerError as exc:
+                log.error("Could not return %d message(s): %s", len(deliveries), exc)
 
     def _accept(self, deliveries: list[Delivery]) -> None:
         requests = [r for r in map(self._decode, deliveries) if r is not None]
@@ -197,7 +235,14 @@ class Worker:
             self.broker.dead_letter(delivery, f"malformed: {exc}")
             return None
         request = Request(delivery, message, self.broker, self.hostname)
-        limit = self.app.conf.task_max_delivery_attempts
+        conf = self.app.conf
+        task = self.app.tasks.get(message.task)
+        late = task.acks_late if task is not None else None
+        request.acks_late = conf.task_acks_late if late is None else late
+        request.soft_time_limit, request.time_limit = limits.resolve(
+            conf, task, message, self.soft_time_limit, self.time_limit
+        )
+        limit = conf.task_max_delivery_attempts
         attempts = delivery.delivery_count + int(delivery.envelope.headers.get(LOST_HEADER) or 0)
         if attempts > limit:
             reason = f"delivered {attempts} times and its process died each time (limit {limit})"
@@ -225,14 +270,38 @@ class Worker:
         heapq.heappush(self._held, (eta, next(self._seq), request))
 
     def _release_due(self) -> None:
-        now = time.time()
+        now, clock = time.time(), time.monotonic()
+        while self._parked and self._parked[0][0] <= clock:
+            self._submit(heapq.heappop(self._parked)[2])
         while self._held and self._held[0][0] <= now:
             self._start(heapq.heappop(self._held)[2])
 
     def _start(self, request: Request) -> None:
+        rate = self._rate_for(request.name)
+        if rate:
+            wait = self._limiter.reserve(request.name, rate)
+            if wait > 0:
+                at = time.monotonic() + wait
+                heapq.heappush(self._parked, (at, next(self._seq), request))
+                return
+        self._submit(request)
+
+    def _submit(self, request: Request) -> None:
         with self._lock:
             self._in_flight += 1
         self.pool.submit(request)
+
+    def _rate_for(self, name: str) -> float | None:
+        """Tasks per second allowed for ``name`` on this worker (None: no limit)."""
+        if name not in self._rates:
+            task = self.app.tasks.get(name)
+            own = task.rate_limit if task is not None else None
+            text = own if own is not None else self.app.conf.task_default_rate_limit
+            try:
+                self._rates[name] = parse_rate(text)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"Task {name!r}: {exc}") from None
+        return self._rates[name]
 
     def _finish_unrun(
         self,
@@ -244,6 +313,11 @@ class Worker:
         ctx = request.context()
         state = states.REVOKED if isinstance(exc, TaskRevokedError) else states.FAILURE
         executor.store(self.app, None, ctx, state, exc)
+        if state == states.REVOKED:
+            task = self.app.tasks.get(request.name)
+            signals.task_revoked.send(
+                task, request=ctx, terminated=False, signum=None, expired=False
+            )
         if reason:
             log.info("Task %s[%s] %s: not run", request.name, request.id, reason)
         if dead_letter:
@@ -254,6 +328,8 @@ class Worker:
     # -- settling (called by the pool when a request is done) -------------------------
 
     def _settle(self, request: Request, outcome: Outcome) -> None:
+        """What the pool calls once per request it ran. A request already settled
+        (acked at start, or given back by a cold shutdown) stays as it is."""
         try:
             if outcome.action == ACK:
                 request.ack()
@@ -281,6 +357,11 @@ class Worker:
             else self.app.conf.task_reject_on_worker_lost
         )
         log.error("Task %s[%s]: %s", request.name, request.id, reason)
+        if request.settled:  # acked when it started (acks_late off): it is lost
+            executor.store(
+                self.app, None, request.context(), states.FAILURE, WorkerLostError(reason)
+            )
+            return
         if not redeliver:
             self._finish_unrun(request, WorkerLostError(reason), None)
             return
@@ -292,23 +373,63 @@ class Worker:
     # -- background ------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
+        # Until every message is settled or given back, also during a warm shutdown.
         interval = self.app.conf.worker_lease_timeout / 3
-        while not self._stopping.wait(interval):
+        while not self._closed.wait(interval):
             try:
                 self.broker.heartbeat()
             except BrokerError as exc:
                 log.warning("Heartbeat failed: %s", exc)
 
+    def _watch_revokes(self) -> None:
+        """Terminate running tasks revoked with ``terminate=True`` (see ``taskq.control``)."""
+        backend = self.app.backend
+        while backend is not None and not self._closed.wait(CONTROL_INTERVAL):
+            ids = [r.id for r in self.pool.running() if r.id not in self._terminated]
+            try:
+                found = terminations(backend, ids)
+            except BackendError as exc:
+                log.warning("Could not check revoked ids: %s", exc)
+                continue
+            for task_id, signum in found.items():
+                self._terminated.add(task_id)
+                if self.pool.terminate(task_id, signum):
+                    log.info("Terminating task %s with %s", task_id, signal.Signals(signum).name)
+
     def _shutdown(self) -> None:
-        unstarted = self.pool.take_unstarted() + [item[2] for item in self._held]
+        unstarted = self.pool.take_unstarted() + [item[2] for item in self._held + self._parked]
         self._held.clear()
+        self._parked.clear()
         self._give_back(unstarted, "unstarted")
-        if not self._cold and not self.pool.join(self.shutdown_timeout):
-            log.warning("Tasks still running after %.1fs; giving them back", self.shutdown_timeout)
-        self._give_back(self.pool.running(), "running")
+        if not self._cold:
+            self._drain()
+        running = self.pool.running()
+        if running:
+            log.warning("Giving back %d task(s) still running", len(running))
         self.pool.stop()
+        self._give_back(running, "running")
+        self._closed.set()
         self.broker.close()
         log.info("%s stopped.", self.hostname)
+        signals.worker_shutdown.send(self)
+
+    def _drain(self) -> None:
+        """Wait for running tasks until ``shutdown_timeout`` passes or a cold stop."""
+        deadline = time.monotonic() + self.shutdown_timeout
+        waiting = self.pool.running()
+        if waiting:
+            log.info(
+                "Warm shutdown: waiting up to %gs for %d running task(s)",
+                self.shutdown_timeout,
+                len(waiting),
+            )
+        while not self._cold:
+            remaining = deadline - time.monotonic()
+            if self.pool.join(max(0.0, min(0.2, remaining))):
+                return
+            if remaining <= 0:
+                log.warning("Tasks still running after %gs", self.shutdown_timeout)
+                return
 
     def _give_back(self, requests: list[Request], what: str) -> None:
         if not requests:
@@ -319,3 +440,39 @@ class Worker:
                 request.requeue()
             except BrokerError as exc:
                 log.error("Could not return %r: %s (its lease will expire)", request, exc)
+
+
+def _pool_settings(app: App, opts: WorkerOptions) -> PoolSettings:
+    """Check the pool name and options against each other and size the pool."""
+    conf = app.conf
+    name = opts.pool or conf.worker_pool
+    if name not in POOLS:
+        raise ValueError(f"Unknown pool {name!r}; choose one of {', '.join(POOLS)}.")
+    if name == "prefork":
+        local = [u for u in (app.broker_url, app.backend_url or "") if u.startswith("memory:")]
+        if local:
+            raise ConfigurationError(
+                f"The prefork pool runs tasks in child processes, which cannot reach "
+                f"{local[0]!r}: it lives inside one process. Use the threads, solo or "
+                "asyncio pool, or a redis, amqp or sqlite URL."
+            )
+    elif opts.autoscale:
+        raise ConfigurationError(f"--autoscale needs the prefork pool, not {name!r}.")
+    if opts.autoscale:
+        high, low = opts.autoscale
+        if not 0 < low <= high:
+            raise ConfigurationError(
+                f"--autoscale takes MAX,MIN with 0 < MIN <= MAX, got {high},{low}."
+            )
+    if name == "solo":
+        concurrency = 1
+    elif name == "asyncio":
+        concurrency = opts.concurrency or conf.worker_concurrency or ASYNCIO_CONCURRENCY
+    else:
+        concurrency = opts.concurrency or conf.worker_concurrency or os.cpu_count() or 1
+    return PoolSettings(
+        concurrency=opts.autoscale[0] if opts.autoscale else concurrency,
+        max_tasks_per_child=opts.max_tasks_per_child or conf.worker_max_tasks_per_child,
+        max_memory_per_child=opts.max_memory_per_child or conf.worker_max_memory_per_child,
+        autoscale=opts.autoscale,
+    )

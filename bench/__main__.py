@@ -1,0 +1,187 @@
+"""``python -m bench`` (through ``bench/run``): run the workloads, print the tables,
+write ``bench/results/<timestamp>.json`` and ``.md``. See bench/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import pyspy, report, specs
+from bench.procs import BenchError, RedisServer
+from bench.workloads import Bench, Config
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "profile")
+QUICK = Config(
+    drain_n=5_000,
+    results_n=1_000,
+    trials=200,
+    latency_budget=15.0,
+    enqueue_n=2_000,
+    async_n=2_000,
+    backlog_taskq=100_000,
+    backlog_others=10_000,
+    due_n=2_000,
+    due_timeout=20.0,
+)
+TITLES = {
+    "W1": "W1 drain throughput, results off",
+    "W2": "W2 drain throughput, results stored, get() on each",
+    "W3": "W3 idle latency: enqueue -> task start, enqueue -> get() returns",
+    "W4": "W4 enqueue rate (no worker running)",
+    "W5": "W5 taskq asyncio pool: tasks awaiting asyncio.sleep(0.01)",
+    "W6": "W6 delayed backlog (countdown 1 h), then tasks due together",
+}
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes: a 1-2 minute smoke run")
+    parser.add_argument("--only", default=",".join(WORKLOADS), help="workloads, comma-separated")
+    parser.add_argument("--frameworks", default=",".join(specs.FRAMEWORKS))
+    parser.add_argument("--port", type=int, default=6390, help="bench Redis; the signal uses +1")
+    defaults = Config()
+    for field in dataclasses.fields(Config):
+        flag = "--" + field.name.replace("_", "-")
+        kind = type(getattr(defaults, field.name))
+        parser.add_argument(flag, type=kind, default=None, help=f"default {field.default:,}")
+    return parser.parse_args(argv)
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    base = QUICK if args.quick else Config()
+    changes = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(Config)
+        if getattr(args, f.name) is not None
+    }
+    return dataclasses.replace(base, **changes)
+
+
+def run(bench: Bench, only: set[str], frameworks: set[str], logs: Path) -> dict[str, Any]:
+    cfg = bench.config
+    result: dict[str, Any] = {}
+
+    def rows(name: str, make: Callable[[], list[dict[str, Any]]]) -> None:
+        if name not in only:
+            return
+        started = time.monotonic()
+        print(f"\n== {TITLES.get(name, name)}", flush=True)
+        result[name] = make()
+        print(f"   ({time.monotonic() - started:.0f} s)", flush=True)
+
+    chosen = [s for s in specs.DRAIN if s.framework in frameworks]
+    single = [s for s in specs.SINGLE if s.framework in frameworks]
+    rows("W1", lambda: [_show(bench.drain(s, cfg.drain_n, False, "W1")) for s in chosen])
+    rows("W2", lambda: [_show(bench.drain(s, cfg.results_n, True, "W2")) for s in chosen])
+    rows("W3", lambda: [_show(bench.latency(s)) for s in single])
+    rows("W4", lambda: [_show(r) for f in specs.FRAMEWORKS if f in frameworks for r in bench.enqueue(f)])
+    if "taskq" in frameworks:
+        w5 = lambda: [_show(bench.drain(specs.TASKQ_ASYNCIO, cfg.async_n, False, "W5", "sleepy"))]  # noqa: E731
+        rows("W5", w5)
+    rows("W6", lambda: [_show(bench.backlog(s)) for s in single])
+    if "profile" in only and "taskq" in frameworks:
+        print("\n== profile: taskq -P solo draining no-op tasks under py-spy", flush=True)
+        try:
+            result["profile"] = pyspy.record(bench, cfg.drain_n, logs / "taskq-solo.speedscope.json")
+        except BenchError as exc:
+            result["profile"] = {"error": str(exc)}
+            print(f"   failed: {exc}")
+    return result
+
+
+def _show(row: dict[str, Any]) -> dict[str, Any]:
+    """One progress line per row, so a long run shows life."""
+    brief = {k: v for k, v in row.items() if not isinstance(v, dict)}
+    print("   " + json.dumps(brief, default=str)[:300], flush=True)
+    return row
+
+
+def render(result: dict[str, Any], markdown: bool) -> str:
+    table = report.markdown_table if markdown else report.text_table
+    columns = {"W1": report.W1, "W2": report.W2, "W3": report.W3, "W4": report.W4}
+    columns.update(W5=report.W1, W6=report.W6)
+    out: list[str] = []
+    for name, cols in columns.items():
+        if result.get(name):
+            out += [f"\n{'### ' if markdown else ''}{TITLES[name]}\n", table(cols, result[name])]
+    commands = report.commands_table(result)
+    if commands:
+        out += ["\n" + ("### " if markdown else "") + "Redis commands per task, by phase\n"]
+        out.append(table(report.COMMANDS, commands))
+    profile = result.get("profile")
+    if profile and "self" in profile:
+        out += ["\n" + ("### " if markdown else "") + "Profile: taskq -P solo drain (py-spy)\n"]
+        out.append(_profile_text(profile, markdown))
+    return "\n".join(out)
+
+
+def _profile_text(profile: dict[str, Any], markdown: bool) -> str:
+    lines = [
+        f"{profile['samples']:,} samples of {profile['thread']}; "
+        f"{profile['tasks_per_s_under_profiler']:,.0f} tasks/s under the profiler",
+        "",
+        "| Self | Function | Where |" if markdown else "Self    Function (where)",
+    ]
+    if markdown:
+        lines.append("|---:|:---|:---|")
+    for entry in profile["self"]:
+        share = f"{entry['share'] * 100:.1f}%"
+        if markdown:
+            lines.append(f"| {share} | `{entry['function']}` | {entry['where']} |")
+        else:
+            lines.append(f"{share:>6}  {entry['function']} ({entry['where']})")
+    lines += ["", "Self time by file:" if not markdown else "Self time by file:", ""]
+    for entry in profile["self_by_file"][:10]:
+        lines.append(f"{'- ' if markdown else '  '}{entry['share'] * 100:5.1f}%  {entry['file']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    cfg = config_from(args)
+    only = set(args.only.split(","))
+    frameworks = set(args.frameworks.split(","))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    logs = RESULTS / stamp
+    logs.mkdir(parents=True, exist_ok=True)
+    broker = RedisServer(args.port, "broker")
+    signal = RedisServer(args.port + 1, "signal")
+    started = time.monotonic()
+    try:
+        broker.start()
+        signal.start()
+        info = report.machine(broker)
+        print("bench: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
+        bench = Bench(cfg, broker, signal, logs)
+        result = run(bench, only, frameworks, logs)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.stop()
+        broker.stop()
+    command = "bench/run " + " ".join(sys.argv[1:] if argv is None else argv)
+    document = {
+        "command": command.strip(),
+        "quick": args.quick,
+        "config": dataclasses.asdict(cfg),
+        "machine": info,
+        "seconds": time.monotonic() - started,
+        "results": result,
+    }
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(document, indent=2, default=str))
+    (RESULTS / f"{stamp}.md").write_text(render(result, markdown=True) + "\n")
+    print(render(result, markdown=False))
+    print(f"\nbench: {document['seconds']:.0f} s; wrote bench/results/{stamp}.json, .md and logs in {logs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""The workloads W1-W6: each returns rows (plain dicts) for the report and the JSON.
+
+Timing never includes a worker's start-up: drain figures run from the first task's
+start to the last task's end, as recorded by the task bodies (bench.counter).
+Redis command counts come from INFO commandstats on the broker's server, which
+nothing but the framework and its producer uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import counter
+from bench.procs import BenchError, Producer, RedisServer, Worker, calls_delta, worker_env
+from bench.specs import DB, QUEUE, Spec
+
+MiB = 1024 * 1024
+
+
+@dataclasses.dataclass
+class Config:
+    """Sizes and limits of one run (``bench/run --help`` documents each)."""
+
+    drain_n: int = 50_000
+    results_n: int = 10_000
+    trials: int = 1_000
+    latency_budget: float = 60.0
+    latency_gap: float = 0.02
+    enqueue_n: int = 10_000
+    async_n: int = 10_000
+    backlog_taskq: int = 1_000_000
+    backlog_others: int = 100_000
+    due_n: int = 10_000
+    due_timeout: float = 60.0
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def per_task(calls: dict[str, int], n: int, top: int = 6) -> dict[str, Any]:
+    """Commands per task: the total and the most frequent ones."""
+    n = max(n, 1)
+    return {
+        "total": sum(calls.values()) / n,
+        "top": {name: count / n for name, count in list(calls.items())[:top]},
+        "counts": calls,
+    }
+
+
+class Bench:
+    """Runs workloads against the bench's own two Redis servers.
+
+    ``broker`` carries every framework's traffic (one database each); ``signal``
+    carries only the completion counter, so it never shows in the broker's counts.
+    """
+
+    def __init__(self, config: Config, broker: RedisServer, signal: RedisServer, logs: Path):
+        self.config, self.broker, self.signal, self.logs = config, broker, signal, logs
+        self._signal = signal.client()
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def env(self, framework: str, results: bool) -> dict[str, str]:
+        return worker_env(
+            {
+                "BENCH_BROKER_URL": f"{self.broker.url}/{DB[framework]}",
+                "BENCH_SIGNAL_URL": f"{self.signal.url}/0",
+                "BENCH_QUEUE": QUEUE,
+                "BENCH_RESULTS": "1" if results else "0",
+            }
+        )
+
+    def fresh(self) -> None:
+        self.broker.flush()
+        self.signal.flush()
+
+    def _log(self, workload: str, label: str) -> Path:
+        return self.logs / f"{workload}-{re.sub(r'[^a-z0-9]+', '-', label.lower())}.log"
+
+    def producer(self, framework: str, results: bool, workload: str) -> Producer:
+        log = self._log(workload, f"{framework}-producer")
+        return Producer(framework, self.env(framework, results), log)
+
+    def worker(self, spec: Spec, results: bool, workload: str, argv: list[str] | None = None):
+        log = self._log(workload, spec.label)
+        return Worker(argv or spec.argv(), self.env(spec.framework, results), log)
+
+    def done_count(self) -> int:
+        return int(self._signal.get(counter.DONE) or 0)
+
+    def wait_done(self, target: int, timeout: float, worker: Worker) -> bool:
+        """Wait until ``target`` tasks are done; sample the worker's RSS meanwhile."""
+        deadline = time.monotonic() + timeout
+        sampled = 0.0
+        while self.done_count() < target:
+            now = time.monotonic()
+            if now > deadline:
+                return False
+            if worker.exited() is not None:
+                raise BenchError(f"worker exited ({worker.exited()}):\n{worker.tail()}")
+            if now - sampled > 0.25:
+                worker.rss()
+                sampled = now
+            time.sleep(0.01)
+        return True
+
+    def span(self) -> tuple[float, float]:
+        """(first task start, last task end) over all worker processes."""
+        first = self._signal.zrange(counter.FIRST, 0, 0, withscores=True)
+        last = self._signal.zrange(counter.LAST, -1, -1, withscores=True)
+        if not first or not last:
+            raise BenchError("no task reported its start and end")
+        return float(first[0][1]), float(last[0][1])
+
+    def probe(self, spec: Spec) -> str | None:
+        """Start the worker on an empty queue: why it cannot serve, or None when it can."""
+        worker = self.worker(spec, False, "probe").start()
+        try:
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline:
+                if worker.exited() is not None:
+                    last = worker.tail(2).splitlines()
+                    return f"worker refused to start: {last[-1] if last else 'no output'}"
+                if spec.children and len(worker.processes()) - 1 >= spec.children:
+                    return None
+                time.sleep(0.1)
+            if spec.children:
+                return (
+                    f"no child processes after 5 s: this taskq runs {spec.pool[1]!r} "
+                    "on another pool (not available yet)"
+                )
+            return None
+        finally:
+            worker.stop()
+
+    # -- W1, W2, W5: drain a pre-loaded queue ----------------------------------------
+
+    def drain(self, spec: Spec, n: int, results: bool, workload: str, task: str = "noop"):
+        row: dict[str, Any] = {"config": spec.label, "framework": spec.framework}
+        row.update(processes=spec.processes, n=n)
+        if spec.probe:
+            reason = self.probe(spec)
+            if reason:
+                return {**row, "skipped": reason}
+        self.fresh()
+        producer = self.producer(spec.framework, results, workload)
+        worker = self.worker(spec, results, workload)
+        try:
+            before = self.broker.command_calls()
+            load = producer.call("fast", n=n, task=task, keep=results)
+            loaded = self.broker.command_calls()
+            row.update(enqueue_s=load["seconds"], enqueue_api=load["api"])
+            row["enqueue_calls"] = per_task(calls_delta(before, loaded), n)
+            worker.start()
+            if results:
+                producer.send("get_all", timeout=60.0)
+            finished = self.wait_done(n, max(120.0, n / 200), worker)
+            if results:
+                collected = producer.read()
+                row["get_errors"] = collected["errors"]
+            row["drain_calls"] = per_task(calls_delta(loaded, self.broker.command_calls()), n)
+            row["rss_mib"] = worker.rss() / MiB
+            row["peak_rss_mib"] = worker.peak_rss / MiB
+            done = self.done_count()
+            first, last = self.span()
+            row.update(completed=done, timed_out=not finished, drain_s=last - first)
+            row["tasks_per_s"] = done / (last - first)
+            if results:
+                row["collected_s"] = collected["finished_at"] - first
+        except BenchError as exc:
+            row["error"] = str(exc)
+        finally:
+            worker.stop()
+            producer.close()
+        return row
+
+    # -- W3: idle latency ------------------------------------------------------------
+
+    def latency(self, spec: Spec) -> dict[str, Any]:
+        cfg = self.config
+        row: dict[str, Any] = {"config": spec.label, "framework": spec.framework}
+        self.fresh()
+        worker = self.worker(spec, True, "W3").start()
+        producer = self.producer(spec.framework, True, "W3")
+        try:
+            warm = producer.call("latency", trials=3, gap=0.01, budget=60.0, timeout=60.0)
+            if warm["errors"]:
+                raise BenchError(f"warm-up tasks did not finish:\n{worker.tail()}")
+            self._signal.delete(counter.LATENCY)
+            before = self.broker.command_calls()
+            reply = producer.call(
+                "latency",
+                trials=cfg.trials,
+                gap=cfg.latency_gap,
+                budget=cfg.latency_budget,
+                timeout=10.0,
+            )
+            calls = calls_delta(before, self.broker.command_calls())
+            starts = [float(x) for x in self._signal.lrange(counter.LATENCY, 0, -1)]
+            gets = reply["get_seconds"]
+            row.update(trials=len(gets), errors=reply["errors"], calls=per_task(calls, len(gets)))
+            for name, values in (("start", starts), ("get", gets)):
+                for q in (0.5, 0.99):
+                    value = percentile(values, q)
+                    row[f"{name}_p{round(q * 100)}_ms"] = None if value is None else value * 1000
+            row["rss_mib"] = worker.rss() / MiB
+        except BenchError as exc:
+            row["error"] = str(exc)
+        finally:
+            worker.stop()
+            producer.close()
+        return row
+
+    # -- W4: enqueue rate ------------------------------------------------------------
+
+    def enqueue(self, framework: str) -> list[dict[str, Any]]:
+        n = self.config.enqueue_n
+        rows: list[dict[str, Any]] = []
+        self.fresh()
+        producer = self.producer(framework, False, "W4")
+        try:
+            for op in ("single", "bulk"):
+                self.broker.flush()
+                before = self.broker.command_calls()
+                reply = producer.call(op, n=n)
+                calls = calls_delta(before, self.broker.command_calls())
+                rows.append(
+                    {
+                        "framework": framework,
+                        "mode": "one at a time" if op == "single" else "bulk",
+                        "api": reply["api"],
+                        "n": n,
+                        "seconds": reply["seconds"],
+                        "per_s": n / reply["seconds"],
+                        "calls": per_task(calls, n),
+                    }
+                )
+        except BenchError as exc:
+            rows.append({"framework": framework, "error": str(exc)})
+        finally:
+            producer.close()
+        return rows
+
+    # -- W6: delayed backlog ---------------------------------------------------------
+
+    def backlog(self, spec: Spec) -> dict[str, Any]:
+        cfg = self.config
+        size = cfg.backlog_taskq if spec.framework == "taskq" else cfg.backlog_others
+        row: dict[str, Any] = {"config": spec.label, "framework": spec.framework}
+        row.update(backlog=size, due=cfg.due_n)
+        self.fresh()
+        worker = self.worker(spec, False, "W6").start()
+        producer = self.producer(spec.framework, False, "W6")
+        try:
+            producer.call("single", n=1)
+            if not self.wait_done(1, 60.0, worker):
+                raise BenchError(f"the worker ran no task within 60 s:\n{worker.tail()}")
+            time.sleep(1.0)
+            row["rss_before_mib"] = worker.rss() / MiB
+            self._load_backlog(producer, size, row)
+            self._due_phase(producer, worker, row)
+            row["rss_after_mib"] = worker.rss() / MiB
+            row["peak_rss_mib"] = worker.peak_rss / MiB
+        except BenchError as exc:
+            row["error"] = str(exc)
+        finally:
+            worker.stop()
+            producer.close()
+        return row
+
+    def _load_backlog(self, producer: Producer, size: int, row: dict[str, Any]) -> None:
+        before = self.broker.command_calls()
+        load = producer.call("delayed", n=size, eta=time.time() + 3600, backlog=True)
+        row["load_s"] = load["seconds"]
+        row["load_calls"] = per_task(calls_delta(before, self.broker.command_calls()), size)
+        row["redis_used_mib"] = self.broker.used_memory() / MiB
+
+    def _due_phase(self, producer: Producer, worker: Worker, row: dict[str, Any]) -> None:
+        """Publish ``due_n`` tasks all due at one instant a little ahead, then time
+        from that instant until the last one ran. Each records how late it started."""
+        n = self.config.due_n
+        per_s = max(row["backlog"] / max(row["load_s"], 1e-6), 500.0)
+        due = time.time() + 2.0 + 1.5 * n / per_s
+        self._signal.delete(counter.LATENCY, counter.LAST)
+        before = self.broker.command_calls()
+        producer.call("delayed", n=n, eta=due, task="latency")
+        row["published_before_due"] = time.time() < due
+        finished = self.wait_done(1 + n, max(0.0, due - time.time()) + self.config.due_timeout, worker)
+        calls = calls_delta(before, self.broker.command_calls())
+        late = [float(x) for x in self._signal.lrange(counter.LATENCY, 0, -1)]
+        row.update(completed=len(late), timed_out=not finished, due_calls=per_task(calls, n))
+        if late:
+            row["late_p50_s"] = percentile(late, 0.5)
+            row["late_p99_s"] = percentile(late, 0.99)
+            last = self._signal.zrange(counter.LAST, -1, -1, withscores=True)
+            row["drain_s"] = float(last[0][1]) - due
+            row["promoted_per_s"] = len(late) / row["drain_s"] if row["drain_s"] > 0 else None

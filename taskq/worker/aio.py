@@ -1,0 +1,234 @@
+"""The asyncio pool: ``async def`` tasks run natively on one event loop.
+
+Up to ``concurrency`` requests run at once (100 by default for this pool). A
+coroutine task is awaited on the pool's loop, in a thread of its own; a plain
+function task runs in a thread executor of the same size. Bookkeeping that
+blocks (result backend writes, acks) runs in a small separate executor, so the
+loop keeps serving the other tasks.
+
+Time limits on coroutines cancel them: at the soft limit the coroutine sees
+``asyncio.CancelledError`` (it may clean up, or catch it and go on) and, if the
+cancellation ends it, the task fails with ``SoftTimeLimitExceeded``; at the hard
+limit it is cancelled again and fails with ``TimeLimitExceeded``.
+``revoke(terminate=True)`` cancels a running coroutine (any signal name). Plain
+functions get the thread behaviour (see ``taskq.worker.limits``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from taskq import signals
+from taskq.errors import SoftTimeLimitExceeded, TaskqError, TaskRevokedError, TimeLimitExceeded
+from taskq.result import states
+from taskq.task import Context, Task, current_request
+from taskq.worker import executor
+from taskq.worker.executor import ACK, REQUEUE, Outcome, Traced, classify
+from taskq.worker.limits import describe
+
+if TYPE_CHECKING:
+    from taskq.app import App
+    from taskq.worker.pools import Done
+    from taskq.worker.request import Request
+
+log = logging.getLogger("taskq.worker")
+
+T = TypeVar("T")
+
+
+class AsyncioPool:
+    """One event loop in a thread; see the module docstring."""
+
+    def __init__(self, concurrency: int, app: App, done: Done) -> None:
+        self.concurrency = concurrency
+        self._app = app
+        self._done = done
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, name="taskq-asyncio", daemon=True)
+        self._sync = ThreadPoolExecutor(concurrency, thread_name_prefix="taskq-asyncio-sync")
+        self._io = ThreadPoolExecutor(8, thread_name_prefix="taskq-asyncio-io")
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._running: dict[Request, asyncio.Task[None]] = {}
+        self._signum: dict[Request, int] = {}
+        self._cond = threading.Condition()
+        self._stopping = False
+
+    def describe(self) -> str:
+        return f"{self.concurrency} (asyncio)"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    def submit(self, request: Request) -> None:
+        with self._cond:
+            self._waiting.append(request)
+        self._loop.call_soon_threadsafe(self._pump)
+
+    def _pump(self) -> None:
+        """Start waiting requests while there is room (on the loop)."""
+        with self._cond:
+            while self._waiting and len(self._running) < self.concurrency and not self._stopping:
+                request = self._waiting.popleft()
+                self._running[request] = self._loop.create_task(self._run(request))
+
+    async def _run(self, request: Request) -> None:
+        try:
+            outcome = await self._outcome(request)
+            if outcome is not None:
+                await self._blocking(self._done, request, outcome)
+        finally:
+            with self._cond:
+                self._running.pop(request, None)
+                self._cond.notify_all()
+            self._pump()
+
+    async def _outcome(self, request: Request) -> Outcome | None:
+        ctx = request.context()
+        try:
+            if not request.acks_late:
+                await self._blocking(request.started)
+            task = self._app.tasks.get(request.name)
+            if task is not None and inspect.iscoroutinefunction(task.fn):
+                return await self._run_coroutine(task, ctx)
+            call = functools.partial(executor.execute, self._app, ctx)
+            return await self._loop.run_in_executor(self._sync, call)
+        except asyncio.CancelledError:
+            if self._stopping:
+                return None  # cold shutdown: the worker gave the request back
+            return await self._blocking(self._terminated, request, ctx)
+        except Exception:
+            log.exception("Internal error running %r; giving it back", request)
+            return Outcome(REQUEUE)
+
+    async def _run_coroutine(self, task: Task[Any, Any], ctx: Context) -> Outcome:
+        begun = await self._blocking(executor.begin, self._app, ctx)
+        if isinstance(begun, Outcome):
+            return begun
+        traced = await trace_async(task, ctx)
+        return await self._blocking(executor.finish, self._app, task, ctx, traced)
+
+    def _terminated(self, request: Request, ctx: Context) -> Outcome:
+        signum = self._signum.pop(request, 0)
+        task = self._app.tasks.get(request.name)
+        log.info("Task %s[%s] terminated (cancelled)", request.name, request.id)
+        executor.store(
+            self._app, task, ctx, states.REVOKED, TaskRevokedError("terminated (cancelled)")
+        )
+        signals.task_revoked.send(task, request=ctx, terminated=True, signum=signum, expired=False)
+        return Outcome(ACK)
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._loop.run_in_executor(self._io, functools.partial(fn, *args))
+
+    def take_unstarted(self) -> list[Request]:
+        with self._cond:
+            taken = list(self._waiting)
+            self._waiting.clear()
+            return taken
+
+    def running(self) -> list[Request]:
+        with self._cond:
+            return list(self._running)
+
+    def join(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._running and not self._waiting, timeout)
+
+    def terminate(self, task_id: str, signum: int) -> bool:
+        """Cancel the coroutine of ``task_id`` (plain functions cannot be stopped)."""
+        with self._cond:
+            for request, job in self._running.items():
+                if request.id == task_id:
+                    task = self._app.tasks.get(request.name)
+                    if task is None or not inspect.iscoroutinefunction(task.fn):
+                        log.warning(
+                            "Task %s was revoked with terminate=True, but it is a plain "
+                            "function running in a thread, which cannot be stopped",
+                            task_id,
+                        )
+                        return False
+                    self._signum[request] = signum
+                    self._loop.call_soon_threadsafe(job.cancel)
+                    return True
+        return False
+
+    def stop(self) -> None:
+        """Cancel what still runs (given back by the worker already) and stop the loop."""
+        with self._cond:
+            self._stopping = True
+            jobs = list(self._running.values())
+        if self._thread.is_alive():
+            for job in jobs:
+                self._loop.call_soon_threadsafe(job.cancel)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5.0)
+        self._sync.shutdown(wait=False, cancel_futures=True)
+        # Outcomes being reported finish first, so no message is left unsettled.
+        self._io.shutdown(wait=True, cancel_futures=True)
+
+
+async def trace_async(task: Task[Any, Any], ctx: Context) -> Traced:
+    """``executor.trace`` for a coroutine task, awaited on the running loop."""
+    token = current_request.set(ctx)
+    start = time.monotonic()
+    try:
+        value = await _limited(
+            task.run(*ctx.args, **ctx.kwargs), ctx.soft_time_limit, ctx.time_limit
+        )
+        return Traced(states.SUCCESS, value, runtime=time.monotonic() - start)
+    except Exception as exc:
+        return classify(task, ctx, exc, time.monotonic() - start)
+    finally:
+        current_request.reset(token)
+
+
+async def _limited(awaitable: Awaitable[T], soft: float | None, hard: float | None) -> T:
+    """Await ``awaitable``, cancelling it at each limit; a cancellation caused by a
+    limit comes out as ``SoftTimeLimitExceeded`` or ``TimeLimitExceeded``."""
+    limits: list[tuple[type[TaskqError], float]] = []
+    if soft and not (hard and hard <= soft):
+        limits.append((SoftTimeLimitExceeded, soft))
+    if hard:
+        limits.append((TimeLimitExceeded, hard))
+    if not limits:
+        return await awaitable
+    inner = asyncio.ensure_future(awaitable)
+    fired: list[tuple[type[TaskqError], float]] = []
+
+    def fire(kind: type[TaskqError], seconds: float) -> None:
+        if not inner.done():
+            fired.append((kind, seconds))
+            inner.cancel(describe(kind, seconds))
+
+    loop = asyncio.get_running_loop()
+    handles = [loop.call_later(seconds, fire, kind, seconds) for kind, seconds in limits]
+    try:
+        return await inner
+    except asyncio.CancelledError:
+        if fired and inner.cancelled() and not _cancelling():
+            kind, seconds = fired[-1]
+            raise kind(describe(kind, seconds)) from None
+        raise
+    finally:
+        for handle in handles:
+            handle.cancel()
+
+
+def _cancelling() -> bool:
+    """True when the running asyncio task itself was cancelled (not just the inner one)."""
+    current = asyncio.current_task()
+    count = getattr(current, "cancelling", None)
+    return bool(count and count())
