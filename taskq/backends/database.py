@@ -2,7 +2,7 @@
 
 URLs are SQLAlchemy's with ``db+`` in front: ``db+postgresql://user:pw@host/db``,
 ``db+mysql://root@host/db``, ``db+sqlite:///results.sqlite3``. Without a driver
-in the URL, PostgreSQL uses psycopg (3) and MySQL uses PyMySQL, the drivers the
+in the URL, PostgreSQL uses psycopg2 and MySQL uses PyMySQL, the drivers the
 ``taskq[sqlalchemy]`` extra installs.
 
 Everything lives in one table, created on first use::
@@ -48,7 +48,8 @@ CLEANUP_INTERVAL = 60.0
 CLEANUP_BATCH = 1000
 # Keys per SELECT ... IN (...): well under every database's parameter limit.
 _MGET_CHUNK = 500
-_DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql"}
+# SQLAlchemy's own default for mysql is MySQLdb, which needs a C client library.
+_DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg2", "mysql": "mysql+pymysql"}
 _DIALECTS = ("postgresql", "mysql", "mariadb", "sqlite")
 _OPTIONS = ("table_name", "engine_options")
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -364,9 +365,9 @@ def _create_engine(url: str, engine_options: dict[str, Any]) -> sa.Engine:
     except ModuleNotFoundError as exc:
         raise ConfigurationError(
             f"The database driver for {masked_url(url)!r} is not installed ({exc}). "
-            "Install it with: pip install 'taskq[sqlalchemy]' (psycopg for PostgreSQL, "
+            "Install it with: pip install 'taskq[sqlalchemy]' (psycopg2 for PostgreSQL, "
             "PyMySQL for MySQL), or name an installed driver in the URL "
-            "(db+postgresql+psycopg2://...)."
+            "(db+postgresql+psycopg://...)."
         ) from exc
     except (sa_exc.ArgumentError, TypeError) as exc:
         raise ConfigurationError(
