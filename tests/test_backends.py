@@ -22,6 +22,7 @@ from taskq.backends.base import Backend, task_key
 from taskq.backends.memory import MemoryBackend
 from taskq.backends.redis import RedisBackend
 from taskq.errors import BackendError, ConfigurationError, TimeoutError
+from tests import sql
 
 MakeBackend = Callable[..., Backend]
 
@@ -43,18 +44,22 @@ def delete_prefixed(url: str, prefix: str) -> None:
     client.close()
 
 
-@pytest.fixture(params=["memory", "redis", "sqlite"])
+@pytest.fixture(params=["memory", "redis", "sqlite", *(f"db+{kind}" for kind in sql.KINDS)])
 def make_backend(
     request: pytest.FixtureRequest, tmp_path: Path, unique: str
 ) -> Iterator[MakeBackend]:
     """A factory for backends of one kind (``make_backend(expires=1)``); all closed after."""
     made: list[Backend] = []
     prefix = f"taskq-test-{unique}:"
+    table = f"taskq_test_{unique}"
     if request.param == "memory":
         build: MakeBackend = partial(MemoryBackend, "memory://")
     elif request.param == "redis":
         url = request.getfixturevalue("redis_url")
         build = partial(RedisBackend, url, options={"key_prefix": prefix})
+    elif request.param.startswith("db+"):
+        url = sql.backend_url(request.param[3:], tmp_path)
+        build = partial(backend_from_url, url, options={"table_name": table})
     else:
         sqlite = pytest.importorskip("taskq.backends.sqlite")
         build = partial(sqlite.SqliteBackend, f"sqlite:///{tmp_path / 'results.sqlite3'}")
@@ -68,6 +73,8 @@ def make_backend(
         backend.close()
     if request.param == "redis":
         delete_prefixed(url, prefix)
+    if request.param.startswith("db+"):
+        sql.drop_table(url, table)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pytest
 
 from taskq import __version__
 from tests import proc, servers
+from tests.waiting import wait_until
 
 PROJ = '''
 from taskq import App
@@ -117,3 +118,29 @@ def test_unreachable_broker_at_call_is_a_clear_error(project: Path) -> None:
     out = proc.run(project, environ, "-A", "proj", "call", "proj.add", "--args", "[1, 2]")
     assert out.returncode == 69
     assert "Could not publish task proj.add" in out.stderr
+
+
+BEAT_PROJ = """
+from pathlib import Path
+from taskq import App
+
+app = App("proj", beat_schedule={"tick": {"task": "proj.tick", "schedule": 0.5}})
+
+@app.task
+def tick():
+    with open(Path(__file__).with_name("ticks.txt"), "a") as f:
+        f.write("tick\\n")
+"""
+
+
+def test_beat_sends_periodic_tasks_to_a_worker(tmp_path: Path) -> None:
+    (tmp_path / "proj.py").write_text(BEAT_PROJ)
+    environ = proc.env()
+    ticks = tmp_path / "ticks.txt"
+    with proc.worker(tmp_path, environ, "-P", "threads", "-c", "1"):
+        beat = proc.Proc([*proc.TASKQ, "-A", "proj", "beat"], tmp_path, environ)
+        try:
+            beat.wait_for("Sending due task tick (proj.tick)")
+            wait_until(lambda: ticks.exists() and ticks.read_text().count("tick") >= 3, 20, "three ticks")
+        finally:
+            assert beat.stop() == 0, beat.output

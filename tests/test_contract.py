@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from taskq.broker.base import Envelope
 from taskq.errors import TaskError
 from taskq.testing import running_worker
 from tests import servers
+from tests.waiting import wait_until
 
 COMBOS = ["memory", "redis", "amqp+redis", "sqlite"]
 POOLS = ["threads", "prefork", "solo", "asyncio"]
@@ -227,15 +227,6 @@ def test_unimportable_exception_becomes_task_error(app: App) -> None:
     )
     with pytest.raises(TaskError, match="no.such.module.Gone: x"):
         app.AsyncResult("ext").get(timeout=1)
-
-
-def wait_until(predicate: Any, timeout: float) -> None:
-    done = threading.Event()
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        done.wait(0.02)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,13 @@ and any other URL kombu knows.
 Queues are declared as Celery declares them (a direct exchange and a routing key
 both named after the queue), so Celery producers and taskq workers share them.
 RabbitMQ publishes wait for publisher confirms, so ``publish`` returns only once
-the broker has the message.
+the broker has the message; a nack, a connection error or no confirm within
+``confirm_timeout`` seconds (option, default 10) raises ``BrokerError``.
+
+Dead letters are copies published to the queue ``taskq.dead_letters`` (option
+``dead_letter_queue``) with the reason in headers. Listing and requeueing read it
+with ``basic_get`` without acknowledging, then close the channel, so RabbitMQ puts
+back everything not requeued, in order.
 
 kombu channels are not thread-safe, so acks and requeues from pool threads are
 queued and carried out by the consumer thread inside ``fetch`` (every 50 ms at
@@ -19,13 +25,15 @@ import logging
 import queue as queue_mod
 import threading
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import kombu
+from amqp.exceptions import MessageNacked
 from kombu.exceptions import OperationalError
 
-from taskq.broker.base import Broker, Delivery, Envelope, QueueSpec
+from taskq.broker.base import Broker, DeadLetter, Delivery, Envelope, QueueSpec
 from taskq.errors import BrokerError
 
 log = logging.getLogger("taskq.broker")
@@ -36,6 +44,15 @@ BASE_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, OperationalE
 
 _ACK, _REQUEUE = "ack", "requeue"
 _DRAIN_SLICE = 0.05
+
+DEAD_LETTER_QUEUE = "taskq.dead_letters"
+#: Headers ``dead_letter`` adds; ``requeue_dead_letters`` removes them again.
+REASON, ORIGIN, DEAD_AT, DEAD_ID = (
+    "x-taskq-reason",
+    "x-taskq-queue",
+    "x-taskq-time",
+    "x-taskq-dead-letter-id",
+)
 
 
 def _mask(url: str) -> str:
@@ -50,9 +67,12 @@ class KombuBroker(Broker):
     def __init__(self, url: str, *, consumer_id: str, options: dict[str, Any] | None = None):
         super().__init__(url, consumer_id=consumer_id, options=options)
         self._connect_timeout = float(self.options.pop("connect_timeout", None) or 4.0)
+        self._confirm_timeout = float(self.options.pop("confirm_timeout", None) or 10.0)
+        self.dead_letter_queue = str(self.options.pop("dead_letter_queue", DEAD_LETTER_QUEUE))
         self.options.pop("lease_timeout", None)
         self._transport_options = dict(self.options)
-        if url.startswith(("amqp", "pyamqp")):
+        self._confirms = url.startswith(("amqp", "pyamqp"))
+        if self._confirms:
             self._transport_options.setdefault("confirm_publish", True)
         self._specs: dict[str, QueueSpec] = {}
         self._publish_lock = threading.Lock()
@@ -67,8 +87,12 @@ class KombuBroker(Broker):
         self._unacked = 0
         self._qos = 0
         probe = kombu.Connection(url)
+        # Recoverable errors include py-amqp's MessageNacked (a negative publisher confirm).
         self._errors = (
-            BASE_CONNECTION_ERRORS + tuple(probe.connection_errors) + tuple(probe.channel_errors)
+            BASE_CONNECTION_ERRORS
+            + tuple(probe.connection_errors)
+            + tuple(probe.channel_errors)
+            + tuple(probe.recoverable_connection_errors)
         )
 
     # -- queues ----------------------------------------------------------------------
@@ -108,6 +132,12 @@ class KombuBroker(Broker):
             return action()
         except self._errors as exc:
             self._drop_publisher()
+            if isinstance(exc, MessageNacked):
+                raise BrokerError(
+                    f"Broker {_mask(self.url)} refused the message (negative publisher "
+                    "confirm): the queue may be full with overflow=reject-publish, or the "
+                    "broker failed to store it. Check the queue's limits and policies."
+                ) from exc
             raise BrokerError(
                 f"Broker {_mask(self.url)} failed: {exc!r}. Is it running and reachable?"
             ) from exc
@@ -130,6 +160,8 @@ class KombuBroker(Broker):
         eta: float | None = None,
     ) -> None:
         target = self._queue(queue)
+        # py-amqp waits for the confirm (confirm_publish); none in time is an error.
+        confirm = {"confirm_timeout": self._confirm_timeout} if self._confirms else {}
 
         def send() -> None:
             self._channel()
@@ -147,6 +179,7 @@ class KombuBroker(Broker):
                 delivery_mode=2,
                 declare=[target],
                 retry=False,
+                **confirm,
             )
 
         with self._publish_lock:
@@ -259,19 +292,91 @@ class KombuBroker(Broker):
             self._pending.put((_REQUEUE, generation, message))
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        """Publish a copy to the ``taskq.dead_letters`` queue with the reason, then ack."""
+        """Publish a copy to the dead-letter queue with the reason (confirmed), then ack."""
         env = delivery.envelope
         headers = {
             **env.headers,
-            "x-taskq-reason": reason,
-            "x-taskq-queue": delivery.queue,
-            "x-taskq-time": time.time(),
+            REASON: reason,
+            ORIGIN: delivery.queue,
+            DEAD_AT: time.time(),
+            DEAD_ID: uuid.uuid4().hex,
         }
         self.publish(
             Envelope(env.body, env.content_type, env.content_encoding, headers, env.properties),
-            DEAD_LETTER_QUEUE,
+            self.dead_letter_queue,
         )
         self.ack([delivery])
+
+    # -- dead letters ----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _browse(self) -> Iterator[Iterator[Any]]:
+        """Yield the parked messages one by one, unacknowledged, on a connection of
+        their own; closing it gives back every message the caller did not ack."""
+        conn = self._connection()
+        try:
+            conn.ensure_connection(max_retries=1)
+            queue = self._queue(self.dead_letter_queue)(conn.channel())
+            queue.declare()
+
+            def messages() -> Iterator[Any]:
+                while (message := queue.get(no_ack=False)) is not None:
+                    yield message
+
+            yield messages()
+        except self._errors as exc:
+            raise BrokerError(
+                f"Could not read the dead-letter queue {self.dead_letter_queue!r} on "
+                f"{_mask(self.url)}: {exc!r}. Is the broker running and reachable?"
+            ) from exc
+        finally:
+            with contextlib.suppress(Exception):  # closing gives the unacked back
+                conn.release()
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Parked messages, oldest first (read without removing them)."""
+        out: list[DeadLetter] = []
+        if limit < 1:
+            return out
+        with self._browse() as messages:
+            for message in messages:
+                out.append(_dead_letter(message))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def requeue_dead_letters(self, ids: Sequence[str] | None = None) -> int:
+        """Publish parked messages (all when ``ids`` is None) back to the queue they
+        were dead-lettered from, without the dead-letter headers. Each leaves the
+        dead-letter queue only once its republish is confirmed."""
+        wanted = None if ids is None else set(ids)
+        moved = 0
+        with self._browse() as messages:
+            for message in messages:
+                parked = _dead_letter(message)
+                if wanted is not None and parked.id not in wanted:
+                    continue
+                if not parked.queue:
+                    log.warning("Dead letter %s names no queue; left in place", parked.id)
+                    continue
+                env = parked.envelope
+                drop = (REASON, ORIGIN, DEAD_AT, DEAD_ID)
+                headers = {k: v for k, v in env.headers.items() if k not in drop}
+                original = Envelope(
+                    env.body, env.content_type, env.content_encoding, headers, env.properties
+                )
+                self.publish(original, parked.queue, priority=env.properties.get("priority"))
+                message.ack()
+                moved += 1
+                if wanted is not None:
+                    wanted.discard(parked.id)
+                    if not wanted:
+                        break
+        return moved
+
+    def purge_dead_letters(self) -> int:
+        """Delete every parked message; return how many."""
+        return self.purge(self.dead_letter_queue)
 
     def purge(self, queue: str) -> int:
         with self._publish_lock:
@@ -289,4 +394,30 @@ class KombuBroker(Broker):
             self._drop_publisher()
 
 
-DEAD_LETTER_QUEUE = "taskq.dead_letters"
+def _dead_letter(message: Any) -> DeadLetter:
+    """A message read from the dead-letter queue, as the ``Broker`` API describes it."""
+    headers = dict(message.headers or {})
+    properties = dict(message.properties or {})
+    body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
+    try:
+        when = float(headers.get(DEAD_AT) or 0.0)
+    except (TypeError, ValueError):
+        when = 0.0
+    return DeadLetter(
+        # A message parked by something other than taskq: its task id, if any.
+        id=str(headers.get(DEAD_ID) or headers.get("id") or ""),
+        queue=str(headers.get(ORIGIN) or ""),
+        reason=str(headers.get(REASON) or ""),
+        envelope=Envelope(
+            body,
+            message.content_type or "application/json",
+            message.content_encoding or "utf-8",
+            headers,
+            {
+                k: v
+                for k, v in properties.items()
+                if k in ("correlation_id", "reply_to", "priority")
+            },
+        ),
+        time=when,
+    )

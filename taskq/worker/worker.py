@@ -55,6 +55,9 @@ log = logging.getLogger("taskq.worker")
 ASYNCIO_CONCURRENCY = 100
 #: Seconds between two looks at the backend for running tasks revoked with terminate.
 CONTROL_INTERVAL = 1.0
+#: Longest a fetch blocks, so a stop is noticed this fast. The brokers poll about
+#: this often when idle anyway (Redis: ``poll_interval``), so it costs nothing.
+FETCH_TIMEOUT = 0.25
 
 #: Header counting how often the process running this message died (the poison guard).
 LOST_HEADER = "x-taskq-worker-lost"
@@ -193,7 +196,7 @@ class Worker:
             return self.capacity - self._in_flight - max(0, len(self._parked) - self.capacity)
 
     def _fetch_timeout(self, burst: bool) -> float:
-        timeout = 0.05 if burst else 1.0
+        timeout = 0.05 if burst else FETCH_TIMEOUT
         if self._held:
             timeout = min(timeout, max(0.0, self._held[0][0] - time.time()))
         if self._parked:
