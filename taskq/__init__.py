@@ -21,8 +21,7 @@ from taskq.errors import (
 from taskq.result import AsyncResult, states
 from taskq.schedules import crontab, every, solar
 from taskq.task import Task
-
-__version__ = "0.1.0"
+from taskq.version import __version__
 
 __all__ = [
     "App",

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from taskq import __version__
+from taskq.version import __version__
 from taskq.app import App
 from taskq.errors import TaskqError
 

@@ -23,7 +23,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 from taskq import serialization
-from taskq.broker.base import Envelope
 from taskq.errors import DecodeError
 
 PROTOCOL_VERSION = 2
@@ -36,6 +35,21 @@ _KNOWN_HEADERS = frozenset(
         "origin", "ignore_result",
     }
 )  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Envelope:
+    """One message as it travels: the encoded body plus AMQP-style metadata.
+
+    ``properties`` holds AMQP basic properties: ``correlation_id``, ``reply_to``,
+    ``priority``, ``delivery_mode``.
+    """
+
+    body: bytes
+    content_type: str
+    content_encoding: str = "utf-8"
+    headers: dict[str, Any] = dataclasses.field(default_factory=dict)
+    properties: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,23 +14,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from taskq.message import Envelope
 
-@dataclass(frozen=True)
-class Envelope:
-    """One message as it travels: the encoded body plus AMQP-style metadata.
-
-    ``properties`` holds AMQP basic properties: ``correlation_id``, ``reply_to``,
-    ``priority``, ``delivery_mode``.
-    """
-
-    body: bytes
-    content_type: str
-    content_encoding: str = "utf-8"
-    headers: dict[str, Any] = field(default_factory=dict)
-    properties: dict[str, Any] = field(default_factory=dict)
+__all__ = ["Broker", "DeadLetter", "Delivery", "Envelope", "QueueSpec"]
 
 
 @dataclass(frozen=True)

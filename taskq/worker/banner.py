@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import kombu
 
-from taskq import __version__
+from taskq.version import __version__
 
 if TYPE_CHECKING:
     from taskq.worker.worker import Worker
