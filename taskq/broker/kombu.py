@@ -12,9 +12,18 @@ Dead letters are copies published to the queue ``taskq.dead_letters`` (option
 with ``basic_get`` without acknowledging, then close the channel, so RabbitMQ puts
 back everything not requeued, in order.
 
+On RabbitMQ, ``publish(eta=...)`` sends a message due later to the delay levels of
+``taskq.broker.amqp_delay`` (option ``delayed_delivery``: ``"quorum"``, the default,
+``"classic"`` or False), so no worker holds it while it waits.
+
 kombu channels are not thread-safe, so acks and requeues from pool threads are
 queued and carried out by the consumer thread inside ``fetch`` (every 50 ms at
-most while it waits).
+most while it waits). Called from the consumer thread itself (a warm shutdown
+giving back unstarted messages, the solo pool), they go out at once. A requeue
+from the consumer thread also cancels the subscription until the next ``fetch``
+and gives back what arrived but was never handed out: otherwise RabbitMQ would
+deliver the returned messages straight back to this consumer, which stopped
+fetching, and they would wait there until its running tasks finish.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import kombu
 from amqp.exceptions import MessageNacked
 from kombu.exceptions import OperationalError
 
+from taskq.broker import amqp_delay
 from taskq.broker.base import Broker, DeadLetter, Delivery, Envelope, QueueSpec
 from taskq.errors import BrokerError
 
@@ -70,6 +80,9 @@ class KombuBroker(Broker):
         self._confirm_timeout = float(self.options.pop("confirm_timeout", None) or 10.0)
         self.dead_letter_queue = str(self.options.pop("dead_letter_queue", DEAD_LETTER_QUEUE))
         self.options.pop("lease_timeout", None)
+        # RabbitMQ keeps ETA messages in its delay levels (see taskq.broker.amqp_delay).
+        self._delay = amqp_delay.for_url(url, self.options.pop("delayed_delivery", "quorum"))
+        self.supports_delayed = self._delay is not None
         self._transport_options = dict(self.options)
         self._confirms = url.startswith(("amqp", "pyamqp"))
         if self._confirms:
@@ -81,6 +94,8 @@ class KombuBroker(Broker):
         self._consume_conn: kombu.Connection | None = None
         self._consumer: kombu.Consumer | None = None
         self._consuming: tuple[str, ...] = ()
+        self._consumer_thread: int | None = None  # the thread that calls fetch
+        self._paused = False  # subscription cancelled until the next fetch
         self._generation = 0
         self._buffer: collections.deque[Any] = collections.deque()
         self._pending: queue_mod.SimpleQueue[tuple[str, int, Any]] = queue_mod.SimpleQueue()
@@ -107,8 +122,15 @@ class KombuBroker(Broker):
     def declare(self, queues: Sequence[QueueSpec]) -> None:
         for spec in queues:
             self._specs[spec.name] = spec
+
+        def declare_all() -> None:
+            for spec in queues:
+                self._queue(spec.name)(self._channel()).declare()
+                if self._delay is not None:  # where its delayed messages come out
+                    self._delay.bind(self._channel(), self._queue(spec.name))
+
         with self._publish_lock:
-            self._guard(lambda: [self._queue(s.name)(self._channel()).declare() for s in queues])
+            self._guard(declare_all)
 
     def _connection(self) -> kombu.Connection:
         return kombu.Connection(
@@ -166,10 +188,14 @@ class KombuBroker(Broker):
         def send() -> None:
             self._channel()
             assert self._producer is not None
+            exchange, routing_key = target.exchange, queue
+            if self._delay is not None and eta is not None:
+                delayed = self._delay.route(self._producer.channel, target, eta, time.time())
+                exchange, routing_key = delayed or (exchange, routing_key)
             self._producer.publish(
                 envelope.body,
-                exchange=target.exchange,
-                routing_key=queue,
+                exchange=exchange,
+                routing_key=routing_key,
                 headers=envelope.headers,
                 content_type=envelope.content_type,
                 content_encoding=envelope.content_encoding,
@@ -188,6 +214,7 @@ class KombuBroker(Broker):
     # -- consuming -------------------------------------------------------------------
 
     def fetch(self, queues: Sequence[str], max_count: int, timeout: float) -> list[Delivery]:
+        self._consumer_thread = threading.get_ident()
         try:
             self._ensure_consumer(tuple(queues))
             self._flush()
@@ -213,6 +240,9 @@ class KombuBroker(Broker):
 
     def _ensure_consumer(self, queues: tuple[str, ...]) -> None:
         if self._consumer is not None and queues == self._consuming:
+            if self._paused:
+                self._consumer.consume()
+                self._paused = False
             return
         self._drop_consumer()
         conn = self._connection()
@@ -225,6 +255,7 @@ class KombuBroker(Broker):
         )
         self._consumer.consume()
         self._consuming = queues
+        self._paused = False
         self._qos = 0
 
     def _on_message(self, message: Any) -> None:
@@ -237,8 +268,9 @@ class KombuBroker(Broker):
             self._qos = count
 
     def _delivery(self, message: Any) -> Delivery:
-        headers = dict(message.headers or {})
-        redelivered = bool((message.delivery_info or {}).get("redelivered"))
+        info = message.delivery_info or {}  # a delayed message's queue is in its key
+        queue, headers = amqp_delay.unwrap(self._delay, info, dict(message.headers or {}))
+        redelivered = bool(info.get("redelivered"))
         count = (
             int(headers.get("x-delivery-count") or 0) + 1
             if "x-delivery-count" in headers
@@ -251,7 +283,6 @@ class KombuBroker(Broker):
             headers=headers,
             properties=dict(message.properties or {}),
         )
-        queue = (message.delivery_info or {}).get("routing_key") or ""
         return Delivery(
             envelope, queue, str(message.delivery_tag), count, raw=(self._generation, message)
         )
@@ -285,11 +316,30 @@ class KombuBroker(Broker):
         for d in deliveries:
             generation, message = d.raw
             self._pending.put((_ACK, generation, message))
+        self._flush_if_consumer(pause=False)
 
     def requeue(self, deliveries: Sequence[Delivery]) -> None:
         for d in deliveries:
             generation, message = d.raw
             self._pending.put((_REQUEUE, generation, message))
+        self._flush_if_consumer(pause=True)
+
+    def _flush_if_consumer(self, *, pause: bool) -> None:
+        """Settle now when called from the consumer thread (see the module doc)."""
+        if threading.get_ident() != self._consumer_thread or self._consume_conn is None:
+            return
+        try:
+            if pause and self._consumer is not None and not self._paused:
+                self._consumer.cancel()
+                self._paused = True
+                while self._buffer:  # arrived, never handed out
+                    self._buffer.popleft().requeue()
+                    self._unacked -= 1
+            self._flush()
+        except self._errors as exc:
+            # The channel is gone: RabbitMQ gives its unacked messages back by itself.
+            log.warning("Could not settle messages (%r); the broker will redeliver them", exc)
+            self._drop_consumer()
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Publish a copy to the dead-letter queue with the reason (confirmed), then ack."""
