@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, TypeVar, overload
 
-from taskq import message, producer
+from taskq import canvas, message, producer
 from taskq.config import EMBEDDED_URL, Settings
 from taskq.errors import ConfigurationError, NotRegistered, did_you_mean
 from taskq.result import AsyncResult
@@ -64,6 +64,7 @@ class App:
         self._inherited: list[object] = []  # see reset_connections
         self._control: Control | None = None
         self._periodic: dict[str, dict[str, Any]] = {}
+        canvas.register_builtins(self)  # taskq.map and taskq.starmap
 
     def __repr__(self) -> str:
         return f"<taskq.App {self.main or '__main__'} broker={self.broker_url}>"
@@ -244,14 +245,17 @@ class App:
         with self._lock:
             if self._backend is None:
                 from taskq.backends import backend_from_url
+                from taskq.backends.base import StoreRetry
 
-                self._backend = backend_from_url(
+                backend = backend_from_url(
                     url,
                     expires=self.conf.result_expires,
                     serializer=self.conf.result_serializer,
                     accept=self.conf.result_accept_content or self.conf.accept_content,
                     options=self.conf.result_backend_transport_options,
                 )
+                backend.store_retry = StoreRetry.from_settings(self.conf)
+                self._backend = backend
             return self._backend
 
     def require_backend(self) -> Backend:

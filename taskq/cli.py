@@ -17,9 +17,9 @@ from typing import Any
 
 import click
 
-from taskq.version import __version__
 from taskq.app import App
 from taskq.errors import TaskqError
+from taskq.version import __version__
 
 EX_OK = 0
 EX_FAILURE = 1
@@ -351,6 +351,92 @@ def _configure_logging(level: str, logfile: str | None, json_logs: bool = False)
         root.setLevel(level.upper())
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--loglevel") from exc
+
+
+# -- dead-letter queue ----------------------------------------------------------------
+
+
+@main.group()
+@app_option
+@click.pass_context
+def dlq(ctx: click.Context, app_spec: str | None) -> None:
+    """List, requeue or purge dead-lettered messages."""
+    if app_spec:
+        ctx.obj["app_spec"] = app_spec
+
+
+def _dlq_call(ctx: click.Context, app_spec: str | None, action: Any) -> Any:
+    """Run ``action(broker)`` for the app's broker; exit 69 on a broker error."""
+    app = _resolve_app(ctx, app_spec)
+    try:
+        return action(app.broker)
+    except TaskqError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EX_UNAVAILABLE)
+    finally:
+        app.close()
+
+
+@dlq.command("list")
+@app_option
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per message.")
+@click.pass_context
+def dlq_list(ctx: click.Context, app_spec: str | None, limit: int, as_json: bool) -> None:
+    """Show dead-lettered messages, oldest first, with the reason."""
+    from taskq.broker import dlq as dead
+
+    entries = _dlq_call(ctx, app_spec, lambda broker: dead.parked(broker, limit))
+    if as_json:
+        for entry in entries:
+            click.echo(json.dumps(entry.as_dict(), default=str))
+        return
+    if not entries:
+        click.echo("The dead-letter queue is empty.")
+        return
+    for entry in entries:
+        task = f"{entry.task or '-'}[{entry.task_id or '-'}]"
+        click.echo(f"{entry.id}  {entry.queue}  {entry.when}  {task}  {entry.reason}")
+    click.echo(f"{len(entries)} message(s){' (--limit reached)' if len(entries) == limit else ''}.")
+
+
+@dlq.command("requeue")
+@app_option
+@click.argument("ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Requeue every parked message.")
+@click.pass_context
+def dlq_requeue(
+    ctx: click.Context, app_spec: str | None, ids: tuple[str, ...], everything: bool
+) -> None:
+    """Put messages IDS (or --all) back on the queues they came from."""
+    from taskq.broker import dlq as dead
+
+    if bool(ids) == everything:
+        raise click.UsageError("Give the IDs to requeue (see 'taskq dlq list') or --all.")
+    wanted = None if everything else list(ids)
+    moved = _dlq_call(ctx, app_spec, lambda broker: dead.requeue(broker, wanted))
+    click.echo(f"Requeued {moved} message(s).")
+    if wanted is not None and moved < len(set(wanted)):
+        click.echo(
+            f"Error: {len(set(wanted)) - moved} of the IDs given are not in the dead-letter "
+            "queue (see 'taskq dlq list').",
+            err=True,
+        )
+        sys.exit(EX_FAILURE)
+
+
+@dlq.command("purge")
+@app_option
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def dlq_purge(ctx: click.Context, app_spec: str | None, force: bool) -> None:
+    """Delete every dead-lettered message."""
+    from taskq.broker import dlq as dead
+
+    if not force:
+        click.confirm("Delete every message in the dead-letter queue?", abort=True)
+    purged = _dlq_call(ctx, app_spec, dead.purge)
+    click.echo(f"Purged {purged} dead-lettered message(s).")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -175,6 +175,8 @@ class AsyncioPool:
                 self._loop.call_soon_threadsafe(job.cancel)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5.0)
+        if not self._thread.is_alive():
+            self._loop.close()
         self._sync.shutdown(wait=False, cancel_futures=True)
         # Outcomes being reported finish first, so no message is left unsettled.
         self._io.shutdown(wait=True, cancel_futures=True)

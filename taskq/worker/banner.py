@@ -27,7 +27,7 @@ def describe_url(url: str | None) -> str:
 
 def banner(worker: Worker) -> str:
     app = worker.app
-    tasks = sorted(app.tasks)
+    tasks = sorted(name for name in app.tasks if not name.startswith("taskq."))  # not built-ins
     lines = [
         f"taskq {__version__}  {worker.hostname}",
         f"  app:         {app.main or '__main__'}",

@@ -1,9 +1,11 @@
 """Running one task and recording what happened.
 
-``trace`` calls the task function inside its request context and classifies the
-outcome (success, failure, retry, ignore, reject) without touching the broker.
-``record`` stores the outcome in the result backend, runs ``link``/``link_error``
-callbacks and logs, as a worker does; ``run_eager`` does the same in-process.
+``execute`` is ``begin`` (look up, expiry, STARTED, ``task_prerun``), ``trace``
+(call the task inside its request context and time limits, and classify the
+outcome: success, failure, retry, ignore, reject; never touches the broker) and
+``finish`` (``record`` stores the outcome, runs ``link``/``link_error`` callbacks
+and logs; ``announce`` fires the outcome's signals). The asyncio pool runs the
+same three steps with its own ``trace``. ``run_eager`` runs a task in-process.
 """
 
 from __future__ import annotations

@@ -109,29 +109,46 @@ def _alarm(limits: list[Limit]) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+_MESSAGED: dict[tuple[str, float], type[TaskqError]] = {}
+
+
+def _with_message(kind: type[TaskqError], seconds: float) -> type[TaskqError]:
+    """``kind`` raised with its message when instantiated without arguments: an
+    asynchronous exception is raised from its class. It keeps the name and module
+    of ``kind``, so a result reader rebuilds ``kind`` itself."""
+    key = (kind.__name__, seconds)
+    if key in _MESSAGED:
+        return _MESSAGED[key]
+    message = describe(kind, seconds)
+
+    def __init__(self: TaskqError, *args: object) -> None:  # noqa: N807
+        kind.__init__(self, *(args or (message,)))
+
+    namespace = {"__init__": __init__, "__module__": kind.__module__}
+    subclass = type(kind.__name__, (kind,), namespace)
+    subclass.__qualname__ = kind.__qualname__
+    _MESSAGED[key] = subclass
+    return subclass
+
+
 @contextlib.contextmanager
 def _async_exception(limits: list[Limit]) -> Iterator[None]:
     thread_id = ctypes.c_ulong(threading.get_ident())
     lock = threading.Lock()
     inside = [True]
 
-    def fire(kind: type[TaskqError]) -> None:
+    def fire(kind: type[TaskqError], seconds: float) -> None:
         with lock:
             if inside[0]:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(thread_id, ctypes.py_object(kind))
+                exc = ctypes.py_object(_with_message(kind, seconds))
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(thread_id, exc)
 
-    timers = [threading.Timer(seconds, fire, (kind,)) for kind, seconds in limits]
+    timers = [threading.Timer(seconds, fire, (kind, seconds)) for kind, seconds in limits]
     for timer in timers:
         timer.daemon = True
         timer.start()
     try:
         yield
-    except (SoftTimeLimitExceeded, TimeLimitExceeded) as exc:
-        if exc.args:
-            raise
-        # An asynchronous exception is raised from its class, without a message.
-        seconds = dict(limits).get(type(exc), 0.0)
-        raise type(exc)(describe(type(exc), seconds)).with_traceback(exc.__traceback__) from None
     finally:
         with lock:
             inside[0] = False

@@ -166,8 +166,11 @@ class PreforkPool:
                 child.process.join(1.0)
             child.conn.close()
         self._children.clear()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        with self._cond:
+            # A closed descriptor's number may be reused: never write to it again.
+            wake_r, wake_w, self._wake_r, self._wake_w = self._wake_r, self._wake_w, -1, -1
+        os.close(wake_r)
+        os.close(wake_w)
 
     # -- the dispatcher thread ---------------------------------------------------------
 
@@ -374,9 +377,12 @@ class PreforkPool:
         return Outcome(WORKER_LOST, f"worker process {child.pid} {_exit(child)}")
 
     def _wake(self) -> None:
-        # Full (the dispatcher wakes anyway) or closed (stopped): nothing to do.
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"!")
+        with self._cond:
+            if self._wake_w < 0:
+                return  # stopped
+            # Full: the dispatcher is awake already.
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_w, b"!")
 
 
 def _send(child: _Child, item: Any) -> bool:

@@ -153,12 +153,16 @@ class Worker:
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: warm shutdown, the second one cold; SIGQUIT: cold."""
 
+        received = itertools.count()
+
         def on_signal(signum: int, frame: Any) -> None:
-            cold = signum == signal.SIGQUIT or self._stopping.is_set()
+            # One call, so a second signal handled inside this handler still counts
+            # as the second (a check of ``_stopping`` could run before it is set).
+            cold = next(received) > 0 or signum == signal.SIGQUIT
+            self.stop(cold=cold)
             log.warning(
                 "%s received: %s shutdown", signal.Signals(signum).name, "cold" if cold else "warm"
             )
-            self.stop(cold=cold)
 
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(sig, on_signal)
@@ -266,10 +270,17 @@ class Worker:
 
     def _hold(self, request: Request, eta: float) -> None:
         if self.broker.supports_delayed:
-            # Hand it to the broker's delayed store rather than hold it in memory.
-            self.broker.publish(request.delivery.envelope, request.delivery.queue, eta=eta)
-            request.ack()
-            return
+            # Hand it to the broker's delayed store rather than hold it in memory:
+            # publish the copy first, then ack, so a crash in between duplicates
+            # rather than loses.
+            env = request.delivery.envelope
+            try:
+                self.broker.publish(env, request.delivery.queue, priority=env.properties.get("priority"), eta=eta)
+            except BrokerError as exc:
+                log.warning("Could not re-delay %r (%s); holding it until its ETA", request, exc)
+            else:
+                request.ack()
+                return
         heapq.heappush(self._held, (eta, next(self._seq), request))
 
     def _release_due(self) -> None:
@@ -451,22 +462,21 @@ def _pool_settings(app: App, opts: WorkerOptions) -> PoolSettings:
     name = opts.pool or conf.worker_pool
     if name not in POOLS:
         raise ValueError(f"Unknown pool {name!r}; choose one of {', '.join(POOLS)}.")
-    if name == "prefork":
-        local = [u for u in (app.broker_url, app.backend_url or "") if u.startswith("memory:")]
-        if local:
-            raise ConfigurationError(
-                f"The prefork pool runs tasks in child processes, which cannot reach "
-                f"{local[0]!r}: it lives inside one process. Use the threads, solo or "
-                "asyncio pool, or a redis, amqp or sqlite URL."
-            )
-    elif opts.autoscale:
-        raise ConfigurationError(f"--autoscale needs the prefork pool, not {name!r}.")
     if opts.autoscale:
+        if name != "prefork":
+            raise ConfigurationError(f"--autoscale needs the prefork pool, not {name!r}.")
         high, low = opts.autoscale
         if not 0 < low <= high:
             raise ConfigurationError(
                 f"--autoscale takes MAX,MIN with 0 < MIN <= MAX, got {high},{low}."
             )
+    local = [u for u in (app.broker_url, app.backend_url or "") if u.startswith("memory:")]
+    if name == "prefork" and local:
+        raise ConfigurationError(
+            f"The prefork pool runs tasks in child processes, which cannot reach "
+            f"{local[0]!r}: it lives inside one process. Use the threads, solo or "
+            "asyncio pool, or a redis, amqp or sqlite URL."
+        )
     if name == "solo":
         concurrency = 1
     elif name == "asyncio":
