@@ -442,3 +442,26 @@ def scheduler_for(app: App) -> Scheduler:
         max_interval=conf.beat_max_loop_interval,
         lease_timeout=conf.beat_lease_timeout,
     )
+
+
+def start_beat_process(app: App) -> Any:
+    """Run beat in a child process (``taskq worker -B``); stop it with SIGTERM.
+
+    A separate process, as Celery does, so the scheduler never shares locks or
+    sockets with the worker's pool.
+    """
+    import billiard
+
+    process = billiard.Process(target=_beat_child, args=(app,), name="taskq-beat", daemon=True)
+    process.start()
+    return process
+
+
+def _beat_child(app: App) -> None:
+    import signal
+
+    app.reset_connections()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run_beat(scheduler_for(app), stop)

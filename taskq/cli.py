@@ -158,6 +158,7 @@ def _autoscale(ctx: click.Context, param: click.Parameter, value: str | None) ->
 @click.option(
     "--autoscale", callback=_autoscale, default=None, help="Prefork: MAX,MIN children, by load."
 )
+@click.option("-B", "--beat", "embed_beat", is_flag=True, help="Also run beat, in a child process.")
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -175,6 +176,7 @@ def worker(
     time_limit: float | None,
     soft_time_limit: float | None,
     autoscale: tuple[int, int] | None,
+    embed_beat: bool,
 ) -> None:
     """Start a worker. SIGTERM or Ctrl-C: warm shutdown (running tasks finish);
     a second one, or SIGQUIT: cold shutdown (running tasks go back to the queue)."""
@@ -200,12 +202,21 @@ def worker(
     except (TaskqError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo(banner(w))
+    beat_process = None
+    if embed_beat:
+        from taskq.beat import start_beat_process
+
+        beat_process = start_beat_process(app)
     w.install_signal_handlers()
     try:
         w.run()
     except TaskqError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EX_UNAVAILABLE)
+    finally:
+        if beat_process is not None:
+            beat_process.terminate()
+            beat_process.join(10)
 
 
 @main.command()

@@ -133,6 +133,14 @@ def tick():
 """
 
 
+def test_worker_with_embedded_beat(tmp_path: Path) -> None:
+    (tmp_path / "proj.py").write_text(BEAT_PROJ)
+    ticks = tmp_path / "ticks.txt"
+    with proc.worker(tmp_path, proc.env(), "-P", "threads", "-c", "1", "-B") as w:
+        wait_until(lambda: ticks.exists() and ticks.read_text().count("tick") >= 2, 20, "two ticks")
+        assert "Sending due task tick (proj.tick)" in w.output
+
+
 def test_beat_sends_periodic_tasks_to_a_worker(tmp_path: Path) -> None:
     (tmp_path / "proj.py").write_text(BEAT_PROJ)
     environ = proc.env()
