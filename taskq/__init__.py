@@ -1,7 +1,7 @@
 """taskq: a Celery-compatible distributed task queue."""
 
 from taskq.app import App
-from taskq.canvas import Signature, signature
+from taskq.canvas import GroupResult, Signature, chain, chord, group, signature
 from taskq.errors import (
     BackendError,
     BrokerError,
@@ -30,6 +30,7 @@ __all__ = [
     "BrokerError",
     "ConfigurationError",
     "DecodeError",
+    "GroupResult",
     "Ignore",
     "MaxRetriesExceededError",
     "NotRegistered",
@@ -42,8 +43,11 @@ __all__ = [
     "TaskqError",
     "TimeLimitExceeded",
     "TimeoutError",
+    "chain",
+    "chord",
     "crontab",
     "every",
+    "group",
     "signature",
     "solar",
     "states",

@@ -79,7 +79,11 @@ def build(
         root_id=merged.get("root_id") or root_id,
         parent_id=merged.get("parent_id") or parent_id,
         group=merged.get("group_id") or (retry_of.group if retry_of else None),
-        group_index=merged.get("group_index") or (retry_of.group_index if retry_of else None),
+        group_index=(
+            merged["group_index"]
+            if merged.get("group_index") is not None  # 0 is the first member's index
+            else (retry_of.group_index if retry_of else None)
+        ),
         eta=_eta(merged.get("countdown"), merged.get("eta"), now, tz),
         expires=_expires(merged.get("expires"), now, tz),
         retries=retry_of.retries + 1 if retry_of else 0,

@@ -6,7 +6,7 @@ import contextvars
 import dataclasses
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
@@ -15,7 +15,7 @@ from taskq.result import AsyncResult, EagerResult
 
 if TYPE_CHECKING:
     from taskq.app import App
-    from taskq.canvas import Signature
+    from taskq.canvas import Signature, chunks
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -202,6 +202,26 @@ class Task(TaskOptions, Generic[P, R]):
         from taskq.canvas import Signature
 
         return Signature(self.name, args or (), kwargs or {}, options=options, app=self.app)
+
+    def map(self, items: Iterable[Any]) -> Signature:
+        """ONE task (``taskq.map``) that calls this task's function on each item."""
+        from taskq.canvas import Signature, xmap
+
+        return xmap(Signature(self.name, app=self.app), items)
+
+    def starmap(self, items: Iterable[Iterable[Any]]) -> Signature:
+        """ONE task (``taskq.starmap``) that calls this task's function with each
+        item as its arguments."""
+        from taskq.canvas import Signature, xstarmap
+
+        return xstarmap(Signature(self.name, app=self.app), items)
+
+    def chunks(self, items: Iterable[Iterable[Any]], n: int) -> chunks:
+        """The items (argument tuples) split into ``taskq.starmap`` tasks of ``n``
+        calls each; ``.group()`` makes it a group, ``apply_async`` sends that."""
+        from taskq.canvas import Signature, chunks
+
+        return chunks(Signature(self.name, app=self.app), items, n)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
         return AsyncResult(task_id, app=self.app)

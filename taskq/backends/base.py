@@ -6,20 +6,32 @@ reading it back, waiting for it, revoked ids and counters. Keys and the stored
 meta follow Celery's layout (``celery-task-meta-<id>`` holding
 ``{"status", "result", "traceback", "date_done", "task_id", ...}``), so Celery
 clients can read taskq results and the other way round.
+
+Storing an outcome survives a backend outage: ``store`` retries a ready state
+(SUCCESS, FAILURE, REVOKED) the backend could not take, with exponential backoff,
+as Celery does with ``result_backend_always_retry`` (see ``StoreRetry``).
 """
 
 from __future__ import annotations
 
 import abc
 import builtins
+import dataclasses
+import logging
+import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from taskq import serialization
-from taskq.errors import TimeoutError
+from taskq.errors import BackendError, TimeoutError
+
+if TYPE_CHECKING:
+    from taskq.config import Settings
+
+log = logging.getLogger("taskq.backends")
 
 TASK_KEY_PREFIX = "celery-task-meta-"
 REVOKED_KEY_PREFIX = "taskq-revoked-"
@@ -46,6 +58,53 @@ def not_ready_error(task_id: str, timeout: float | None) -> TimeoutError:
     return TimeoutError(f"task {task_id} not ready after {timeout}s")
 
 
+@dataclasses.dataclass(frozen=True)
+class StoreRetry:
+    """How ``Backend.store`` retries a ready state the backend could not take.
+
+    Retry ``n`` (from 0) sleeps between half and all of
+    ``min(max_sleep, base_sleep * 2 ** n)`` seconds ("equal jitter": workers that
+    lost the backend together do not come back in step, and the total wait has a
+    floor as well as a ceiling, see ``budget``). Only errors the backend calls
+    ``recoverable`` are retried.
+
+    Attributes:
+        enabled: retry at all (``result_backend_always_retry``).
+        max_retries: retries after the first attempt (``result_backend_max_retries``).
+        base_sleep: seconds (``result_backend_base_sleep_between_retries_ms`` / 1000).
+        max_sleep: seconds (``result_backend_max_sleep_between_retries_ms`` / 1000).
+    """
+
+    enabled: bool = True
+    max_retries: int = 20
+    base_sleep: float = 0.01
+    max_sleep: float = 10.0
+
+    @classmethod
+    def from_settings(cls, conf: Settings) -> StoreRetry:
+        return cls(
+            enabled=conf.result_backend_always_retry,
+            max_retries=conf.result_backend_max_retries,
+            base_sleep=conf.result_backend_base_sleep_between_retries_ms / 1000,
+            max_sleep=conf.result_backend_max_sleep_between_retries_ms / 1000,
+        )
+
+    def cap(self, retry: int) -> float:
+        """The longest sleep before retry number ``retry`` (from 0)."""
+        return min(self.max_sleep, self.base_sleep * 2.0 ** min(retry, 64))
+
+    def delay(self, retry: int, draw: Callable[[], float] = random.random) -> float:
+        """The sleep before retry number ``retry``: half its cap plus a random half."""
+        cap = self.cap(retry)
+        return cap / 2 + draw() * cap / 2
+
+    def budget(self) -> tuple[float, float]:
+        """The least and the most seconds all retries sleep: an outage shorter than
+        the first is always ridden out. 20 retries from 10 ms to 10 s: 55 s to 110 s."""
+        total = sum(self.cap(n) for n in range(self.max_retries)) if self.enabled else 0.0
+        return total / 2, total
+
+
 class Backend(abc.ABC):
     """Stores task state and results keyed by task id.
 
@@ -59,6 +118,8 @@ class Backend(abc.ABC):
 
     #: True when ``wait_for`` is woken by the backend instead of polling.
     push_based: bool = False
+    #: How ``store`` retries ready states; ``App`` sets it from the settings.
+    store_retry: StoreRetry = StoreRetry()
 
     def __init__(
         self,
@@ -105,13 +166,16 @@ class Backend(abc.ABC):
         index: a task run twice counts once). The size counts at least every add
         that finished before this one: the add that completes a set always sees the
         full size, and concurrent adds may see it too, so a caller that must act on
-        the full size once claims that with ``incr``. ``expires`` as for ``incr``.
-        The key holds a set: use it only through this method.
+        the full size once claims that with ``incr``. ``expires``: seconds the set
+        is kept after this add (None: no new deadline); a backend may expire the
+        set as a whole (Redis) or member by member (SQL). The key holds a set: use
+        it only through this method.
 
         This default, for backends that only implement the primitives above, marks
         the member with a counter of its own and counts it on the first mark: right
         under concurrency, but a crash between the two steps loses that member, so
-        the built-in backends override it with one atomic step.
+        the built-in backends override it with a write that cannot be half done
+        (Redis: SADD and SCARD in one transaction; SQL: one row per member).
         """
         if self.incr(f"{key}:{member}", expires) == 1:
             return self.incr(key, expires)
@@ -130,6 +194,11 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+    def recoverable(self, exc: BackendError) -> bool:
+        """Whether trying ``exc``'s operation again may succeed (the backend was
+        unreachable, timed out, or is starting). Backends narrow this default."""
+        return True
 
     # -- task state ------------------------------------------------------------------
 
@@ -155,6 +224,15 @@ class Backend(abc.ABC):
 
         ``extra`` adds fields such as ``name``, ``args``, ``kwargs``, ``worker``,
         ``runtime``, ``retries``, ``queue``. Returns the stored meta.
+
+        A ready state is retried per ``store_retry`` while the error is
+        ``recoverable``: the calling thread sleeps between attempts, so a worker
+        whose backend is down keeps its tasks' outcomes (and their messages) until
+        the backend is back. Other states (STARTED, RETRY, custom) are tried once:
+        the outcome supersedes them.
+
+        Raises:
+            BackendError: the write failed and was not retried, or retries ran out.
         """
         meta: dict[str, Any] = {
             "status": state,
@@ -169,11 +247,54 @@ class Backend(abc.ABC):
         if extra:
             meta.update(extra)
         data = self.encode(meta)
+        key = task_key(task_id)
         if state in READY_STATES:
-            self.set_ready(task_key(task_id), data, self.expires)
+            self._retrying(
+                f"store {state} for task {task_id}",
+                lambda: self.set_ready(key, data, self.expires),
+            )
         else:
-            self.set(task_key(task_id), data, self.expires)
+            self.set(key, data, self.expires)
         return meta
+
+    def _retrying(self, what: str, write: Callable[[], None]) -> None:
+        policy = self.store_retry
+        started = time.monotonic()
+        retries = 0
+        while True:
+            try:
+                write()
+            except BackendError as exc:
+                if not policy.enabled or not self.recoverable(exc):
+                    raise
+                elapsed = time.monotonic() - started
+                if retries >= policy.max_retries:
+                    raise BackendError(
+                        f"Gave up trying to {what} after {retries} retries over "
+                        f"{elapsed:.1f}s: {exc} Raise result_backend_max_retries to wait "
+                        "longer for the result backend."
+                    ) from exc
+                delay = policy.delay(retries)
+                retries += 1
+                log.log(
+                    logging.WARNING if retries == 1 else logging.DEBUG,
+                    "Could not %s: %s Retry %d of %d in %.2fs.",
+                    what,
+                    exc,
+                    retries,
+                    policy.max_retries,
+                    delay,
+                )
+                time.sleep(delay)
+                continue
+            if retries:
+                log.warning(
+                    "Result backend is back: could %s after %d retries (%.1fs).",
+                    what,
+                    retries,
+                    time.monotonic() - started,
+                )
+            return
 
     def meta(self, task_id: str) -> dict[str, Any]:
         """The stored meta, or a PENDING meta when nothing is stored."""

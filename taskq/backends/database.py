@@ -52,7 +52,8 @@ _MGET_CHUNK = 500
 _DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg2", "mysql": "mysql+pymysql"}
 _DIALECTS = ("postgresql", "mysql", "mariadb", "sqlite")
 _OPTIONS = ("table_name", "engine_options")
-_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# 50 leaves room for the index name (ix_<table>_expires_at) within MySQL's 64.
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,49}$")
 # A set's members are the keys in [key + _MEMBER, key + _MEMBER_END): ";" follows ":".
 _MEMBER, _MEMBER_END = "#member:", "#member;"
 
@@ -148,8 +149,10 @@ class DatabaseBackend(Backend):
         self._cleanup(now)
 
     def delete(self, key: str) -> None:
+        t = self.table
+        members = sa.and_(t.c.key >= f"{key}{_MEMBER}", t.c.key < f"{key}{_MEMBER_END}")
         with self._transaction(f"delete {key!r}") as conn:
-            conn.execute(sa.delete(self.table).where(self.table.c.key == key))
+            conn.execute(sa.delete(t).where(sa.or_(t.c.key == key, members)))  # a set too
 
     def incr(self, key: str, expires: float | None) -> int:
         # Counters are decimal text (b"3"), as Redis stores them, so get() reads them.
@@ -169,13 +172,12 @@ class DatabaseBackend(Backend):
         now = time.time()
         first, stop = f"{key}{_MEMBER}", f"{key}{_MEMBER_END}"
         row = {"key": first + member, "value": b"", "expires_at": _deadline(now, expires)}
-        with self._transaction(f"add a member to {key!r}") as conn:
-            conn.execute(self._upsert(row, replace=True))
         t = self.table
-        count = sa.select(sa.func.count()).where(
-            t.c.key >= first, t.c.key < stop, self._live(now)
-        )
-        with self._connect(f"count the members of {key!r}") as conn:
+        count = sa.select(sa.func.count()).where(t.c.key >= first, t.c.key < stop, self._live(now))
+        with self._connect(f"add a member to {key!r}") as conn:
+            with conn.begin():
+                conn.execute(self._upsert(row, replace=True))
+            # Counted after the commit, in a transaction of its own (see above).
             size = int(conn.execute(count).scalar_one())
         self._cleanup(now)
         return size
@@ -250,8 +252,10 @@ class DatabaseBackend(Backend):
         t = self.table
         if self._dialect in ("mysql", "mariadb"):
             # MySQL refuses LIMIT in an IN subquery but has DELETE ... LIMIT.
-            stmt = sa.delete(t).where(t.c.expires_at <= now).with_dialect_options(
-                mysql_limit=CLEANUP_BATCH
+            stmt = (
+                sa.delete(t)
+                .where(t.c.expires_at <= now)
+                .with_dialect_options(mysql_limit=CLEANUP_BATCH)
             )
         else:
             expired = sa.select(t.c.key).where(t.c.expires_at <= now).limit(CLEANUP_BATCH)
@@ -329,7 +333,7 @@ def _check_options(options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if not isinstance(table_name, str) or not _TABLE_NAME.match(table_name):
         raise ConfigurationError(
             f"SQL result backend option table_name={table_name!r} must be a plain SQL "
-            "name: letters, digits and underscores, starting with a letter, at most 63."
+            "name: letters, digits and underscores, not starting with a digit, at most 50."
         )
     engine_options = options.get("engine_options", {})
     if not isinstance(engine_options, dict):
@@ -357,7 +361,9 @@ def _create_engine(url: str, engine_options: dict[str, Any]) -> sa.Engine:
             f"{dialect!r} (from {masked_url(url)!r})."
         )
     # Fail fast when the server is down, instead of hanging a worker thread.
-    connect_args: dict[str, Any] = {"timeout": 30} if dialect == "sqlite" else {"connect_timeout": 5}
+    connect_args: dict[str, Any] = (
+        {"timeout": 30} if dialect == "sqlite" else {"connect_timeout": 5}
+    )
     options: dict[str, Any] = {"pool_pre_ping": True, "connect_args": connect_args}
     options.update(engine_options)
     try:

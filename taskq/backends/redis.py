@@ -249,6 +249,15 @@ class RedisBackend(Backend):
 
     # -- errors ----------------------------------------------------------------------
 
+    def recoverable(self, exc: BackendError) -> bool:
+        """Unreachable, timed out, still loading its data (a ``ConnectionError``) or
+        a read-only replica during a failover: worth retrying. Anything else (bad
+        credentials, out of memory, a wrong key type) is not."""
+        return isinstance(
+            exc.__cause__,
+            (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ReadOnlyError),
+        ) and not isinstance(exc.__cause__, redis_errors.AuthenticationError)
+
     @contextmanager
     def _translate(self, action: str) -> Iterator[None]:
         try:
