@@ -220,6 +220,16 @@ def test_failing_header_task_fails_the_chord_once(app: App) -> None:
     assert t.errbacks == [result.id]  # once, though two header tasks failed
 
 
+def test_revoked_header_task_fails_the_chord_instead_of_hanging(app: App) -> None:
+    t = Tasks(app)
+    result = chord([t.add.s(1, 1), t.add.s(2, 2)], t.collect.s()).apply_async()
+    result.parent.results[1].revoke()
+    burst(app)
+    with pytest.raises(ChordError, match=result.parent.results[1].id):
+        result.get(timeout=5)
+    assert t.bodies == []
+
+
 def test_failure_propagates_through_nested_chords_and_chains(app: App) -> None:
     t = Tasks(app)
     outer_body = t.collect.s()

@@ -26,7 +26,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from taskq import signals
+from taskq import canvas, signals
 from taskq.broker.base import Delivery, QueueSpec
 from taskq.control import terminations
 from taskq.errors import (
@@ -334,6 +334,14 @@ class Worker:
             )
         if reason:
             log.info("Task %s[%s] %s: not run", request.name, request.id, reason)
+        try:
+            # A task that never ran still fails its workflow: errbacks run and its
+            # chord fails instead of waiting forever for it.
+            canvas.on_failure(self.app, ctx, exc)
+        except (BackendError, BrokerError) as error:
+            log.warning("Could not report %r to its workflow (%s); giving it back", request, error)
+            request.requeue()
+            return
         if dead_letter:
             request.dead_letter(dead_letter)
         else:
