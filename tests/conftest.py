@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,7 +21,12 @@ def amqp_url() -> str:
 
 
 @pytest.fixture
-def unique() -> str:
+def unique() -> Iterator[str]:
     """A short unique string for queue names and key prefixes, so tests that share
-    a server never see each other's data (tests never flush shared servers)."""
-    return uuid.uuid4().hex[:10]
+    a server never see each other's data (tests never flush shared servers).
+    RabbitMQ queues named ``<prefix>-<unique>`` are deleted afterwards."""
+    servers.used.clear()
+    value = uuid.uuid4().hex[:10]
+    yield value
+    if "amqp" in servers.used:
+        servers.delete_amqp_queues(value)

@@ -20,6 +20,9 @@ MYSQL_URL = os.environ.get("TASKQ_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/
 
 PORTS = {"redis": 6379, "amqp": 5672, "postgres": 5432, "mysql": 3306}
 
+#: Servers the running test asked for (conftest cleans up after tests that used RabbitMQ).
+used: set[str] = set()
+
 
 def reachable(port: int, host: str = "127.0.0.1") -> bool:
     try:
@@ -33,8 +36,21 @@ def require(server: str) -> None:
     """Skip (or fail under CI) when ``server`` is not listening."""
     port = PORTS[server]
     if reachable(port):
+        used.add(server)
         return
     message = f"{server} is not reachable on 127.0.0.1:{port}"
     if os.environ.get("CI"):
         pytest.fail(message + " (CI is set, so this fails instead of skipping)")
     pytest.skip(message)
+
+
+def delete_amqp_queues(suffix: str) -> None:
+    """Delete the RabbitMQ queues a test named ``<prefix>-<suffix>`` (queues are
+    durable, so they would otherwise pile up on the shared server)."""
+    import kombu
+
+    prefixes = ("q", "routed", "percall", "interop", "cli", "a", "b", "c", "other", "kept", "late", "gone", "pq", "dq")
+    with kombu.Connection(AMQP_URL) as conn:
+        channel = conn.default_channel
+        for prefix in prefixes:
+            channel.queue_delete(f"{prefix}-{suffix}")

@@ -46,16 +46,21 @@ def make_app(combo: str, unique: str, tmp_path: Path, **settings: Any) -> App:
     return App("contract", broker=servers.AMQP_URL, backend=servers.REDIS_URL, **settings)
 
 
-@pytest.fixture(params=COMBOS)
-def combo(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(params=POOLS)
-def pool(request: pytest.FixtureRequest, combo: str) -> str:
-    if request.param == "prefork" and combo == "memory":
-        pytest.skip("memory:// lives in one process; prefork children cannot reach it")
-    return str(request.param)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every broker combination, and with ``pool`` every pool that can reach it:
+    memory:// lives in one process, so prefork children cannot use it."""
+    explicit = {
+        name
+        for mark in metafunc.definition.iter_markers("parametrize")
+        for name in (mark.args[0] if isinstance(mark.args[0], (list, tuple)) else mark.args[0].split(","))
+    }
+    if "combo" not in metafunc.fixturenames or "combo" in {n.strip() for n in explicit}:
+        return
+    if "pool" in metafunc.fixturenames:
+        pairs = [(c, p) for c in COMBOS for p in POOLS if (c, p) != ("memory", "prefork")]
+        metafunc.parametrize(("combo", "pool"), pairs)
+    else:
+        metafunc.parametrize("combo", COMBOS)
 
 
 @pytest.fixture
