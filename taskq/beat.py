@@ -423,7 +423,11 @@ def scheduler_for(app: App) -> Scheduler:
 
     conf = app.conf
     redis_url = next(
-        (u for u in (app.backend_url, app.broker_url) if u and u.startswith(("redis://", "rediss://"))),
+        (
+            u
+            for u in (app.backend_url, app.broker_url)
+            if u and u.startswith(("redis://", "rediss://"))
+        ),
         None,
     )
     lock: BeatLock = RedisBeatLock(redis_url) if redis_url else LocalBeatLock()

@@ -146,5 +146,3 @@ class RedisBeatLock:
 
 def _millis(seconds: float) -> int:
     return max(1, round(seconds * 1000))
-
-

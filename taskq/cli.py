@@ -49,7 +49,10 @@ def find_app(spec: str) -> App:
     if app is not None:
         return app
     for sub in ("app", "celery", "tasks"):
-        if not hasattr(module, "__path__") or importlib.util.find_spec(f"{module_name}.{sub}") is None:
+        if (
+            not hasattr(module, "__path__")
+            or importlib.util.find_spec(f"{module_name}.{sub}") is None
+        ):
             continue
         app = _app_in(_import(f"{module_name}.{sub}"))
         if app is not None:
@@ -326,7 +329,9 @@ def beat(ctx: click.Context, app_spec: str | None, loglevel: str, logfile: str |
         scheduler = scheduler_for(app)
     except TaskqError as exc:
         raise click.UsageError(str(exc)) from exc
-    click.echo(f"taskq beat {__version__}: {len(scheduler.entries)} periodic task(s), broker {app.broker_url}")
+    click.echo(
+        f"taskq beat {__version__}: {len(scheduler.entries)} periodic task(s), broker {app.broker_url}"
+    )
     stop = threading.Event()
     for sig in (signals.SIGTERM, signals.SIGINT):
         signals.signal(sig, lambda *_: stop.set())

@@ -24,6 +24,14 @@ ENV_OVERRIDES = {"TASKQ_BROKER_URL": "broker_url", "TASKQ_RESULT_BACKEND": "resu
 #: Used when no broker is configured: broker and results share this SQLite file.
 EMBEDDED_URL = "sqlite:///taskq.sqlite3"
 
+_NON_NEGATIVE = frozenset(
+    {
+        "result_backend_max_retries",
+        "result_backend_base_sleep_between_retries_ms",
+        "result_backend_max_sleep_between_retries_ms",
+    }
+)
+
 _DURATIONS = frozenset(
     {
         "result_expires",
@@ -53,6 +61,12 @@ class Settings:
     result_serializer: str = "json"
     result_accept_content: list[str] | None = None
     result_extended: bool = False
+    # Retrying a result the backend could not take (Celery's names; milliseconds as in
+    # Celery, where the unit is part of the name). See backends.base.StoreRetry.
+    result_backend_always_retry: bool = True
+    result_backend_max_retries: int = 20
+    result_backend_base_sleep_between_retries_ms: int = 10
+    result_backend_max_sleep_between_retries_ms: int = 10000
     # Tasks
     task_serializer: str = "json"
     accept_content: list[str] = dataclasses.field(default_factory=lambda: ["json"])
@@ -182,6 +196,8 @@ def _check(name: str, value: Any) -> Any:
         raise ConfigurationError(f"Setting {name!r} must be a mapping, got {value!r}.")
     if name == "worker_prefetch_multiplier" and value < 1:
         raise ConfigurationError(f"worker_prefetch_multiplier must be >= 1, got {value!r}.")
+    if name in _NON_NEGATIVE and value < 0:
+        raise ConfigurationError(f"Setting {name!r} must be 0 or more, got {value!r}.")
     return value
 
 

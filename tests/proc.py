@@ -27,7 +27,12 @@ class Proc:
 
     def __init__(self, args: list[str], cwd: Path, environ: Mapping[str, str]) -> None:
         self.popen = subprocess.Popen(
-            args, cwd=cwd, env=dict(environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            args,
+            cwd=cwd,
+            env=dict(environ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -91,7 +96,9 @@ def worker(cwd: Path, environ: Mapping[str, str], *args: str) -> Iterator[Proc]:
         proc.stop()
 
 
-def run(cwd: Path, environ: Mapping[str, str], *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+def run(
+    cwd: Path, environ: Mapping[str, str], *args: str, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*TASKQ, *args], cwd=cwd, env=dict(environ), capture_output=True, text=True, timeout=timeout
     )

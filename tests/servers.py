@@ -49,7 +49,22 @@ def delete_amqp_queues(suffix: str) -> None:
     durable, so they would otherwise pile up on the shared server)."""
     import kombu
 
-    prefixes = ("q", "routed", "percall", "interop", "cli", "a", "b", "c", "other", "kept", "late", "gone", "pq", "dq")
+    prefixes = (
+        "q",
+        "routed",
+        "percall",
+        "interop",
+        "cli",
+        "a",
+        "b",
+        "c",
+        "other",
+        "kept",
+        "late",
+        "gone",
+        "pq",
+        "dq",
+    )
     with kombu.Connection(AMQP_URL) as conn:
         channel = conn.default_channel
         for prefix in prefixes:

@@ -14,7 +14,7 @@ from taskq import __version__
 from tests import proc, servers
 from tests.waiting import wait_until
 
-PROJ = '''
+PROJ = """
 from taskq import App
 
 app = App("proj")
@@ -26,7 +26,7 @@ def add(x, y):
 @app.task(bind=True)
 def whoami(self):
     return self.request.hostname
-'''
+"""
 
 
 @pytest.fixture
@@ -38,7 +38,12 @@ def project(tmp_path: Path, unique: str) -> Path:
 def produce(cwd: Path, environ: dict[str, str], code: str) -> str:
     """Run producer code in a fresh interpreter (as another process would)."""
     out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=environ, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
@@ -51,8 +56,14 @@ def test_version() -> None:
 
 BROKERS = {
     "embedded": lambda unique: {},
-    "redis": lambda unique: {"TASKQ_BROKER_URL": servers.REDIS_URL, "TASKQ_RESULT_BACKEND": servers.REDIS_URL},
-    "amqp": lambda unique: {"TASKQ_BROKER_URL": servers.AMQP_URL, "TASKQ_RESULT_BACKEND": servers.REDIS_URL},
+    "redis": lambda unique: {
+        "TASKQ_BROKER_URL": servers.REDIS_URL,
+        "TASKQ_RESULT_BACKEND": servers.REDIS_URL,
+    },
+    "amqp": lambda unique: {
+        "TASKQ_BROKER_URL": servers.AMQP_URL,
+        "TASKQ_RESULT_BACKEND": servers.REDIS_URL,
+    },
 }
 
 
@@ -64,15 +75,34 @@ def test_worker_and_producer_end_to_end(broker: str, project: Path, unique: str)
         servers.require("amqp")
     environ = proc.env(BROKERS[broker](unique))
     queue = f"cli-{unique}"
-    with proc.worker(project, environ, "-P", "threads", "-c", "2", "-Q", queue, "-n", f"w-{unique}@%h") as w:
+    with proc.worker(
+        project, environ, "-P", "threads", "-c", "2", "-Q", queue, "-n", f"w-{unique}@%h"
+    ) as w:
         assert "[tasks]" in w.output and "proj.add" in w.output
-        value = produce(project, environ, f"""
+        value = produce(
+            project,
+            environ,
+            f"""
             from proj import add
             print(add.apply_async((2, 3), queue={queue!r}).get(timeout=20))
-        """)
+        """,
+        )
         assert value == "5"
-        task_id = proc.run(project, environ, "-A", "proj", "call", "proj.add", "--args", "[20, 22]", "--queue", queue).stdout.strip()
-        shown = proc.run(project, environ, "result", task_id, "--wait", "--timeout", "20", "-A", "proj")
+        task_id = proc.run(
+            project,
+            environ,
+            "-A",
+            "proj",
+            "call",
+            "proj.add",
+            "--args",
+            "[20, 22]",
+            "--queue",
+            queue,
+        ).stdout.strip()
+        shown = proc.run(
+            project, environ, "result", task_id, "--wait", "--timeout", "20", "-A", "proj"
+        )
         assert shown.returncode == 0, shown.stderr
         meta = json.loads(shown.stdout)
         assert (meta["status"], meta["result"]) == ("SUCCESS", 42)
@@ -149,6 +179,8 @@ def test_beat_sends_periodic_tasks_to_a_worker(tmp_path: Path) -> None:
         beat = proc.Proc([*proc.TASKQ, "-A", "proj", "beat"], tmp_path, environ)
         try:
             beat.wait_for("Sending due task tick (proj.tick)")
-            wait_until(lambda: ticks.exists() and ticks.read_text().count("tick") >= 3, 20, "three ticks")
+            wait_until(
+                lambda: ticks.exists() and ticks.read_text().count("tick") >= 3, 20, "three ticks"
+            )
         finally:
             assert beat.stop() == 0, beat.output

@@ -52,7 +52,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     explicit = {
         name
         for mark in metafunc.definition.iter_markers("parametrize")
-        for name in (mark.args[0] if isinstance(mark.args[0], (list, tuple)) else mark.args[0].split(","))
+        for name in (
+            mark.args[0] if isinstance(mark.args[0], (list, tuple)) else mark.args[0].split(",")
+        )
     }
     if "combo" not in metafunc.fixturenames or "combo" in {n.strip() for n in explicit}:
         return

@@ -18,14 +18,27 @@ from tests import servers
 
 
 def celery_style_message(task_id: str, args: list[Any]) -> tuple[str, dict[str, Any]]:
-    body = json.dumps([args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
-    headers = {"lang": "py", "task": "interop.add", "id": task_id, "root_id": task_id, "parent_id": None,
-               "group": None, "retries": 0, "eta": None, "expires": None}
+    body = json.dumps(
+        [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    )
+    headers = {
+        "lang": "py",
+        "task": "interop.add",
+        "id": task_id,
+        "root_id": task_id,
+        "parent_id": None,
+        "group": None,
+        "retries": 0,
+        "eta": None,
+        "expires": None,
+    }
     return body, headers
 
 
 def make_app(broker: str, unique: str) -> App:
-    app = App("interop", broker=broker, backend=servers.REDIS_URL, task_default_queue=f"interop-{unique}")
+    app = App(
+        "interop", broker=broker, backend=servers.REDIS_URL, task_default_queue=f"interop-{unique}"
+    )
 
     @app.task(name="interop.add")
     def add(x: int, y: int) -> int:
@@ -44,8 +57,14 @@ def test_raw_redis_producer_from_the_protocol_doc(redis_url: str, unique: str) -
         "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": headers,
-        "properties": {"correlation_id": task_id, "delivery_mode": 2, "priority": 0, "body_encoding": "base64",
-                       "delivery_tag": str(uuid.uuid4()), "delivery_info": {"exchange": "", "routing_key": queue}},
+        "properties": {
+            "correlation_id": task_id,
+            "delivery_mode": 2,
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+            "delivery_info": {"exchange": "", "routing_key": queue},
+        },
     }
     redis.Redis.from_url(redis_url).lpush(queue, json.dumps(envelope))
     with running_worker(app):
@@ -68,9 +87,15 @@ def test_kombu_producer_as_celery_publishes(broker: str, unique: str) -> None:
             exchange = kombu.Exchange(queue_name, "direct")
             queue = kombu.Queue(queue_name, exchange, routing_key=queue_name)
             conn.Producer().publish(
-                body, exchange=exchange, routing_key=queue_name, headers=headers,
-                content_type="application/json", content_encoding="utf-8",
-                correlation_id=task_id, delivery_mode=2, declare=[queue],
+                body,
+                exchange=exchange,
+                routing_key=queue_name,
+                headers=headers,
+                content_type="application/json",
+                content_encoding="utf-8",
+                correlation_id=task_id,
+                delivery_mode=2,
+                declare=[queue],
             )
         assert app.AsyncResult(task_id).get(timeout=10) == 42
     app.close()

@@ -57,7 +57,11 @@ def test_imports_flow_one_way() -> None:
         own = layer_of(name)
         for line, target, names in module_level_imports(ast.parse(path.read_text())):
             if target == "taskq":
-                submodules = [n for n in names if (PACKAGE / n).with_suffix(".py").exists() or (PACKAGE / n).is_dir()]
+                submodules = [
+                    n
+                    for n in names
+                    if (PACKAGE / n).with_suffix(".py").exists() or (PACKAGE / n).is_dir()
+                ]
                 if submodules != names:
                     problems.append(f"{name}:{line} imports names from the taskq root")
                 targets = [f"taskq.{n}" for n in names]

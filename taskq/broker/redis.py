@@ -79,6 +79,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -588,6 +589,9 @@ class RedisBroker(Broker):
         self._requeue_dead_script = self._client.register_script(_REQUEUE_DEAD)
         self._calls = 0  # fetch script calls: part of every tag
         self._unanswered = False  # the last fetch call failed: reuse its tag prefix
+        # Settling that failed because Redis was unreachable: (retry, what), in order.
+        self._deferred: list[tuple[Callable[[], None], str]] = []
+        self._deferred_lock = threading.Lock()
         self._crash_after_fetch = os.environ.get(CRASH_AFTER_FETCH_ENV) == "1"
         self._rotation = 0  # fetch calls: which queue goes first
         self._promoted_at = -math.inf  # monotonic time of the last promotion
@@ -857,9 +861,24 @@ class RedisBroker(Broker):
         logger.error("Redis broker could not %s some lists: %s", doing, text)
 
     # -- settling -----------------------------------------------------------------
+    #
+    # Settling is idempotent (HDEL; scripts that check the tag is still leased), so when
+    # Redis cannot be reached it is retried with each heartbeat rather than failed:
+    # the messages stay leased to this live consumer meanwhile, and a live consumer's
+    # lease never runs out, so a failed ack would otherwise strand its messages until
+    # the worker stops (and then run them again).
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """Drop the messages from this consumer's in-flight hash (one round trip)."""
+        """Drop the messages from this consumer's in-flight hash (one round trip).
+
+        If Redis cannot be reached the ack is retried with each ``heartbeat``.
+        """
+        deliveries = list(deliveries)
+        self._settle_or_defer(
+            lambda: self._ack(deliveries), f"acknowledge {len(deliveries)} messages"
+        )
+
+    def _ack(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return
         tags = [d.tag for d in deliveries]
@@ -877,7 +896,14 @@ class RedisBroker(Broker):
         """Push the messages back at the consumer end of their lists, first one next.
 
         Messages whose lease was already lost (and restored by a reaper) are skipped.
+        If Redis cannot be reached the requeue is retried with each ``heartbeat``.
         """
+        deliveries = list(deliveries)
+        self._settle_or_defer(
+            lambda: self._requeue(deliveries), f"requeue {len(deliveries)} messages"
+        )
+
+    def _requeue(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return
         tags = [d.tag for d in reversed(deliveries)]
@@ -890,8 +916,14 @@ class RedisBroker(Broker):
         """Move the message from this consumer's lease to the dead-letter list.
 
         A message whose lease was lost is already back in its queue; it is left there
-        (and logged) rather than stored twice.
+        (and logged) rather than stored twice. If Redis cannot be reached the move is
+        retried with each ``heartbeat``.
         """
+        self._settle_or_defer(
+            lambda: self._dead_letter(delivery, reason), f"dead-letter message {delivery.tag}"
+        )
+
+    def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         lease = _lease(delivery)
         entry: dict[str, Any] = {
             "id": delivery.tag,
@@ -932,6 +964,31 @@ class RedisBroker(Broker):
             logger.info("Returned %d messages of expired consumers to their queues", restored)
         if errors:
             self._script_errors("return messages of expired consumers", errors, raise_=False)
+        self._retry_deferred()
+
+    def _settle_or_defer(self, settle: Callable[[], None], what: str) -> None:
+        try:
+            settle()
+        except BrokerError as exc:
+            if not isinstance(exc.__cause__, (redis.ConnectionError, redis.TimeoutError)):
+                raise
+            with self._deferred_lock:
+                self._deferred.append((settle, what))
+            logger.warning("%s Will %s with the next heartbeat.", exc, what)
+
+    def _retry_deferred(self) -> None:
+        """Carry out the settling that failed while Redis was unreachable, in order."""
+        with self._deferred_lock:
+            pending, self._deferred = self._deferred, []
+        for done, (settle, _) in enumerate(pending):
+            try:
+                settle()
+            except BrokerError:
+                with self._deferred_lock:
+                    self._deferred[:0] = pending[done:]
+                raise
+        if pending:
+            logger.info("Redis is back: carried out %d deferred ack(s)/requeue(s)", len(pending))
 
     # -- dead letters -----------------------------------------------------------------
 
@@ -982,6 +1039,15 @@ class RedisBroker(Broker):
 
     def close(self) -> None:
         """Disconnect the pool. Leased messages stay leased until the lease runs out."""
+        try:
+            self._retry_deferred()
+        except BrokerError as exc:
+            logger.error(
+                "Closing with %d ack(s)/requeue(s) not done (%s): their messages return to "
+                "their queues when this consumer's lease runs out.",
+                len(self._deferred),
+                exc,
+            )
         self._pool.disconnect()
 
 

@@ -19,6 +19,7 @@ import heapq
 import itertools
 import logging
 import os
+import random
 import signal
 import socket
 import threading
@@ -182,8 +183,10 @@ class Worker:
                 deliveries = self.broker.fetch(self.queues, free, self._fetch_timeout(burst))
                 backoff = 0.1
             except BrokerError as exc:
-                log.error("Broker connection error: %s; retrying in %.1fs", exc, backoff)
-                self._stopping.wait(backoff)
+                # Jitter, so a fleet of workers does not reconnect in lockstep.
+                pause = backoff * random.uniform(0.5, 1.0)
+                log.error("Broker connection error: %s; retrying in %.1fs", exc, pause)
+                self._stopping.wait(pause)
                 backoff = min(backoff * 2, 5.0)
                 continue
             if self._stopping.is_set():
@@ -275,7 +278,9 @@ class Worker:
             # rather than loses.
             env = request.delivery.envelope
             try:
-                self.broker.publish(env, request.delivery.queue, priority=env.properties.get("priority"), eta=eta)
+                self.broker.publish(
+                    env, request.delivery.queue, priority=env.properties.get("priority"), eta=eta
+                )
             except BrokerError as exc:
                 log.warning("Could not re-delay %r (%s); holding it until its ETA", request, exc)
             else:
@@ -389,7 +394,17 @@ class Worker:
             return
         env = request.delivery.envelope
         headers = {**env.headers, LOST_HEADER: int(env.headers.get(LOST_HEADER) or 0) + 1}
-        self.broker.publish(dataclasses.replace(env, headers=headers), request.delivery.queue)
+        try:
+            self.broker.publish(
+                dataclasses.replace(env, headers=headers),
+                request.delivery.queue,
+                priority=env.properties.get("priority"),
+            )
+        except BrokerError as exc:
+            # Give it back uncounted rather than leave it leased to this live worker.
+            log.warning("Could not redeliver %r with its count (%s); requeueing it", request, exc)
+            request.requeue()
+            return
         request.ack()
 
     # -- background ------------------------------------------------------------------

@@ -132,3 +132,28 @@ def test_crash_hook_exits_between_fetch_and_bookkeeping(server: PrivateRedis) ->
         broker.ack(got)
     assert sorted(seen) == ["0", "1", "2", "3"]
     broker.close()
+
+
+@pytest.mark.timeout(30)
+def test_settling_while_redis_is_down_is_done_by_the_next_heartbeat(tmp_path: Path) -> None:
+    """A live consumer's lease never runs out, so an ack or requeue lost to an outage
+    would leave its messages leased until the worker stops: it is retried instead."""
+    server = PrivateRedis(tmp_path / "durable", durable=True)
+    server.start()
+    broker = RedisBroker(server.url, consumer_id="c", options={"lease_timeout": 60})
+    try:
+        publish(broker, 4)
+        acked, requeued = broker.fetch([Q], 2, 0.1), broker.fetch([Q], 2, 0.1)
+        server.kill()
+        broker.ack(acked)  # deferred, not raised: the worker cannot do better
+        broker.requeue(requeued)
+        with pytest.raises(BrokerError, match="unreachable"):
+            broker.heartbeat()
+        server.start()  # replays the append-only file: both still leased
+        assert inflight(server) == 4
+        broker.heartbeat()
+        assert inflight(server) == 0
+        assert ids(broker.fetch([Q], 10, 0.1)) == ids(requeued)
+    finally:
+        broker.close()
+        server.stop()

@@ -1,0 +1,100 @@
+"""Producers: ``apply_async`` returns only once the broker has the message, retries
+per ``task_publish_retry_policy``, and otherwise raises ``BrokerError``."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from taskq import App
+from taskq.broker.kombu import KombuBroker
+from taskq.errors import BrokerError
+from taskq.message import Envelope
+from tests import servers
+from tests.faults.cluster import AMQP_URL, delete_amqp
+from tests.faults.redis_server import PrivateRedis
+from tests.faults.test_server_faults import close_connections
+
+NO_WAIT = {"max_retries": 2, "interval_start": 0.0, "interval_step": 0.1, "interval_max": 0.1}
+
+
+@pytest.fixture
+def amqp_queue() -> Iterator[str]:
+    servers.require("amqp")
+    name = f"faults-producer-{uuid.uuid4().hex[:10]}"
+    yield name
+    delete_amqp(name)
+
+
+def test_rabbitmq_publishes_are_confirmed(amqp_queue: str) -> None:
+    broker = KombuBroker(AMQP_URL, consumer_id="p")
+    try:
+        broker.publish(Envelope(b"[[], {}, {}]", "application/json"), amqp_queue)
+        channel = broker._producer.channel  # type: ignore[union-attr]
+        # py-amqp swaps basic_publish for the confirming one when confirm_publish is on.
+        assert channel._confirm_selected
+        assert channel.basic_publish.__name__ == "basic_publish_confirm"
+    finally:
+        broker.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_refused_publish_raises_after_the_retry_policy(amqp_queue: str) -> None:
+    # A policy on this test's queue only: full at 0 messages, refuse what comes.
+    policy = ["rabbitmqctl", "set_policy", "--apply-to", "queues", amqp_queue, f"^{amqp_queue}$"]
+    limits = '{"max-length": 0, "overflow": "reject-publish"}'
+    subprocess.run([*policy, limits], check=True, capture_output=True, timeout=30)
+    app = App("p", broker=AMQP_URL, task_publish_retry_policy=NO_WAIT)
+    try:
+        with pytest.raises(BrokerError, match=r"after 3 attempt\(s\).*refused the message"):
+            app.send_task("faults.work", queue=amqp_queue)
+    finally:
+        app.close()
+        subprocess.run(["rabbitmqctl", "clear_policy", amqp_queue], check=True, capture_output=True)
+
+
+@pytest.mark.timeout(60)
+def test_a_publish_after_the_server_closed_the_connection_reconnects(amqp_queue: str) -> None:
+    name = f"taskq-faults-{amqp_queue}"
+    app = App(
+        "p",
+        broker=AMQP_URL,
+        broker_transport_options={"client_properties": {"connection_name": name}},
+    )
+    try:
+        app.send_task("faults.work", queue=amqp_queue, task_id="first")
+        assert close_connections(name) == 1
+        app.send_task("faults.work", queue=amqp_queue, task_id="second")
+        consumer = KombuBroker(AMQP_URL, consumer_id="c")
+        got = consumer.fetch([amqp_queue], 10, 5.0)
+        got += consumer.fetch([amqp_queue], 10, 1.0) if len(got) < 2 else []
+        assert sorted(d.envelope.headers["id"] for d in got) == ["first", "second"]
+        consumer.ack(got)
+        consumer.close()
+    finally:
+        app.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_redis_publish_that_returned_survives_kill_9(tmp_path: Path) -> None:
+    server = PrivateRedis(tmp_path / "redis", durable=True)
+    server.start()
+    app = App("p", broker=server.url, task_publish_retry_policy=NO_WAIT)
+    try:
+        for n in range(50):
+            app.send_task("faults.work", task_id=f"t{n}")
+        server.kill()
+        started = time.monotonic()
+        with pytest.raises(BrokerError, match="after 3 attempt"):
+            app.send_task("faults.work")
+        assert time.monotonic() - started < 5
+        server.start()
+        assert server.client().llen("celery") == 50
+    finally:
+        app.close()
+        server.stop()
