@@ -62,5 +62,5 @@ def test_default_implementation_needs_only_the_primitives() -> None:
     class Plain(MemoryBackend):
         add_member = Backend.add_member  # the fallback built on incr and get
 
-    backend = Plain()
+    backend = Plain("memory://")
     assert [backend.add_member("k", m, None) for m in ("a", "b", "a", "c")] == [1, 2, 2, 3]

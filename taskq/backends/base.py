@@ -135,6 +135,10 @@ class Backend(abc.ABC):
         self.serializer = serializer
         self.accept = tuple(accept)
         self.options = dict(options or {})
+        self._configure()
+
+    def _configure(self) -> None:  # noqa: B027 - optional hook
+        """Set up the store from ``self.url`` and ``self.options`` (subclasses)."""
 
     # -- primitives ------------------------------------------------------------------
 

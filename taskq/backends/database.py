@@ -102,21 +102,10 @@ class DatabaseBackend(Backend):
         engine_options: extra keyword arguments for ``sqlalchemy.create_engine``.
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        expires: float | None = 86400.0,
-        serializer: str = "json",
-        accept: Sequence[str] = ("json",),
-        options: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(
-            url, expires=expires, serializer=serializer, accept=accept, options=options
-        )
+    def _configure(self) -> None:
         table_name, engine_options = _check_options(self.options)
         self.table = kv_table(table_name)
-        self._engine = _create_engine(url, engine_options)
+        self._engine = _create_engine(self.url, engine_options)
         self._dialect = self._engine.dialect.name
         self._table_ready = False
         self._table_lock = threading.Lock()

@@ -30,18 +30,7 @@ class MemoryBackend(Backend):
 
     push_based = True
 
-    def __init__(
-        self,
-        url: str = "memory://",
-        *,
-        expires: float | None = 86400.0,
-        serializer: str = "json",
-        accept: Sequence[str] = ("json",),
-        options: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(
-            url, expires=expires, serializer=serializer, accept=accept, options=options
-        )
+    def _configure(self) -> None:
         self._changed = threading.Condition()
         # key -> (value, monotonic deadline or None for no expiry)
         self._data: dict[str, tuple[bytes, float | None]] = {}

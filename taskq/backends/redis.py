@@ -97,22 +97,11 @@ class RedisBackend(Backend):
 
     push_based = True
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        expires: float | None = 86400.0,
-        serializer: str = "json",
-        accept: Sequence[str] = ("json",),
-        options: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(
-            url, expires=expires, serializer=serializer, accept=accept, options=options
-        )
+    def _configure(self) -> None:
         opts = RedisOptions.from_mapping(self.options)
         self._prefix = opts.key_prefix
         self._pool = redis.BlockingConnectionPool.from_url(
-            url,
+            self.url,
             max_connections=opts.max_connections,
             timeout=opts.socket_timeout,
             socket_timeout=opts.socket_timeout,

@@ -11,7 +11,6 @@ import json
 import sqlite3
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from taskq.backends.base import Backend
 from taskq.broker.sqlite import SqliteFile, sqlite_path
@@ -48,24 +47,13 @@ class SqliteBackend(Backend):
     any thread and any process. Takes no options.
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        expires: float | None = 86400.0,
-        serializer: str = "json",
-        accept: Sequence[str] = ("json",),
-        options: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(
-            url, expires=expires, serializer=serializer, accept=accept, options=options
-        )
+    def _configure(self) -> None:
         if self.options:
             raise ConfigurationError(
                 f"The SQLite result backend takes no options, got {sorted(self.options)}. "
                 "Remove result_backend_transport_options."
             )
-        self.path = sqlite_path(url)
+        self.path = sqlite_path(self.url)
         self._db = SqliteFile(self.path, _SCHEMA, BackendError, "result backend")
         # Shared by threads without a lock: a race costs one extra cleanup at worst.
         self._next_cleanup = 0.0
