@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskq.canvas.results import GroupResult
 from taskq.canvas.signature import Signature, as_list, first_app, register_kind, top
@@ -54,8 +54,43 @@ def _signatures(items: tuple[Any, ...], app: App | None) -> list[Signature]:
     return [Signature.from_dict(item, app) for item in items]
 
 
+class _TaskList(Signature):
+    """What chain and group share: a list of signatures in ``kwargs["tasks"]``,
+    sent as Celery's ``celery.chain`` / ``celery.group`` so both travel as data."""
+
+    def __init__(
+        self,
+        *tasks: Mapping[str, Any] | Iterable[Mapping[str, Any]],
+        options: Mapping[str, Any] | None = None,
+        app: App | None = None,
+    ) -> None:
+        items = _signatures(tasks, app)
+        super().__init__(
+            f"celery.{self.kind}",
+            (),
+            {"tasks": items},
+            options=options,
+            subtask_type=self.kind,
+            app=app or first_app(items),
+        )
+
+    @classmethod
+    def from_mapping(cls: type[_L], data: Mapping[str, Any], app: App | None) -> _L:
+        return cls(
+            (data.get("kwargs") or {}).get("tasks") or [], options=data.get("options"), app=app
+        )
+
+    @property
+    def tasks(self) -> list[Signature]:
+        items: list[Signature] = self["kwargs"]["tasks"]
+        return items
+
+
+_L = TypeVar("_L", bound=_TaskList)
+
+
 @register_kind
-class chain(Signature):  # noqa: N801 - Celery's name
+class chain(_TaskList):  # noqa: N801 - Celery's name
     """Tasks run one after the other, each getting the previous result as its
     first argument: ``chain(a, b, c)``, ``chain([a, b, c])`` or ``a | b | c``.
 
@@ -65,33 +100,6 @@ class chain(Signature):  # noqa: N801 - Celery's name
     """
 
     kind = "chain"
-
-    def __init__(
-        self,
-        *tasks: Mapping[str, Any] | Iterable[Mapping[str, Any]],
-        options: Mapping[str, Any] | None = None,
-        app: App | None = None,
-    ) -> None:
-        steps = _signatures(tasks, app)
-        super().__init__(
-            "celery.chain",
-            (),
-            {"tasks": steps},
-            options=options,
-            subtask_type="chain",
-            app=app or first_app(steps),
-        )
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], app: App | None) -> chain:
-        return cls(
-            (data.get("kwargs") or {}).get("tasks") or [], options=data.get("options"), app=app
-        )
-
-    @property
-    def tasks(self) -> list[Signature]:
-        steps: list[Signature] = self["kwargs"]["tasks"]
-        return steps
 
     def __repr__(self) -> str:
         return " | ".join(map(repr, self.tasks)) or "chain()"
@@ -171,7 +179,7 @@ def _freeze_steps(steps: list[Signature]) -> AsyncResult[Any]:
 
 
 @register_kind
-class group(Signature):  # noqa: N801 - Celery's name
+class group(_TaskList):  # noqa: N801 - Celery's name
     """Tasks run in parallel: ``group(a, b)`` or ``group(sig for ...)``.
 
     ``apply_async`` returns a ``GroupResult``. Call options apply to every
@@ -179,33 +187,6 @@ class group(Signature):  # noqa: N801 - Celery's name
     """
 
     kind = "group"
-
-    def __init__(
-        self,
-        *tasks: Mapping[str, Any] | Iterable[Mapping[str, Any]],
-        options: Mapping[str, Any] | None = None,
-        app: App | None = None,
-    ) -> None:
-        members = _signatures(tasks, app)
-        super().__init__(
-            "celery.group",
-            (),
-            {"tasks": members},
-            options=options,
-            subtask_type="group",
-            app=app or first_app(members),
-        )
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], app: App | None) -> group:
-        return cls(
-            (data.get("kwargs") or {}).get("tasks") or [], options=data.get("options"), app=app
-        )
-
-    @property
-    def tasks(self) -> list[Signature]:
-        members: list[Signature] = self["kwargs"]["tasks"]
-        return members
 
     def __repr__(self) -> str:
         return f"group([{', '.join(map(repr, self.tasks))}])"
