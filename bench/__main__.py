@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal as signals
 import sys
 import time
 from collections.abc import Callable
@@ -19,16 +20,16 @@ from bench.workloads import Bench, Config
 RESULTS = Path(__file__).resolve().parent / "results"
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "profile")
 QUICK = Config(
-    drain_n=5_000,
-    results_n=1_000,
-    trials=200,
-    latency_budget=15.0,
-    enqueue_n=2_000,
+    drain_n=2_000,
+    results_n=500,
+    trials=100,
+    latency_budget=5.0,
+    enqueue_n=1_000,
     async_n=2_000,
     backlog_taskq=100_000,
-    backlog_others=10_000,
-    due_n=2_000,
-    due_timeout=20.0,
+    backlog_others=2_000,
+    due_n=500,
+    due_timeout=8.0,
 )
 TITLES = {
     "W1": "W1 drain throughput, results off",
@@ -42,10 +43,19 @@ TITLES = {
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes: a 1-2 minute smoke run")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes: a smoke run of 2-3 minutes"
+    )
     parser.add_argument("--only", default=",".join(WORKLOADS), help="workloads, comma-separated")
     parser.add_argument("--frameworks", default=",".join(specs.FRAMEWORKS))
     parser.add_argument("--port", type=int, default=6390, help="bench Redis; the signal uses +1")
+    parser.add_argument(
+        "--drain-rows",
+        choices=("all", "issue"),
+        default=None,
+        help="W1/W2 workers: all (default), or only those the issue names (--quick's default): "
+        "taskq solo/threads/prefork, Celery prefork, Dramatiq -p 2, Huey -w 2 -k process",
+    )
     defaults = Config()
     for field in dataclasses.fields(Config):
         flag = "--" + field.name.replace("_", "-")
@@ -64,7 +74,9 @@ def config_from(args: argparse.Namespace) -> Config:
     return dataclasses.replace(base, **changes)
 
 
-def run(bench: Bench, only: set[str], frameworks: set[str], logs: Path) -> dict[str, Any]:
+def run(
+    bench: Bench, only: set[str], frameworks: set[str], logs: Path, rows_of: str
+) -> dict[str, Any]:
     cfg = bench.config
     result: dict[str, Any] = {}
 
@@ -76,12 +88,16 @@ def run(bench: Bench, only: set[str], frameworks: set[str], logs: Path) -> dict[
         result[name] = make()
         print(f"   ({time.monotonic() - started:.0f} s)", flush=True)
 
-    chosen = [s for s in specs.DRAIN if s.framework in frameworks]
+    drain = specs.DRAIN_ISSUE if rows_of == "issue" else specs.DRAIN
+    chosen = [s for s in drain if s.framework in frameworks]
     single = [s for s in specs.SINGLE if s.framework in frameworks]
     rows("W1", lambda: [_show(bench.drain(s, cfg.drain_n, False, "W1")) for s in chosen])
     rows("W2", lambda: [_show(bench.drain(s, cfg.results_n, True, "W2")) for s in chosen])
     rows("W3", lambda: [_show(bench.latency(s)) for s in single])
-    rows("W4", lambda: [_show(r) for f in specs.FRAMEWORKS if f in frameworks for r in bench.enqueue(f)])
+    rows(
+        "W4",
+        lambda: [_show(r) for f in specs.FRAMEWORKS if f in frameworks for r in bench.enqueue(f)],
+    )
     if "taskq" in frameworks:
         w5 = lambda: [_show(bench.drain(specs.TASKQ_ASYNCIO, cfg.async_n, False, "W5", "sleepy"))]  # noqa: E731
         rows("W5", w5)
@@ -89,7 +105,9 @@ def run(bench: Bench, only: set[str], frameworks: set[str], logs: Path) -> dict[
     if "profile" in only and "taskq" in frameworks:
         print("\n== profile: taskq -P solo draining no-op tasks under py-spy", flush=True)
         try:
-            result["profile"] = pyspy.record(bench, cfg.drain_n, logs / "taskq-solo.speedscope.json")
+            result["profile"] = pyspy.record(
+                bench, cfg.drain_n, logs / "taskq-solo.speedscope.json"
+            )
         except BenchError as exc:
             result["profile"] = {"error": str(exc)}
             print(f"   failed: {exc}")
@@ -124,26 +142,42 @@ def render(result: dict[str, Any], markdown: bool) -> str:
 
 def _profile_text(profile: dict[str, Any], markdown: bool) -> str:
     lines = [
-        f"{profile['samples']:,} samples of {profile['thread']}; "
-        f"{profile['tasks_per_s_under_profiler']:,.0f} tasks/s under the profiler",
-        "",
-        "| Self | Function | Where |" if markdown else "Self    Function (where)",
+        f"{profile['seconds']:.1f} s of samples of {profile['thread']} (start-up imports, "
+        f"{profile['import_seconds_left_out']:.1f} s, left out); "
+        f"{profile['tasks_per_s_under_profiler']:,.0f} tasks/s under the profiler; "
+        f"{profile['socket_wait_share'] * 100:.0f}% of the time in socket send/recv "
+        "(waiting on Redis).",
     ]
-    if markdown:
-        lines.append("|---:|:---|:---|")
-    for entry in profile["self"]:
-        share = f"{entry['share'] * 100:.1f}%"
+    for title, key in (
+        ("Top self time", "self"),
+        ("Outside socket waits", "self_outside_socket_wait"),
+    ):
+        lines += ["", f"{title}:", ""]
         if markdown:
-            lines.append(f"| {share} | `{entry['function']}` | {entry['where']} |")
-        else:
-            lines.append(f"{share:>6}  {entry['function']} ({entry['where']})")
-    lines += ["", "Self time by file:" if not markdown else "Self time by file:", ""]
+            lines += ["| Self | Function | Where |", "|---:|:---|:---|"]
+        for entry in profile[key]:
+            share = f"{entry['share'] * 100:.1f}%"
+            if markdown:
+                lines.append(f"| {share} | `{entry['function']}` | {entry['where']} |")
+            else:
+                lines.append(f"{share:>6}  {entry['function']} ({entry['where']})")
+    lines += ["", "taskq functions, total time (callees included):", ""]
+    for entry in profile.get("taskq_inclusive", [])[:22]:
+        lines.append(
+            f"{'- ' if markdown else '  '}{entry['share'] * 100:5.1f}%  {entry['function']}"
+        )
+    lines += ["", "Self time by file:", ""]
     for entry in profile["self_by_file"][:10]:
         lines.append(f"{'- ' if markdown else '  '}{entry['share'] * 100:5.1f}%  {entry['file']}")
     return "\n".join(lines)
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # so the finally blocks stop every process
+
+
 def main(argv: list[str] | None = None) -> int:
+    signals.signal(signals.SIGTERM, _terminated)
     args = parse(sys.argv[1:] if argv is None else argv)
     cfg = config_from(args)
     only = set(args.only.split(","))
@@ -160,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         info = report.machine(broker)
         print("bench: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
         bench = Bench(cfg, broker, signal, logs)
-        result = run(bench, only, frameworks, logs)
+        rows_of = args.drain_rows or ("issue" if args.quick else "all")
+        result = run(bench, only, frameworks, logs, rows_of)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
@@ -179,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / f"{stamp}.json").write_text(json.dumps(document, indent=2, default=str))
     (RESULTS / f"{stamp}.md").write_text(render(result, markdown=True) + "\n")
     print(render(result, markdown=False))
-    print(f"\nbench: {document['seconds']:.0f} s; wrote bench/results/{stamp}.json, .md and logs in {logs}")
+    print(
+        f"\nbench: {document['seconds']:.0f} s; wrote bench/results/{stamp}.json, .md and logs in {logs}"
+    )
     return 0
 
 

@@ -7,8 +7,10 @@ lists under it), never by name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -170,10 +172,8 @@ class Worker:
         """Resident set size of the whole tree, summed (shared pages count per process)."""
         total = 0
         for proc in self.processes():
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 total += proc.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
         self.peak_rss = max(self.peak_rss, total)
         return total
 
@@ -190,11 +190,9 @@ class Worker:
                 self._proc.kill()
                 self._proc.wait()
         for proc in self._known.values():
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 if proc.is_running():
                     proc.kill()
-            except psutil.NoSuchProcess:
-                pass
         self._proc = None
 
 
@@ -220,8 +218,12 @@ class Producer:
         self._proc.stdin.write((json.dumps({"op": op, **args}) + "\n").encode())
         self._proc.stdin.flush()
 
-    def read(self) -> dict[str, Any]:
+    def read(self, timeout: float = 900.0) -> dict[str, Any]:
+        """The next reply; BenchError when none comes within ``timeout`` seconds."""
         assert self._proc.stdout is not None
+        ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
+        if not ready:
+            raise BenchError(f"{self.framework} producer gave no answer in {timeout:.0f} s")
         line = self._proc.stdout.readline()
         if not line:
             self._err.flush()

@@ -21,6 +21,12 @@ from bench.procs import BIN, ROOT, BenchError
 from bench.specs import TASKQ_SOLO
 from bench.workloads import Bench
 
+#: Leaf frames where redis-py sits in sendall()/recv(): waiting on a Redis round trip
+#: (and, on a busy machine, for a core).
+SOCKET_WAIT = frozenset(
+    {"SocketBuffer._read_from_socket", "AbstractConnection.send_packed_command"}
+)
+
 
 def record(bench: Bench, n: int, out: Path) -> dict[str, Any]:
     """Profile ``TASKQ_SOLO`` draining ``n`` no-op tasks; the summary of ``out``."""
@@ -57,13 +63,18 @@ def summarise(path: Path, top: int = 15) -> dict[str, Any]:
     data = json.loads(path.read_text())
     frames = data["shared"]["frames"]
     profiles = data["profiles"]
-    main = next((p for p in profiles if "MainThread" in p["name"]), profiles[0])
+    main = max(profiles, key=lambda p: _entry_weight(p, frames))
     own: collections.Counter[int] = collections.Counter()
     inclusive: collections.Counter[int] = collections.Counter()
+    ours: collections.Counter[str] = collections.Counter()  # taskq functions, inclusive
     files: collections.Counter[str] = collections.Counter()
-    total = 0
+    importing = {i for i, f in enumerate(frames) if f["name"] == "_find_and_load"}
+    total = skipped = 0.0
     for stack, weight in zip(main["samples"], main["weights"], strict=True):
         if not stack:
+            continue
+        if importing.intersection(stack):  # start-up: importing modules, not draining
+            skipped += weight
             continue
         total += weight
         leaf = stack[-1]  # speedscope stacks run from the root to the leaf
@@ -71,19 +82,44 @@ def summarise(path: Path, top: int = 15) -> dict[str, Any]:
         files[_short(frames[leaf].get("file", "?"))] += weight
         for index in set(stack):
             inclusive[index] += weight
+        for name in {_where(frames[i], line=False) for i in stack}:
+            if name.startswith("taskq/"):
+                ours[name] += weight
+
+    waiting = sum(c for i, c in own.items() if frames[i]["name"] in SOCKET_WAIT)
+    cpu = [(i, c) for i, c in own.most_common() if frames[i]["name"] not in SOCKET_WAIT]
 
     def entry(index: int, count: int) -> dict[str, Any]:
         frame = frames[index]
-        where = f"{_short(frame.get('file', '?'))}:{frame.get('line', '?')}"
-        return {"function": frame["name"], "where": where, "share": count / total}
+        return {"function": frame["name"], "where": _where(frame), "share": count / total}
 
     return {
-        "samples": total,
+        "seconds": total,
+        "import_seconds_left_out": skipped,
         "thread": main["name"],
+        "socket_wait_share": waiting / total,
         "self": [entry(i, c) for i, c in own.most_common(top)],
+        "self_outside_socket_wait": [entry(i, c) for i, c in cpu[:top]],
         "total": [entry(i, c) for i, c in inclusive.most_common(top)],
         "self_by_file": [{"file": f, "share": c / total} for f, c in files.most_common(top)],
+        "taskq_inclusive": [
+            {"function": name, "share": c / total} for name, c in ours.most_common(25)
+        ],
     }
+
+
+def _where(frame: dict[str, Any], line: bool = True) -> str:
+    """``file:line`` of a frame, or ``file function`` (one entry per function)."""
+    file = _short(frame.get("file", "?"))
+    return f"{file}:{frame.get('line', '?')}" if line else f"{file} {frame['name']}"
+
+
+def _entry_weight(profile: dict[str, Any], frames: list[dict[str, Any]]) -> float:
+    """Weight of the samples under ``python -m``'s entry frame: the main thread's.
+    (py-spy does not always know thread names, so "MainThread" is no test.)"""
+    entry = {i for i, f in enumerate(frames) if f["name"] == "_run_module_as_main"}
+    pairs = zip(profile["samples"], profile["weights"], strict=True)
+    return sum(w for stack, w in pairs if stack and stack[0] in entry)
 
 
 def _short(file: str) -> str:
@@ -93,3 +129,14 @@ def _short(file: str) -> str:
             tail = file.split(marker, 1)[1]
             return tail.split("/", 1)[1] if marker == "/lib/python3." else tail
     return file
+
+
+def main() -> None:
+    """``python -m bench.pyspy PROFILE.speedscope.json``: summarise a saved profile."""
+    import sys
+
+    print(json.dumps(summarise(Path(sys.argv[1])), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import subprocess
@@ -72,8 +73,10 @@ def _get(key: str, digits: int = 0) -> Callable[[Row], str]:
 
 
 def _per(value: float) -> str:
-    """Commands per task: small figures keep their significant digits."""
-    return f"{value:.2f}" if value >= 0.1 or value == 0 else f"{value:.2g}"
+    """Commands per task: small figures keep two significant digits, never 4e-05."""
+    if value >= 0.1 or value <= 0:
+        return f"{value:.2f}"
+    return f"{value:.{1 - math.floor(math.log10(value))}f}"
 
 
 def _calls(key: str) -> Callable[[Row], str]:
@@ -107,6 +110,8 @@ W1: list[Column] = [
     ("drain", _calls("drain_calls")),
     ("RSS MiB end (peak)", _rss),
 ]
+LOAD: Column = ("Load", _get("load1", 1))
+W1.append(LOAD)
 W2: list[Column] = [
     *W1[:4],
     ("All get() done s", _get("collected_s", 2)),
@@ -121,6 +126,7 @@ W3: list[Column] = [
     ("get() p99 ms", _get("get_p99_ms", 2)),
     ("Redis cmds/trial", _calls("calls")),
     ("RSS MiB", _get("rss_mib")),
+    LOAD,
 ]
 W4: list[Column] = [
     ("Framework", lambda r: r["framework"]),
@@ -143,6 +149,7 @@ W6: list[Column] = [
     ("Late p99 s", _get("late_p99_s", 3)),
     ("Redis cmds/task: backlog", _calls("load_calls")),
     ("due", _calls("due_calls")),
+    LOAD,
 ]
 
 
@@ -157,7 +164,9 @@ def _cells(columns: list[Column], row: Row) -> list[str]:
 
 def text_table(columns: list[Column], rows: list[Row]) -> str:
     grid = [[h for h, _ in columns]] + [_cells(columns, r) for r in rows]
-    ok = [g for g, r in zip(grid[1:], rows, strict=True) if not (r.get("skipped") or r.get("error"))]
+    ok = [
+        g for g, r in zip(grid[1:], rows, strict=True) if not (r.get("skipped") or r.get("error"))
+    ]
     widths = [max(len(line[i]) for line in [grid[0], *ok]) for i in range(len(columns))]
     widths[0] = max(len(line[0]) for line in grid)
     lines = []
@@ -165,15 +174,26 @@ def text_table(columns: list[Column], rows: list[Row]) -> str:
         if line[2:] and not any(line[2:]):  # skipped/failed: one free-running cell
             lines.append(f"{line[0]:<{widths[0]}}  {line[1]}")
             continue
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))))
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(line, widths, strict=True))
+            )
+        )
     return "\n".join(lines)
 
 
 def markdown_table(columns: list[Column], rows: list[Row]) -> str:
+    grid = [[c.replace("|", "\\|") for c in _cells(columns, r)] for r in rows]
+    numeric = [all(_numeric(line[i]) for line in grid) for i in range(len(columns))]
     lines = ["| " + " | ".join(h for h, _ in columns) + " |"]
-    lines.append("|" + "|".join(":---" if i == 0 else "---:" for i in range(len(columns))) + "|")
-    lines += ["| " + " | ".join(_cells(columns, r)) + " |" for r in rows]
+    lines.append("|" + "|".join("---:" if n else ":---" for n in numeric) + "|")
+    lines += ["| " + " | ".join(line) + " |" for line in grid]
     return "\n".join(lines)
+
+
+def _numeric(cell: str) -> bool:
+    return not cell or cell[0].isdigit() or cell[0] in "-("
 
 
 PHASES = {
@@ -202,7 +222,9 @@ def commands_table(result: dict[str, Any]) -> list[Row]:
                     top = ", ".join(f"{k} {_per(v)}" for k, v in row[key]["top"].items())
                     name = row.get("config") or f"{row['framework']} ({row.get('mode')})"
                     phase = PHASES.get((workload, key), key.removesuffix("_calls"))
-                    rows.append({"w": workload, "who": name, "phase": phase, **row[key], "list": top})
+                    rows.append(
+                        {"w": workload, "who": name, "phase": phase, **row[key], "list": top}
+                    )
     return rows
 
 

@@ -92,5 +92,8 @@ DRAIN = (
     DRAMATIQ_2,
     HUEY_2,
 )
+#: The configurations the issue names, without the extra one-process rows of the
+#: other frameworks (``--drain-rows issue``, the default of ``--quick``).
+DRAIN_ISSUE = (TASKQ_SOLO, TASKQ_THREADS, TASKQ_PREFORK, CELERY_PREFORK, DRAMATIQ_2, HUEY_2)
 #: One executing process each: idle latency (W3) and the delayed backlog (W6).
 SINGLE = (TASKQ_SOLO, CELERY_SOLO, DRAMATIQ_1, HUEY_1)

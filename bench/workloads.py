@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -26,17 +27,17 @@ MiB = 1024 * 1024
 class Config:
     """Sizes and limits of one run (``bench/run --help`` documents each)."""
 
-    drain_n: int = 50_000
-    results_n: int = 10_000
+    drain_n: int = 10_000
+    results_n: int = 3_000
     trials: int = 1_000
-    latency_budget: float = 60.0
+    latency_budget: float = 25.0
     latency_gap: float = 0.02
-    enqueue_n: int = 10_000
+    enqueue_n: int = 5_000
     async_n: int = 10_000
     backlog_taskq: int = 1_000_000
-    backlog_others: int = 100_000
-    due_n: int = 10_000
-    due_timeout: float = 60.0
+    backlog_others: int = 10_000
+    due_n: int = 2_000
+    due_timeout: float = 20.0
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -70,6 +71,12 @@ class Bench:
 
     # -- plumbing ----------------------------------------------------------------
 
+    @staticmethod
+    def row(spec: Spec) -> dict[str, Any]:
+        """A new row; ``load1`` is the machine's 1-minute load average before it ran
+        (others' processes share these 2 cores: a high figure means noisy numbers)."""
+        return {"config": spec.label, "framework": spec.framework, "load1": os.getloadavg()[0]}
+
     def env(self, framework: str, results: bool) -> dict[str, str]:
         return worker_env(
             {
@@ -91,7 +98,9 @@ class Bench:
         log = self._log(workload, f"{framework}-producer")
         return Producer(framework, self.env(framework, results), log)
 
-    def worker(self, spec: Spec, results: bool, workload: str, argv: list[str] | None = None):
+    def worker(
+        self, spec: Spec, results: bool, workload: str, argv: list[str] | None = None
+    ) -> Worker:
         log = self._log(workload, spec.label)
         return Worker(argv or spec.argv(), self.env(spec.framework, results), log)
 
@@ -145,28 +154,32 @@ class Bench:
 
     # -- W1, W2, W5: drain a pre-loaded queue ----------------------------------------
 
-    def drain(self, spec: Spec, n: int, results: bool, workload: str, task: str = "noop"):
-        row: dict[str, Any] = {"config": spec.label, "framework": spec.framework}
+    def drain(
+        self, spec: Spec, n: int, results: bool, workload: str, task: str = "noop"
+    ) -> dict[str, Any]:
+        row = self.row(spec)
         row.update(processes=spec.processes, n=n)
         if spec.probe:
             reason = self.probe(spec)
             if reason:
                 return {**row, "skipped": reason}
         self.fresh()
-        producer = self.producer(spec.framework, results, workload)
+        producer: Producer | None = None
         worker = self.worker(spec, results, workload)
         try:
+            producer = self.producer(spec.framework, results, workload)
             before = self.broker.command_calls()
             load = producer.call("fast", n=n, task=task, keep=results)
             loaded = self.broker.command_calls()
             row.update(enqueue_s=load["seconds"], enqueue_api=load["api"])
             row["enqueue_calls"] = per_task(calls_delta(before, loaded), n)
             worker.start()
+            timeout = max(120.0, n / 200)
             if results:
-                producer.send("get_all", timeout=60.0)
-            finished = self.wait_done(n, max(120.0, n / 200), worker)
+                producer.send("get_all", timeout=timeout + 30)
+            finished = self.wait_done(n, timeout, worker)
             if results:
-                collected = producer.read()
+                collected = producer.read(timeout + 60)
                 row["get_errors"] = collected["errors"]
             row["drain_calls"] = per_task(calls_delta(loaded, self.broker.command_calls()), n)
             row["rss_mib"] = worker.rss() / MiB
@@ -181,18 +194,20 @@ class Bench:
             row["error"] = str(exc)
         finally:
             worker.stop()
-            producer.close()
+            if producer is not None:
+                producer.close()
         return row
 
     # -- W3: idle latency ------------------------------------------------------------
 
     def latency(self, spec: Spec) -> dict[str, Any]:
         cfg = self.config
-        row: dict[str, Any] = {"config": spec.label, "framework": spec.framework}
+        row = self.row(spec)
         self.fresh()
+        producer: Producer | None = None
         worker = self.worker(spec, True, "W3").start()
-        producer = self.producer(spec.framework, True, "W3")
         try:
+            producer = self.producer(spec.framework, True, "W3")
             warm = producer.call("latency", trials=3, gap=0.01, budget=60.0, timeout=60.0)
             if warm["errors"]:
                 raise BenchError(f"warm-up tasks did not finish:\n{worker.tail()}")
@@ -218,7 +233,8 @@ class Bench:
             row["error"] = str(exc)
         finally:
             worker.stop()
-            producer.close()
+            if producer is not None:
+                producer.close()
         return row
 
     # -- W4: enqueue rate ------------------------------------------------------------
@@ -227,8 +243,9 @@ class Bench:
         n = self.config.enqueue_n
         rows: list[dict[str, Any]] = []
         self.fresh()
-        producer = self.producer(framework, False, "W4")
+        producer: Producer | None = None
         try:
+            producer = self.producer(framework, False, "W4")
             for op in ("single", "bulk"):
                 self.broker.flush()
                 before = self.broker.command_calls()
@@ -237,6 +254,7 @@ class Bench:
                 rows.append(
                     {
                         "framework": framework,
+                        "load1": os.getloadavg()[0],
                         "mode": "one at a time" if op == "single" else "bulk",
                         "api": reply["api"],
                         "n": n,
@@ -248,7 +266,8 @@ class Bench:
         except BenchError as exc:
             rows.append({"framework": framework, "error": str(exc)})
         finally:
-            producer.close()
+            if producer is not None:
+                producer.close()
         return rows
 
     # -- W6: delayed backlog ---------------------------------------------------------
@@ -256,12 +275,13 @@ class Bench:
     def backlog(self, spec: Spec) -> dict[str, Any]:
         cfg = self.config
         size = cfg.backlog_taskq if spec.framework == "taskq" else cfg.backlog_others
-        row: dict[str, Any] = {"config": spec.label, "framework": spec.framework}
+        row = self.row(spec)
         row.update(backlog=size, due=cfg.due_n)
         self.fresh()
+        producer: Producer | None = None
         worker = self.worker(spec, False, "W6").start()
-        producer = self.producer(spec.framework, False, "W6")
         try:
+            producer = self.producer(spec.framework, False, "W6")
             producer.call("single", n=1)
             if not self.wait_done(1, 60.0, worker):
                 raise BenchError(f"the worker ran no task within 60 s:\n{worker.tail()}")
@@ -275,13 +295,14 @@ class Bench:
             row["error"] = str(exc)
         finally:
             worker.stop()
-            producer.close()
+            if producer is not None:
+                producer.close()
         return row
 
     def _load_backlog(self, producer: Producer, size: int, row: dict[str, Any]) -> None:
         before = self.broker.command_calls()
         load = producer.call("delayed", n=size, eta=time.time() + 3600, backlog=True)
-        row["load_s"] = load["seconds"]
+        row.update(load_s=load["seconds"], load_api=load["api"])
         row["load_calls"] = per_task(calls_delta(before, self.broker.command_calls()), size)
         row["redis_used_mib"] = self.broker.used_memory() / MiB
 
@@ -289,13 +310,17 @@ class Bench:
         """Publish ``due_n`` tasks all due at one instant a little ahead, then time
         from that instant until the last one ran. Each records how late it started."""
         n = self.config.due_n
-        per_s = max(row["backlog"] / max(row["load_s"], 1e-6), 500.0)
+        # Due once all are published: estimate the send rate from the backlog load
+        # (capped: taskq loads its backlog by a faster path than eta= sends).
+        per_s = min(row["backlog"] / max(row["load_s"], 1e-6), 1500.0)
         due = time.time() + 2.0 + 1.5 * n / per_s
         self._signal.delete(counter.LATENCY, counter.LAST)
         before = self.broker.command_calls()
         producer.call("delayed", n=n, eta=due, task="latency")
         row["published_before_due"] = time.time() < due
-        finished = self.wait_done(1 + n, max(0.0, due - time.time()) + self.config.due_timeout, worker)
+        finished = self.wait_done(
+            1 + n, max(0.0, due - time.time()) + self.config.due_timeout, worker
+        )
         calls = calls_delta(before, self.broker.command_calls())
         late = [float(x) for x in self._signal.lrange(counter.LATENCY, 0, -1)]
         row.update(completed=len(late), timed_out=not finished, due_calls=per_task(calls, n))

@@ -7,7 +7,9 @@ from huey import RedisHuey
 from bench import counter
 from bench.apps import BROKER_URL, QUEUE, RESULTS
 
-huey = RedisHuey(QUEUE, url=BROKER_URL, results=RESULTS, utc=True)
+# store_none: huey keeps no result for a task returning None unless told to, and
+# get() would then wait for its timeout.
+huey = RedisHuey(QUEUE, url=BROKER_URL, results=RESULTS, store_none=RESULTS, utc=True)
 
 
 @huey.task()

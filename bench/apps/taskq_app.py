@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from taskq import App
-
 from bench import counter
 from bench.apps import BROKER_URL, QUEUE, RESULTS
+from taskq import App
 
 app = App(
     "bench",
