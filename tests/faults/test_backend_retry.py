@@ -19,7 +19,7 @@ class Flaky(MemoryBackend):
     """Refuses the first ``failures`` writes, with ``cause`` behind the BackendError."""
 
     def __init__(self, failures: int, cause: Exception | None = None) -> None:
-        super().__init__()
+        super().__init__("memory://")
         self.failures, self.cause, self.writes = failures, cause, 0
 
     def set(self, key: str, value: bytes, expires: float | None) -> None:
