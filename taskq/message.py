@@ -16,6 +16,8 @@ See docs/protocol.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import os
 import socket
 from collections.abc import Mapping
@@ -27,6 +29,7 @@ from taskq.errors import DecodeError
 
 PROTOCOL_VERSION = 2
 MALFORMED_CONTENT_TYPE = "application/x-taskq-malformed"
+_JSON = "application/json"
 
 _KNOWN_HEADERS = frozenset(
     {
@@ -135,9 +138,7 @@ def decode(envelope: Envelope, accept: list[str]) -> TaskMessage:
     """
     if envelope.content_type == MALFORMED_CONTENT_TYPE:
         raise DecodeError(str(envelope.headers.get("x-taskq-error", "malformed message")))
-    body = serialization.loads(
-        envelope.body, envelope.content_type, envelope.content_encoding, accept
-    )
+    body = _loads_body(envelope, accept)
     headers = envelope.headers or {}
     if "task" not in headers and isinstance(body, Mapping) and "task" in body:
         return _decode_v1(body, envelope)
@@ -176,6 +177,32 @@ def decode(envelope: Envelope, accept: list[str]) -> TaskMessage:
         shadow=headers.get("shadow"),
         extra_headers={k: v for k, v in headers.items() if k not in _KNOWN_HEADERS},
     )
+
+
+def _loads_body(envelope: Envelope, accept: list[str]) -> Any:
+    """The decoded body, as ``serialization.loads`` decodes it.
+
+    Plain JSON (Celery's default) skips kombu's registry and its per-object hook:
+    they only matter for kombu's ``{"__type__": ...}`` markers, which such a body
+    lacks. Everything else goes through ``serialization.loads``.
+    """
+    body = envelope.body
+    if (
+        envelope.content_type == _JSON
+        and envelope.content_encoding == "utf-8"
+        and _JSON in _accepted(tuple(accept))
+        and b'"__type__"' not in body
+    ):
+        try:
+            return json.loads(body.decode("utf-8"))
+        except ValueError as exc:  # also UnicodeDecodeError
+            raise DecodeError(f"Could not decode {_JSON} payload: {exc}") from exc
+    return serialization.loads(body, envelope.content_type, envelope.content_encoding, accept)
+
+
+@functools.lru_cache(maxsize=32)
+def _accepted(accept: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(serialization.accept_types(accept))
 
 
 def _decode_v1(body: Mapping[str, Any], envelope: Envelope) -> TaskMessage:

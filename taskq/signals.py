@@ -75,10 +75,12 @@ class Signal(Generic[S]):
             TypeError: ``kwargs`` are not exactly the signal's arguments (a bug in
                 the sender, never in a handler).
         """
-        if set(kwargs) != self.arguments:
+        if kwargs.keys() != self.arguments:
             raise TypeError(
                 f"{self.name}.send() takes {sorted(self.arguments)}, got {sorted(kwargs)}"
             )
+        if not self._receivers:  # the common case, sent for every task: no lock needed
+            return []
         with self._lock:
             receivers = list(self._receivers)
         replies: list[tuple[Handler, object]] = []

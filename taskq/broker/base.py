@@ -135,6 +135,15 @@ class Broker(abc.ABC):
         """The messages are done: remove them for good. Final even when the lease
         already ran out; a message that no longer exists is a no-op."""
 
+    def ack_soon(self, deliveries: Sequence[Delivery]) -> None:
+        """``ack``, which the transport may hold back briefly to send several in one
+        round trip (the worker acks this way). A held ack is sent within the
+        transport's bound (Redis: option ``ack_delay``) and by ``heartbeat``,
+        ``requeue`` and ``close``; if the process dies first, the message is
+        delivered again, as after a crash just before an ``ack``. The default acks
+        at once."""
+        self.ack(deliveries)
+
     @abc.abstractmethod
     def requeue(self, deliveries: Sequence[Delivery]) -> None:
         """Give unstarted or interrupted messages back to their queues at once,

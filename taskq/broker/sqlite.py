@@ -13,15 +13,13 @@ translated) and ``sqlite_path`` (URL to file) are shared with the result backend
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import os
 import sqlite3
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from functools import lru_cache
@@ -29,13 +27,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from kombu.utils import json as kombu_json
-
 from taskq.broker.base import Broker, DeadLetter, Delivery, Envelope, QueueSpec
+from taskq.broker.kombu_wire import MALFORMED_CONTENT_TYPE, decode_payload, encode_payload
 from taskq.errors import BrokerError, ConfigurationError, TaskqError, did_you_mean
 
+__all__ = [
+    "BUSY_TIMEOUT",
+    "DEFAULT_FILE",
+    "MALFORMED_CONTENT_TYPE",
+    "SqliteBroker",
+    "SqliteFile",
+    "sqlite_path",
+]
+
 DEFAULT_FILE = "taskq.sqlite3"
-MALFORMED_CONTENT_TYPE = "application/x-taskq-malformed"
 # Seconds a write waits for another process's write lock. Transactions here last
 # microseconds, so running out of this means a process is stuck holding the file.
 BUSY_TIMEOUT = 10.0
@@ -46,9 +51,6 @@ _FIRST_POLL = 0.001
 # would run sqlite3_close on the parent's file handles and locks.
 _INHERITED: list[sqlite3.Connection] = []
 _TAGS = itertools.count(1)
-# kombu's JSON (aware of datetime, UUID, Decimal) is what its Redis transport uses.
-_json_dumps: Callable[[Any], str] = kombu_json.dumps
-_json_loads: Callable[[bytes], Any] = kombu_json.loads
 
 
 def sqlite_path(url: str) -> Path:
@@ -476,60 +478,13 @@ def _message_id(delivery: Delivery) -> int:
 
 
 def _encode(envelope: Envelope, queue: str, priority: int) -> bytes:
-    """The envelope as JSON in kombu's virtual-transport layout (as in Redis)."""
-    properties = {
-        **envelope.properties,
-        "body_encoding": "base64",
-        "delivery_info": {"exchange": "", "routing_key": queue},
-        "delivery_tag": str(uuid.uuid4()),
-        "priority": priority,
-    }
-    message = {
-        "body": base64.b64encode(envelope.body).decode("ascii"),
-        "content-encoding": envelope.content_encoding,
-        "content-type": envelope.content_type,
-        "headers": envelope.headers,
-        "properties": properties,
-    }
-    return _json_dumps(message).encode("utf-8")
+    """The envelope as JSON in kombu's virtual-transport layout (as in Redis), with
+    its properties as given (no default ``delivery_mode``)."""
+    return encode_payload(envelope, queue, priority, delivery_mode=None)
 
 
 def _decode(payload: bytes | str) -> Envelope:
     """The envelope in ``payload``, or a malformed-content envelope saying why not."""
     if isinstance(payload, str):  # a row written by hand as TEXT
         payload = payload.encode("utf-8")
-    try:
-        message = _json_loads(payload)
-    except (ValueError, TypeError, KeyError) as exc:
-        return _malformed(payload, f"payload is not JSON: {exc}")
-    if not isinstance(message, dict):
-        return _malformed(payload, f"payload is a JSON {type(message).__name__}, not an object")
-    body = message.get("body")
-    content_type = message.get("content-type")
-    headers = message.get("headers") or {}
-    properties = message.get("properties") or {}
-    if not (isinstance(body, str) and isinstance(content_type, str)):
-        return _malformed(payload, "payload lacks a string body or content-type")
-    if not (isinstance(headers, dict) and isinstance(properties, dict)):
-        return _malformed(payload, "payload headers or properties are not objects")
-    properties = dict(properties)
-    properties.pop("delivery_info", None)
-    properties.pop("delivery_tag", None)
-    if properties.pop("body_encoding", None) == "base64":
-        try:
-            raw = base64.b64decode(body, validate=True)
-        except ValueError as exc:
-            return _malformed(payload, f"body is not valid base64: {exc}")
-    else:
-        raw = body.encode("utf-8")
-    encoding = message.get("content-encoding") or "utf-8"
-    return Envelope(raw, content_type, str(encoding), headers, properties)
-
-
-def _malformed(payload: bytes, problem: str) -> Envelope:
-    return Envelope(
-        body=bytes(payload),
-        content_type=MALFORMED_CONTENT_TYPE,
-        content_encoding="binary",
-        headers={"x-taskq-error": problem},
-    )
+    return decode_payload(payload)

@@ -11,6 +11,7 @@ same three steps with its own ``trace``. ``run_eager`` runs a task in-process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import logging
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskq.worker")
 
 IGNORED, REJECTED = "IGNORED", "REJECTED"
+_NO_LIMITS = contextlib.nullcontext()
 ACK, REQUEUE, DEAD_LETTER, WORKER_LOST = "ack", "requeue", "dead_letter", "worker_lost"
 
 
@@ -148,9 +150,9 @@ def trace(
     token = current_request.set(ctx)
     start = time.monotonic()
     try:
-        with enforced(*limits):
+        with enforced(*limits) if limits[0] or limits[1] else _NO_LIMITS:
             value = task.run(*ctx.args, **ctx.kwargs)
-            if inspect.isawaitable(value):
+            if value is not None and inspect.isawaitable(value):
                 value = asyncio.run(_await(value))
         return Traced(states.SUCCESS, value, runtime=time.monotonic() - start)
     except Exception as exc:
@@ -195,16 +197,18 @@ def record(app: App, task: Task[Any, Any], ctx: Context, traced: Traced) -> None
     name, task_id = task.name, ctx.id
     assert task_id is not None
     if traced.state == states.SUCCESS:
-        log.info(
-            "Task %s[%s] succeeded in %.6fs: %s",
-            name,
-            task_id,
-            traced.runtime,
-            _short(traced.value),
-        )
+        if log.isEnabledFor(logging.INFO):  # _short() is a repr: not for nothing
+            log.info(
+                "Task %s[%s] succeeded in %.6fs: %s",
+                name,
+                task_id,
+                traced.runtime,
+                _short(traced.value),
+            )
         if not _ignores_result(app, task, ctx):
             store(app, task, ctx, states.SUCCESS, traced.value, runtime=traced.runtime)
-        canvas.on_success(app, ctx, traced.value)
+        if ctx.chain or ctx.callbacks or ctx.chord:  # else the workflow has nothing to do
+            canvas.on_success(app, ctx, traced.value)
     elif traced.state == states.RETRY:
         log.info("Task %s[%s] retry: %s", name, task_id, traced.value)
         exc = (

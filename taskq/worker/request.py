@@ -94,13 +94,16 @@ class Request:
         return self._settled
 
     def started(self) -> None:
-        """The pool is about to run it: ack now unless ``acks_late``."""
-        if not self.acks_late:
-            self.ack()
+        """The pool is about to run it: ack now unless ``acks_late``. This ack is sent
+        before the task runs (at most once: a crash must not run it again)."""
+        if not self.acks_late and self._settle():
+            self.broker.ack([self.delivery])
 
     def ack(self) -> None:
+        """Done with it. The broker may send the ack with its next round trip
+        (``Broker.ack_soon``): a crash before then runs the task again."""
         if self._settle():
-            self.broker.ack([self.delivery])
+            self.broker.ack_soon([self.delivery])
 
     def requeue(self) -> None:
         if self._settle():
