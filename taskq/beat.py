@@ -250,7 +250,7 @@ class Scheduler:
         tz: tzinfo,
         lock: BeatLock | None = None,
         max_interval: float = 5.0,
-        lease_timeout: float = 30.0,
+        lease_timeout: float = 25.0,
         owner: str | None = None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:

@@ -109,7 +109,8 @@ class Settings:
     # Beat
     beat_schedule: dict[str, Any] = dataclasses.field(default_factory=dict)
     beat_max_loop_interval: float = 5.0
-    beat_lease_timeout: float = 30.0
+    # 25 s lease + at most one 5 s standby tick: another beat takes over within 30 s.
+    beat_lease_timeout: float = 25.0
     # Modules the worker imports at start (Celery's ``imports`` / ``include``).
     imports: list[str] = dataclasses.field(default_factory=list)
     include: list[str] = dataclasses.field(default_factory=list)
