@@ -34,6 +34,7 @@ from taskq.task import Context, Task, current_request
 from taskq.worker import executor
 from taskq.worker.executor import ACK, REQUEUE, Outcome, Traced, classify
 from taskq.worker.limits import describe
+from taskq.worker.pools import QueuedPool
 
 if TYPE_CHECKING:
     from taskq.app import App
@@ -45,7 +46,7 @@ log = logging.getLogger("taskq.worker")
 T = TypeVar("T")
 
 
-class AsyncioPool:
+class AsyncioPool(QueuedPool):
     """One event loop in a thread; see the module docstring."""
 
     def __init__(self, concurrency: int, app: App, done: Done) -> None:
@@ -132,20 +133,6 @@ class AsyncioPool:
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._loop.run_in_executor(self._io, functools.partial(fn, *args))
-
-    def take_unstarted(self) -> list[Request]:
-        with self._cond:
-            taken = list(self._waiting)
-            self._waiting.clear()
-            return taken
-
-    def running(self) -> list[Request]:
-        with self._cond:
-            return list(self._running)
-
-    def join(self, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: not self._running and not self._waiting, timeout)
 
     def terminate(self, task_id: str, signum: int) -> bool:
         """Cancel the coroutine of ``task_id`` (plain functions cannot be stopped)."""

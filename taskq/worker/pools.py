@@ -12,7 +12,7 @@ import collections
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Protocol
 
 from taskq.worker.executor import REQUEUE, Outcome, execute
@@ -129,7 +129,30 @@ class SoloPool:
         pass
 
 
-class ThreadPool:
+class QueuedPool:
+    """Bookkeeping for pools that keep waiting requests in a local FIFO and the
+    running ones in a collection, both guarded by one condition."""
+
+    _waiting: collections.deque[Request]
+    _running: Collection[Request]
+    _cond: threading.Condition
+
+    def take_unstarted(self) -> list[Request]:
+        with self._cond:
+            taken = list(self._waiting)
+            self._waiting.clear()
+            return taken
+
+    def running(self) -> list[Request]:
+        with self._cond:
+            return list(self._running)
+
+    def join(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._running and not self._waiting, timeout)
+
+
+class ThreadPool(QueuedPool):
     """N daemon threads taking requests from a local FIFO."""
 
     def __init__(self, concurrency: int, app: App, done: Done) -> None:
@@ -171,20 +194,6 @@ class ThreadPool:
                 with self._cond:
                     self._running.discard(request)
                     self._cond.notify_all()
-
-    def take_unstarted(self) -> list[Request]:
-        with self._cond:
-            taken = list(self._waiting)
-            self._waiting.clear()
-            return taken
-
-    def running(self) -> list[Request]:
-        with self._cond:
-            return list(self._running)
-
-    def join(self, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: not self._running and not self._waiting, timeout)
 
     def terminate(self, task_id: str, signum: int) -> bool:
         return _cannot_terminate("threads", task_id, self.running())
