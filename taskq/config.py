@@ -104,7 +104,8 @@ class Settings:
     worker_max_tasks_per_child: int | None = None
     worker_max_memory_per_child: int | None = None
     worker_shutdown_timeout: float = 30.0
-    worker_lease_timeout: float = 60.0
+    # 45 s lease + at most one 15 s heartbeat of another worker: back within 60 s.
+    worker_lease_timeout: float = 45.0
     worker_hostname: str | None = None
     # Beat
     beat_schedule: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -38,7 +38,7 @@ class RedisOptions:
     """
 
     key_prefix: str = "taskq:"
-    lease_timeout: float = 60.0
+    lease_timeout: float = 45.0
     socket_timeout: float | None = 30.0
     socket_connect_timeout: float | None = 5.0
     max_connections: int | None = None

@@ -267,7 +267,7 @@ class SqliteBroker(Broker):
     body and the problem in the ``x-taskq-error`` header, for dead-lettering.
 
     Options:
-        lease_timeout: seconds a consumer's lease lasts (default 60).
+        lease_timeout: seconds a consumer's lease lasts (default 45).
         poll_interval: longest pause between polls of an idle fetch (default 0.05).
     """
 
@@ -285,7 +285,7 @@ class SqliteBroker(Broker):
                 f"{did_you_mean(unknown[0], ('lease_timeout', 'poll_interval'))} "
                 "Known: lease_timeout, poll_interval."
             )
-        self.lease_timeout = _seconds(self.options, "lease_timeout", 60.0)
+        self.lease_timeout = _seconds(self.options, "lease_timeout", 45.0)
         self.poll_interval = _seconds(self.options, "poll_interval", 0.05)
         self.path = sqlite_path(url)
         self._db = SqliteFile(self.path, _SCHEMA, BrokerError, "broker")
