@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import redis
 from redis import exceptions as redis_errors
 
+from taskq.backends.base import masked_url
 from taskq.errors import BackendError, ConfigurationError
 
 
@@ -77,13 +77,6 @@ return 0
 """
 
 
-def _masked(url: str) -> str:
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
-
-
 class RedisBeatLock:
     """A lease in Redis: ``<prefix>lease`` holds the owner's id and expires after ttl.
 
@@ -104,7 +97,7 @@ class RedisBeatLock:
                 redis_url, socket_timeout=5.0, socket_connect_timeout=5.0
             )
         except ValueError as exc:
-            raise ConfigurationError(f"Bad beat lock URL {_masked(redis_url)}: {exc}") from exc
+            raise ConfigurationError(f"Bad beat lock URL {masked_url(redis_url)}: {exc}") from exc
         self._lease_key = f"{key_prefix}lease"
         self._renew = self._client.register_script(_RENEW)
         self._release = self._client.register_script(_RELEASE)
@@ -139,7 +132,7 @@ class RedisBeatLock:
             yield
         except redis_errors.RedisError as exc:
             raise BackendError(
-                f"Beat lock at {_masked(self.url)} could not {action}: {exc}. "
+                f"Beat lock at {masked_url(self.url)} could not {action}: {exc}. "
                 "Is Redis running and reachable at that URL?"
             ) from exc
 

@@ -41,6 +41,7 @@ from taskq.result import states
 from taskq.worker import executor
 from taskq.worker.child import child_main
 from taskq.worker.executor import ACK, WORKER_LOST, Outcome, Traced
+from taskq.worker.pools import QueuedPool
 
 if TYPE_CHECKING:
     from taskq.app import App
@@ -70,7 +71,7 @@ class _Child:
         return int(self.process.pid)
 
 
-class PreforkPool:
+class PreforkPool(QueuedPool):
     """N child processes fed from the parent's FIFO; see the module docstring."""
 
     def __init__(self, app: App, done: Done, settings: PoolSettings) -> None:
@@ -112,12 +113,6 @@ class PreforkPool:
         with self._cond:
             self._waiting.append(request)
         self._wake()
-
-    def take_unstarted(self) -> list[Request]:
-        with self._cond:
-            taken = list(self._waiting)
-            self._waiting.clear()
-            return taken
 
     def running(self) -> list[Request]:
         with self._cond:
