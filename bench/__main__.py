@@ -29,6 +29,7 @@ QUICK = Config(
     backlog_taskq=100_000,
     backlog_others=2_000,
     due_n=500,
+    due_n_taskq=5_000,
     due_timeout=8.0,
 )
 TITLES = {

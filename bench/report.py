@@ -100,6 +100,15 @@ def _enqueue_rate(row: Row) -> str:
     return _num(row["n"] / row["enqueue_s"]) if "enqueue_s" in row else "-"
 
 
+def _promotion(row: Row, key: str, digits: int) -> str:
+    """W6 promotion figures: taskq's only (bench/README.md says why)."""
+    if row["framework"] != "taskq":
+        return "n/a"
+    if "promote_left" in row:
+        return f"timed out, {row['promote_left']:,} left"
+    return row.get("promote_note") or _num(row.get(key), digits)
+
+
 W1: list[Column] = [
     ("Worker", lambda r: r["config"]),
     ("Procs", lambda r: str(r["processes"])),
@@ -143,8 +152,10 @@ W6: list[Column] = [
     ("RSS MiB before", _get("rss_before_mib")),
     ("after (peak)", lambda r: f"{_num(r.get('rss_after_mib'))} ({_num(r.get('peak_rss_mib'))})"),
     ("Due ran", lambda r: f"{_num(r.get('completed'))} of {_num(r['due'])}"),
-    ("Due -> all done s", _get("drain_s", 2)),
-    ("Due/s", _get("promoted_per_s")),
+    ("Due -> promoted s", lambda r: _promotion(r, "promote_s", 3)),
+    ("Promoted/s", lambda r: _promotion(r, "promoted_per_s", 0)),
+    ("Due -> all ran s", _get("drain_s", 2)),
+    ("Ran/s", _get("ran_per_s")),
     ("Late p50 s", _get("late_p50_s", 3)),
     ("Late p99 s", _get("late_p99_s", 3)),
     ("Redis cmds/task: backlog", _calls("load_calls")),

@@ -3,16 +3,23 @@ than by worker memory (docs/delayed.md)."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 
 from taskq import App
+from taskq.broker import redis_scripts
+from taskq.broker.base import Envelope
+from taskq.broker.redis import RedisBroker, list_key
+from taskq.errors import BrokerError
 from taskq.testing import running_worker
 from tests import servers
 from tests.waiting import wait_until
@@ -125,3 +132,124 @@ def test_ten_thousand_delayed_tasks_promoted_by_three_workers_run_once(
     assert max(counts.values()) == 1
     assert min(at for _, at in ledger.runs) >= eta_sent + 1.0
     app.close()
+
+
+# -- promotion on Redis: the fetch script moves due members of the delayed zset ------
+
+
+@dataclass
+class Store:
+    broker: RedisBroker
+    raw: redis.Redis
+    delayed: str
+    unique: str
+
+    def server_now(self) -> float:
+        seconds, micros = self.raw.time()
+        return seconds + micros / 1e6
+
+    def park(self, n: int, queue: str, eta: float, priority: int = 0) -> None:
+        envelope = Envelope(
+            body=b"[[], {}, {}]",
+            content_type="application/json",
+            headers={"id": str(n), "task": "delayed.any"},
+            properties={"correlation_id": str(n)},
+        )
+        self.broker.publish(envelope, queue, priority=priority, eta=eta)
+
+    def promote_all(self) -> None:
+        """Fetch from a queue nothing is sent to, so each call only promotes, until
+        nothing is due (the broker promotes again at once while its last call left
+        some due, else within its 0.5 s period)."""
+        deadline = time.monotonic() + 10
+        while self.raw.zcount(self.delayed, "-inf", self.server_now()):
+            if time.monotonic() > deadline:
+                raise AssertionError("due members still in the delayed zset after 10 s")
+            self.broker.fetch([f"idle-{self.unique}"], 1, 0.05)
+
+    def drain(self, queue: str) -> list[int]:
+        """Every message of the queue's lists, in the order a consumer gets them."""
+        got: list[int] = []
+        while batch := self.broker.fetch([queue], 500, 0):
+            self.broker.ack(batch)
+            got += [int(d.envelope.headers["id"]) for d in batch]
+        return got
+
+
+@pytest.fixture
+def store(redis_url: str, unique: str) -> Iterator[Store]:
+    prefix = f"taskq-test-{unique}:"
+    broker = RedisBroker(
+        redis_url, consumer_id=f"promoter-{unique}", options={"key_prefix": prefix}
+    )
+    raw = redis.Redis.from_url(redis_url)
+    yield Store(broker, raw, f"{prefix}delayed", unique)
+    broker.close()
+    keys = list(raw.scan_iter(match=f"*{unique}*", count=1000))
+    if keys:
+        raw.delete(*keys)
+    raw.close()
+
+
+@pytest.mark.parametrize("via", ["fetch", "promote-script"])
+def test_due_members_reach_their_lists_once_in_eta_order(
+    store: Store, unique: str, via: str
+) -> None:
+    first, second = f"pa-{unique}", f"pb-{unique}"
+    lists = [(first, 0), (second, 0), (second, 9), (first, 0)]  # first's list gets half
+    base = store.server_now() + 3.0  # in the future until all are published
+    order = list(range(3000))
+    random.Random(4).shuffle(order)  # published out of ETA order
+    for n in order:
+        queue, priority = lists[n % 4]
+        store.park(n, queue, base + n * 1e-4, priority)
+    for n in range(3000, 3050):
+        store.park(n, first if n % 2 else second, base + 3600)
+    wait_until(lambda: store.server_now() > base + 0.31, 10, "every ETA passed")
+
+    if via == "fetch":
+        store.promote_all()  # in calls of the broker's promotion limit
+    else:
+        # One call takes all 3,000: the 1,500 bound for one list go in two LPUSHes.
+        promote = store.raw.register_script(redis_scripts.PROMOTE)
+        moved, next_due, _, _, errors = promote([store.delayed], [5000])
+        assert (moved, errors) == (3000, [])
+        assert float(next_due) >= base + 3600 - 0.01
+
+    assert store.raw.zcard(store.delayed) == 50  # the ones not due stay, untouched
+    later = store.raw.zrange(store.delayed, 0, -1, withscores=True)
+    assert min(score for _, score in later) >= base + 3600 - 0.01
+    by_list = {key: [n for n in range(3000) if lists[n % 4] == key] for key in lists}
+    assert store.raw.llen(list_key(first, 0)) == 1500
+    assert store.raw.llen(list_key(second, 0)) == store.raw.llen(list_key(second, 9)) == 750
+    # Each list serves its messages in ETA order; the priority-0 list before priority 9.
+    assert store.drain(first) == by_list[(first, 0)]
+    assert store.drain(second) == by_list[(second, 0)] + by_list[(second, 9)]
+
+
+def test_a_list_that_refuses_keeps_its_members_and_the_others_are_promoted(
+    store: Store, unique: str
+) -> None:
+    good, bad = f"pa-{unique}", f"pb-{unique}"
+    store.raw.set(list_key(bad, 0), "not a list")
+    base = store.server_now() + 1.5
+    for n in range(400):
+        store.park(n, bad if n % 2 else good, base + n * 1e-4)
+    wait_until(lambda: store.server_now() > base + 0.05, 10, "every ETA passed")
+
+    with pytest.raises(BrokerError, match="WRONGTYPE"):
+        store.promote_all()
+    now = store.server_now()
+    store.promote_all()  # nothing due now: the kept members wait a minute
+
+    kept = store.raw.zrange(store.delayed, 0, -1, withscores=True)
+    assert len(kept) == 200
+    assert all(now + 50 < score < now + 70 for _, score in kept)  # retried in a minute
+    assert store.drain(good) == list(range(0, 400, 2))
+
+    # Once the key is a list again, the kept members arrive when next due, once each.
+    store.raw.delete(list_key(bad, 0))
+    store.raw.zadd(store.delayed, {member: 0 for member, _ in kept})
+    store.promote_all()
+    assert sorted(store.drain(bad)) == list(range(1, 400, 2))
+    assert store.raw.zcard(store.delayed) == 0

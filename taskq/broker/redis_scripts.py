@@ -19,7 +19,7 @@ through ``pcall`` and are reported, never left half done.
 
 from __future__ import annotations
 
-__all__ = ["DEAD_LETTER", "FETCH", "REAP", "REQUEUE", "REQUEUE_DEAD"]
+__all__ = ["DEAD_LETTER", "FETCH", "PROMOTE", "REAP", "REQUEUE", "REQUEUE_DEAD"]
 
 # Shared by the scripts. Entries are "<len>:<list key><payload>" starting at `start`.
 _HELPERS = r"""
@@ -42,6 +42,55 @@ local function hdel_range(key, from, to)
 end
 """
 
+# Moves up to `limit` due members of the delayed zset to their lists and returns how
+# many it moved; appends to `errors`. The due members are the zset's lowest ranks
+# (ZRANGEBYSCORE from -inf), so one ZREMRANGEBYRANK removes them all, O(log n + k),
+# instead of a ZREM each. Each list gets its messages in multi-value LPUSHes (1,000
+# values at most, under Lua's stack limit), earliest ETA first, so served first:
+# consumers pop from the right. Order across lists is moot. A list that refuses them
+# (a key of another type) keeps its members in the zset, due again in a minute, and
+# is reported; the rest are promoted. Most of the cost is copying each member into
+# Lua and cutting its payload out (string.sub); see docs/delayed.md for figures.
+_PROMOTE = r"""
+local function promote(zset, now, limit, errors)
+  local due = redis.call('ZRANGEBYSCORE', zset, '-inf', now, 'LIMIT', 0, limit)
+  if #due == 0 then return 0 end
+  local lists, order = {}, {}
+  for i = 1, #due do
+    local dest, payload = unpack_entry(due[i], 33)
+    local list = lists[dest]
+    if not list then
+      list = {payloads = {}, members = {}}
+      lists[dest] = list
+      order[#order + 1] = dest
+    end
+    list.payloads[#list.payloads + 1] = payload
+    list.members[#list.members + 1] = i
+  end
+  local kept = {}
+  for _, dest in ipairs(order) do
+    local payloads = lists[dest].payloads
+    for from = 1, #payloads, 1000 do
+      local to = math.min(from + 999, #payloads)
+      local reply = redis.pcall('LPUSH', dest, unpack(payloads, from, to))
+      if failed(reply) then
+        errors[#errors + 1] = dest .. ': ' .. reply.err
+        local members = lists[dest].members
+        for j = from, #members do kept[#kept + 1] = due[members[j]] end
+        break
+      end
+    end
+  end
+  -- Kept members move past every promoted one (score now + 60 > now), so the promoted
+  -- ones are exactly ranks 0 .. #due - #kept - 1.
+  for _, member in ipairs(kept) do
+    redis.call('ZADD', zset, now + 60, member)  -- retry in a minute
+  end
+  if #due > #kept then redis.call('ZREMRANGEBYRANK', zset, 0, #due - #kept - 1) end
+  return #due - #kept
+end
+"""
+
 #: Acknowledge, renew the lease, promote due delayed messages, lease a batch.
 #:
 #: KEYS: inflight, consumers, deliveries, landings, delayed, source lists in pop order.
@@ -56,6 +105,7 @@ end
 #: client-side cost.
 FETCH = (
     _HELPERS
+    + _PROMOTE
     + r"""
 -- Acks first: HDEL never fails for lack of memory, and it frees some.
 local acked = tonumber(ARGV[7])
@@ -69,17 +119,7 @@ local now, t = server_now()
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
 local errors, next_due = {}, ''
 if tonumber(ARGV[5]) > 0 then
-  local due = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, ARGV[5])
-  for _, member in ipairs(due) do
-    local dest, payload = unpack_entry(member, 33)
-    local reply = redis.pcall('LPUSH', dest, payload)
-    if failed(reply) then
-      redis.call('ZADD', KEYS[5], now + 60, member)  -- keep it; retry in a minute
-      errors[#errors + 1] = dest .. ': ' .. reply.err
-    else
-      redis.call('ZREM', KEYS[5], member)
-    end
-  end
+  promote(KEYS[5], now, ARGV[5], errors)
   local first = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
   if first[2] then next_due = first[2] end
 end
@@ -150,6 +190,23 @@ for i = 1, #entries, 1000 do
   redis.call('HSET', KEYS[1], unpack(entries, i, math.min(i + 999, #entries)))
 end
 return {runs, payloads, reaped, next_due, t[1], t[2], errors}
+"""
+)
+
+#: Promote due delayed messages only (what FETCH does first, without leasing), for a
+#: caller that wants to move a large due batch in several short calls.
+#:
+#: KEYS: delayed. ARGV: limit (members moved at most).
+#: Returns ``{moved, next ETA or '', TIME seconds, TIME micros, errors}``.
+PROMOTE = (
+    _HELPERS
+    + _PROMOTE
+    + r"""
+local now, t = server_now()
+local errors = {}
+local moved = promote(KEYS[1], now, ARGV[1], errors)
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {moved, first[2] or '', t[1], t[2], errors}
 """
 )
 
