@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, TypeVar, overload
 
-from taskq import canvas, message, producer
+from taskq import canvas, producer
 from taskq.config import EMBEDDED_URL, Settings
 from taskq.errors import ConfigurationError, NotRegistered, did_you_mean
 from taskq.result import AsyncResult
@@ -164,17 +164,9 @@ class App:
         """Send a task by name (it need not be registered in this process)."""
         task = options.pop("_task", None)
         retry_of = options.pop("_retry_of", None)
-        retry = options.pop("retry", None)
-        retry_policy = options.pop("retry_policy", None)
-        msg, queue, priority, merged = producer.build(
-            self, name, args, kwargs, options, task=task, retry_of=retry_of
-        )
-        serializer = merged.get("serializer") or self.conf.task_serializer
-        envelope = message.encode(msg, serializer, priority)
-        producer.publish(
-            self, envelope, queue, priority, msg.eta, retry=retry, retry_policy=retry_policy
-        )
-        return AsyncResult(msg.id, app=self)
+        out = producer.prepare(self, name, args, kwargs, options, task=task, retry_of=retry_of)
+        producer.send(self, out)
+        return AsyncResult(out.id, app=self)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
         return AsyncResult(task_id, app=self)
@@ -217,6 +209,8 @@ class App:
     @property
     def broker(self) -> Broker:
         """The producer's broker connection, opened on first use."""
+        if self._broker is not None:  # every send asks: no lock once it is open
+            return self._broker
         with self._lock:
             if self._broker is None:
                 self._broker = self.new_broker(f"producer-{uuid.uuid4().hex[:12]}")

@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from kombu.utils import json as kombu_json
+
 from taskq import serialization
 from taskq.errors import DecodeError
 
@@ -85,10 +87,50 @@ class TaskMessage:
     def replace(self, **changes: Any) -> TaskMessage:
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> TaskMessage:
+        """The message whose fields are ``fields``, which must name every field.
+
+        For the paths that make one a message (sending, decoding): the generated
+        ``__init__`` of a frozen dataclass sets each of the 22 fields through
+        ``object.__setattr__`` (about 5 us, the largest single cost of ``delay()``);
+        this fills the instance dict in one step. The result is the same frozen,
+        comparable message.
+        """
+        msg = object.__new__(cls)
+        msg.__dict__.update(fields)
+        return msg
+
+
+FIELD_NAMES = frozenset(field.name for field in dataclasses.fields(TaskMessage))
+
+# kombu's JSON encoder (datetime, Decimal, UUID and bytes as {"__type__": ...} markers),
+# configured as kombu.utils.json.dumps configures it, so the bytes are those of kombu's
+# registered "json" serializer. One shared instance: json.dumps(cls=...) builds one a call.
+_json_encoder: json.JSONEncoder = kombu_json.JSONEncoder()
+
+
+def new_id() -> str:
+    """A random UUID string (version 4), as ``str(uuid.uuid4())`` makes, at half the cost:
+    every message sent needs one."""
+    digits = os.urandom(16).hex()
+    # uuid4's fixed bits: version nibble 4, and 0b10 as the variant's top bits (RFC 4122).
+    variant = _VARIANT_DIGITS[int(digits[16], 16) & 3]
+    return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"
+
+
+_VARIANT_DIGITS = "89ab"
+
 
 def origin() -> str:
     """Celery's ``origin`` header: ``gen<pid>@<hostname>``."""
-    return f"gen{os.getpid()}@{socket.gethostname()}"
+    return _origin_of(os.getpid())
+
+
+@functools.lru_cache(maxsize=1)
+def _origin_of(pid: int) -> str:
+    # Keyed on the pid so a forked child names itself; gethostname is a system call.
+    return f"gen{pid}@{socket.gethostname()}"
 
 
 def encode(message: TaskMessage, serializer: str = "json", priority: int | None = None) -> Envelope:
@@ -99,7 +141,7 @@ def encode(message: TaskMessage, serializer: str = "json", priority: int | None 
         "chain": message.chain,
         "chord": message.chord,
     }
-    content_type, encoding, body = serialization.dumps(
+    content_type, encoding, body = _dumps_body(
         [list(message.args), message.kwargs, embed], serializer
     )
     headers = {
@@ -129,6 +171,23 @@ def encode(message: TaskMessage, serializer: str = "json", priority: int | None 
     return Envelope(body, content_type, encoding, headers, properties)
 
 
+def _dumps_body(body: list[Any], serializer: str) -> tuple[str, str, bytes]:
+    """``serialization.dumps(body, serializer)``, with plain JSON encoded here.
+
+    kombu's registry costs more than the encoding of a small body (a lookup, a
+    context manager, a new encoder per call). Its "json" serializer is kombu's
+    encoder with default settings, which ``_json_encoder`` is, so the bytes are the
+    same (tests/test_producer.py compares them). A body that fails to encode goes
+    through the registry after all, so the error is kombu's ``EncodeError`` as before.
+    """
+    if serializer == "json":
+        try:
+            return _JSON, "utf-8", _json_encoder.encode(body).encode("utf-8")
+        except Exception:  # the registry below raises kombu's EncodeError for it
+            pass
+    return serialization.dumps(body, serializer)
+
+
 def decode(envelope: Envelope, accept: list[str]) -> TaskMessage:
     """Read a task message, protocol 2 or 1.
 
@@ -153,29 +212,32 @@ def decode(envelope: Envelope, accept: list[str]) -> TaskMessage:
     embed = body[2] if len(body) == 3 and isinstance(body[2], Mapping) else {}
     _check_args(headers["id"], args, kwargs)
     timelimit = headers.get("timelimit") or (None, None)
-    return TaskMessage(
-        id=headers["id"],
-        task=headers["task"],
-        args=tuple(args),
-        kwargs=dict(kwargs),
-        root_id=headers.get("root_id"),
-        parent_id=headers.get("parent_id"),
-        group=headers.get("group"),
-        group_index=headers.get("group_index"),
-        eta=_parse_time(headers.get("eta"), "eta"),
-        expires=_parse_time(headers.get("expires"), "expires"),
-        retries=int(headers.get("retries") or 0),
-        time_limit=timelimit[0],
-        soft_time_limit=timelimit[1] if len(timelimit) > 1 else None,
-        ignore_result=bool(headers.get("ignore_result", False)),
-        callbacks=embed.get("callbacks"),
-        errbacks=embed.get("errbacks"),
-        chain=embed.get("chain"),
-        chord=embed.get("chord"),
-        reply_to=envelope.properties.get("reply_to"),
-        origin=headers.get("origin"),
-        shadow=headers.get("shadow"),
-        extra_headers={k: v for k, v in headers.items() if k not in _KNOWN_HEADERS},
+    get = headers.get
+    return TaskMessage.from_fields(
+        {
+            "id": headers["id"],
+            "task": headers["task"],
+            "args": tuple(args),
+            "kwargs": dict(kwargs),
+            "root_id": get("root_id"),
+            "parent_id": get("parent_id"),
+            "group": get("group"),
+            "group_index": get("group_index"),
+            "eta": _parse_time(get("eta"), "eta"),
+            "expires": _parse_time(get("expires"), "expires"),
+            "retries": int(get("retries") or 0),
+            "time_limit": timelimit[0],
+            "soft_time_limit": timelimit[1] if len(timelimit) > 1 else None,
+            "ignore_result": bool(get("ignore_result", False)),
+            "callbacks": embed.get("callbacks"),
+            "errbacks": embed.get("errbacks"),
+            "chain": embed.get("chain"),
+            "chord": embed.get("chord"),
+            "reply_to": envelope.properties.get("reply_to"),
+            "origin": get("origin"),
+            "shadow": get("shadow"),
+            "extra_headers": {k: v for k, v in headers.items() if k not in _KNOWN_HEADERS},
+        }
     )
 
 
@@ -194,7 +256,7 @@ def _loads_body(envelope: Envelope, accept: list[str]) -> Any:
         and b'"__type__"' not in body
     ):
         try:
-            return json.loads(body.decode("utf-8"))
+            return serialization.json_loads(body)
         except ValueError as exc:  # also UnicodeDecodeError
             raise DecodeError(f"Could not decode {_JSON} payload: {exc}") from exc
     return serialization.loads(body, envelope.content_type, envelope.content_encoding, accept)

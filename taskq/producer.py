@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 from zoneinfo import ZoneInfo
 
 from taskq import message, routing
 from taskq.canvas import Signature
 from taskq.errors import BrokerError, ConfigurationError, did_you_mean
-from taskq.task import Context, current_request, new_id
+from taskq.task import Context, current_request
 
 if TYPE_CHECKING:
     from taskq.app import App
@@ -30,7 +31,48 @@ CALL_OPTIONS = frozenset(
     }
 )  # fmt: skip
 
-_TASK_DEFAULTS = ("queue", "priority", "serializer", "expires", "time_limit", "soft_time_limit")
+#: Messages a ``broker.publish_many`` call when sending many (``send_many``): bounds
+#: the encoded messages held in memory and what a retry sends again.
+BULK_CHUNK = 1000
+
+# Task attributes that are defaults for a call's options (None: not set on the task).
+_TASK_DEFAULTS = (
+    "queue", "priority", "serializer", "expires", "time_limit", "soft_time_limit",
+    "ignore_result",
+)  # fmt: skip
+
+# One route cache per app, replaced when ``task_routes`` is (see routing.RouteCache).
+_route_caches: weakref.WeakKeyDictionary[App, routing.RouteCache] = weakref.WeakKeyDictionary()
+
+
+class Outgoing(NamedTuple):
+    """A call encoded and ready to publish: where it goes and how it is sent."""
+
+    id: str
+    envelope: Envelope
+    queue: str
+    priority: int | None
+    eta: datetime | None
+    retry: bool | None
+    retry_policy: Mapping[str, Any] | None
+
+
+def prepare(
+    app: App,
+    name: str,
+    args: Sequence[Any] | None,
+    kwargs: Mapping[str, Any] | None,
+    options: Mapping[str, Any],
+    task: Task[Any, Any] | None = None,
+    retry_of: Context | None = None,
+) -> Outgoing:
+    """Build and encode a call (``apply_async``'s options) without publishing it."""
+    options = dict(options)
+    retry, retry_policy = options.pop("retry", None), options.pop("retry_policy", None)
+    msg, queue, priority, merged = build(app, name, args, kwargs, options, task, retry_of)
+    serializer = merged.get("serializer") or app.conf.task_serializer
+    envelope = message.encode(msg, serializer, priority)
+    return Outgoing(msg.id, envelope, queue, priority, msg.eta, retry, retry_policy)
 
 
 def build(
@@ -43,64 +85,148 @@ def build(
     retry_of: Context | None = None,
 ) -> tuple[message.TaskMessage, str, int | None, dict[str, Any]]:
     """The message for a call, its queue, its priority, and the merged options."""
-    unknown = set(options) - CALL_OPTIONS
-    if unknown:
-        bad = sorted(unknown)[0]
-        raise ConfigurationError(
-            f"Unknown option {bad!r} for {name}.apply_async().{did_you_mean(bad, CALL_OPTIONS)} "
-            "Task arguments go in args=/kwargs=, options are: " + ", ".join(sorted(CALL_OPTIONS))
-        )
+    if options and not CALL_OPTIONS.issuperset(options):
+        _unknown_option(name, options)
     args, kwargs = tuple(args or ()), dict(kwargs or {})
-    defaults = {
-        k: getattr(task, k) for k in _TASK_DEFAULTS if task and getattr(task, k) is not None
+    merged = _merged(app, name, args, kwargs, options, task)
+    conf, get = app.conf, merged.get
+    eta = expires = None
+    if get("countdown") is not None or get("eta") is not None or get("expires") is not None:
+        eta, expires = _times(get("countdown"), get("eta"), get("expires"), conf.timezone)
+    fields = {
+        "id": get("task_id") or message.new_id(),
+        "task": name,
+        "args": args,
+        "kwargs": kwargs,
+        "root_id": get("root_id"),
+        "parent_id": get("parent_id"),
+        "group": get("group_id") or None,
+        "group_index": get("group_index"),
+        "eta": eta,
+        "expires": expires,
+        "retries": 0,
+        "time_limit": get("time_limit", conf.task_time_limit),
+        "soft_time_limit": get("soft_time_limit", conf.task_soft_time_limit),
+        "ignore_result": bool(get("ignore_result", conf.task_ignore_result)),
+        "callbacks": _signatures(get("link")) or None,
+        "errbacks": _signatures(get("link_error")) or None,
+        "chain": get("chain") or None,
+        "chord": get("chord") or None,
+        "reply_to": get("reply_to"),
+        "origin": None,
+        "shadow": get("shadow"),
+        "extra_headers": dict(get("headers") or {}),
     }
-    if task is not None and task.ignore_result is not None:
-        defaults["ignore_result"] = task.ignore_result
-    merged = {
-        **defaults,
-        **routing.route(app.conf.task_routes, name, args, kwargs, options),
-        **options,
-    }
-    conf = app.conf
-    tz = ZoneInfo(conf.timezone)
-    now = datetime.now(timezone.utc)
-    if retry_of is not None:  # a retry keeps its place in the workflow
-        parent_id, root_id = retry_of.parent_id, retry_of.root_id
-    else:  # a task sent from inside a running task is its child
-        current = current_request.get()
-        parent_id = current.id if current else None
-        root_id = (current.root_id or current.id) if current else None
-    task_id = merged.get("task_id") or new_id()
-    msg = message.TaskMessage(
-        id=task_id,
-        task=name,
-        args=args,
-        kwargs=kwargs,
-        root_id=merged.get("root_id") or root_id,
-        parent_id=merged.get("parent_id") or parent_id,
-        group=merged.get("group_id") or (retry_of.group if retry_of else None),
-        group_index=(
-            merged["group_index"]
-            if merged.get("group_index") is not None  # 0 is the first member's index
-            else (retry_of.group_index if retry_of else None)
-        ),
-        eta=_eta(merged.get("countdown"), merged.get("eta"), now, tz),
-        expires=_expires(merged.get("expires"), now, tz),
-        retries=retry_of.retries + 1 if retry_of else 0,
-        time_limit=merged.get("time_limit", conf.task_time_limit),
-        soft_time_limit=merged.get("soft_time_limit", conf.task_soft_time_limit),
-        ignore_result=bool(merged.get("ignore_result", conf.task_ignore_result)),
-        callbacks=_signatures(merged.get("link")) or (retry_of.callbacks if retry_of else None),
-        errbacks=_signatures(merged.get("link_error")) or (retry_of.errbacks if retry_of else None),
-        chain=merged.get("chain") or (retry_of.chain if retry_of else None),
-        chord=merged.get("chord") or (retry_of.chord if retry_of else None),
-        reply_to=merged.get("reply_to"),
-        shadow=merged.get("shadow"),
-        extra_headers=dict(merged.get("headers") or {}),
+    _place(fields, retry_of)
+    queue = get("queue") or conf.task_default_queue
+    priority = get("priority", conf.task_default_priority)
+    return message.TaskMessage.from_fields(fields), queue, priority, merged
+
+
+def _unknown_option(name: str, options: Mapping[str, Any]) -> NoReturn:
+    bad = sorted(set(options) - CALL_OPTIONS)[0]
+    raise ConfigurationError(
+        f"Unknown option {bad!r} for {name}.apply_async().{did_you_mean(bad, CALL_OPTIONS)} "
+        "Task arguments go in args=/kwargs=, options are: " + ", ".join(sorted(CALL_OPTIONS))
     )
-    queue = merged.get("queue") or conf.task_default_queue
-    priority = merged.get("priority", conf.task_default_priority)
-    return msg, queue, priority, merged
+
+
+def _merged(
+    app: App,
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    options: dict[str, Any],
+    task: Task[Any, Any] | None,
+) -> dict[str, Any]:
+    """The task's defaults, then its route, then the call's options: the last given wins."""
+    merged: dict[str, Any] = {}
+    if task is not None:  # read at each send: a task's attributes may be changed
+        merged = {key: v for key in _TASK_DEFAULTS if (v := getattr(task, key)) is not None}
+    routes = app.conf.task_routes
+    if routes is not None:
+        cache = _route_caches.get(app)
+        if cache is None or cache.routes is not routes:
+            cache = _route_caches[app] = routing.RouteCache(routes)
+        merged.update(cache.route(name, args, kwargs, options))
+    merged.update(options)
+    return merged
+
+
+def _place(fields: dict[str, Any], retry_of: Context | None) -> None:
+    """Fill in where the message stands in its workflow, unless the call said."""
+    if retry_of is None:  # a task sent from inside a running task is its child
+        current = current_request.get()
+        if current is not None:
+            fields["root_id"] = fields["root_id"] or current.root_id or current.id
+            fields["parent_id"] = fields["parent_id"] or current.id
+        return
+    # A retry keeps its place in the workflow.
+    fields["retries"] = retry_of.retries + 1
+    for field, inherited in (
+        ("root_id", retry_of.root_id),
+        ("parent_id", retry_of.parent_id),
+        ("group", retry_of.group),
+        ("callbacks", retry_of.callbacks),
+        ("errbacks", retry_of.errbacks),
+        ("chain", retry_of.chain),
+        ("chord", retry_of.chord),
+    ):
+        fields[field] = fields[field] or inherited
+    if fields["group_index"] is None:  # 0 is the first member's index
+        fields["group_index"] = retry_of.group_index
+
+
+def send(app: App, out: Outgoing) -> None:
+    """Publish one prepared call with its retry policy; raise ``BrokerError`` when spent."""
+    publish(
+        app, out.envelope, out.queue, out.priority, out.eta,
+        retry=out.retry, retry_policy=out.retry_policy,
+    )  # fmt: skip
+
+
+def send_many(app: App, outgoing: Iterable[Outgoing]) -> None:
+    """Publish prepared calls in chunks of ``BULK_CHUNK`` through ``broker.publish_many``
+    (one pipeline a chunk on Redis, one transaction on SQLite), each chunk with the
+    retry policy of its calls. Calls with an eta go one by one through ``send``:
+    ``publish_many`` takes none. ``outgoing`` is read as it is sent, so a generator
+    keeps at most one chunk of encoded messages in memory.
+
+    At least once, as ``send``: a chunk whose publish failed part-way (the connection
+    lost mid-pipeline) is sent whole again by the retry, so some of its messages may
+    be queued twice, and none is lost while the policy lasts. When it is spent,
+    ``BrokerError`` is raised; the chunks before stay sent.
+    """
+    batch: list[Outgoing] = []
+    for out in outgoing:
+        if out.eta is not None:
+            send(app, out)
+        elif not batch or (len(batch) < BULK_CHUNK and _same_policy(out, batch[0])):
+            batch.append(out)
+        else:
+            _send_batch(app, batch)
+            batch = [out]
+    if batch:
+        _send_batch(app, batch)
+
+
+def _same_policy(one: Outgoing, other: Outgoing) -> bool:
+    # Identity first: the calls of one group or delay_many share their options.
+    return one.retry is other.retry and (
+        one.retry_policy is other.retry_policy or one.retry_policy == other.retry_policy
+    )
+
+
+def _send_batch(app: App, batch: list[Outgoing]) -> None:
+    items = [(out.envelope, out.queue, out.priority) for out in batch]
+    first = batch[0]
+    _with_retries(
+        app,
+        lambda broker: broker.publish_many(items),
+        lambda: f"{len(items)} task messages (the first {_name(first.envelope)})",
+        first.retry,
+        first.retry_policy,
+    )
 
 
 def publish(
@@ -114,32 +240,73 @@ def publish(
     retry_policy: Mapping[str, Any] | None = None,
 ) -> None:
     """Publish with the retry policy; raise ``BrokerError`` when it is spent."""
-    broker: Broker = app.broker
-    policy = {**app.conf.task_publish_retry_policy, **(retry_policy or {})}
-    retries = int(policy.get("max_retries") or 0)
-    if not (app.conf.task_publish_retry if retry is None else retry):
-        retries = 0
-    interval = float(policy.get("interval_start", 0.0))
     eta_ts = eta.timestamp() if eta is not None else None
-    for attempt in range(retries + 1):
+    _with_retries(
+        app,
+        lambda broker: broker.publish(envelope, queue, priority=priority, eta=eta_ts),
+        lambda: f"task {_name(envelope)}",
+        retry,
+        retry_policy,
+    )
+
+
+def _name(envelope: Envelope) -> str:
+    return f"{envelope.headers.get('task')}[{envelope.headers.get('id')}]"
+
+
+def _with_retries(
+    app: App,
+    send: Callable[[Broker], None],
+    what: Callable[[], str],
+    retry: bool | None,
+    retry_policy: Mapping[str, Any] | None,
+) -> None:
+    """Call ``send`` until it returns, pausing between attempts as the publish retry
+    policy says; raise ``BrokerError`` naming ``what()`` when the policy is spent."""
+    broker: Broker = app.broker
+    try:
+        send(broker)
+        return
+    except BrokerError as exc:
+        failure = exc
+    pauses = _pauses(app, retry, retry_policy)  # read only now: most publishes succeed
+    for pause in pauses:
+        log.warning("publish failed (%s); retrying in %.2fs", failure, pause)
+        time.sleep(pause)
         try:
-            broker.publish(envelope, queue, priority=priority, eta=eta_ts)
+            send(broker)
             return
         except BrokerError as exc:
-            if attempt == retries:
-                raise BrokerError(
-                    f"Could not publish task {envelope.headers.get('task')}"
-                    f"[{envelope.headers.get('id')}] after {attempt + 1} attempt(s): {exc}"
-                ) from exc
-            log.warning("publish failed (%s); retrying in %.2fs", exc, interval)
-            time.sleep(interval)
-            interval = min(
-                interval + float(policy.get("interval_step", 0.2)),
-                float(policy.get("interval_max", 1.0)),
-            )
+            failure = exc
+    raise BrokerError(
+        f"Could not publish {what()} after {len(pauses) + 1} attempt(s): {failure}"
+    ) from failure
 
 
-def _eta(countdown: Any, eta: Any, now: datetime, tz: ZoneInfo) -> datetime | None:
+def _pauses(app: App, retry: bool | None, retry_policy: Mapping[str, Any] | None) -> list[float]:
+    """The pause before each retry under ``task_publish_retry(_policy)``; none when off."""
+    if not (app.conf.task_publish_retry if retry is None else retry):
+        return []
+    policy = {**app.conf.task_publish_retry_policy, **(retry_policy or {})}
+    interval = float(policy.get("interval_start", 0.0))
+    step, ceiling = float(policy.get("interval_step", 0.2)), float(policy.get("interval_max", 1.0))
+    pauses = []
+    for _ in range(int(policy.get("max_retries") or 0)):
+        pauses.append(interval)
+        interval = min(interval + step, ceiling)
+    return pauses
+
+
+def _times(
+    countdown: Any, eta: Any, expires: Any, timezone_name: str
+) -> tuple[datetime | None, datetime | None]:
+    """The message's eta and expiry as aware datetimes; a naive datetime is wall-clock
+    time in the app's timezone setting (UTC by default)."""
+    now = datetime.now(timezone.utc)
+    return _eta(countdown, eta, now, timezone_name), _expires(expires, now, timezone_name)
+
+
+def _eta(countdown: Any, eta: Any, now: datetime, timezone_name: str) -> datetime | None:
     if countdown is not None and eta is not None:
         raise ConfigurationError("Give countdown or eta, not both.")
     if countdown is not None:
@@ -152,15 +319,14 @@ def _eta(countdown: Any, eta: Any, now: datetime, tz: ZoneInfo) -> datetime | No
         raise ConfigurationError(
             f"eta must be a datetime, got {eta!r}; use countdown= for seconds."
         )
-    # A naive eta is wall-clock time in the app's timezone setting (UTC by default).
-    return eta if eta.tzinfo else eta.replace(tzinfo=tz)
+    return eta if eta.tzinfo else eta.replace(tzinfo=ZoneInfo(timezone_name))
 
 
-def _expires(expires: Any, now: datetime, tz: ZoneInfo) -> datetime | None:
+def _expires(expires: Any, now: datetime, timezone_name: str) -> datetime | None:
     if expires is None:
         return None
     if isinstance(expires, datetime):
-        return expires if expires.tzinfo else expires.replace(tzinfo=tz)
+        return expires if expires.tzinfo else expires.replace(tzinfo=ZoneInfo(timezone_name))
     if isinstance(expires, timedelta):
         return now + expires
     if isinstance(expires, (int, float)):

@@ -7,15 +7,62 @@ decodes only the content types in its accept list and raises
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 from kombu import serialization as kombu_ser
 from kombu.exceptions import ContentDisallowed as KombuContentDisallowed
+from kombu.utils import json as kombu_json
 
 from taskq.errors import ConfigurationError, ContentDisallowed, DecodeError, did_you_mean
 
 KNOWN = ("json", "msgpack", "pickle", "yaml")
+
+
+_kombu_encoder = kombu_json.JSONEncoder()
+
+
+def json_loads(data: bytes) -> Any:
+    """Parse plain JSON (no kombu ``__type__`` markers) as ``json.loads`` does.
+
+    orjson parses a task message three to four times faster than the standard
+    library (docs/performance.md); what it refuses (NaN, integers past 64 bits) is
+    parsed by the standard library, so the result is the same.
+
+    Raises:
+        ValueError: not JSON (also invalid UTF-8).
+    """
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
+_PASSTHROUGH = (
+    orjson.OPT_NON_STR_KEYS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+def json_dumps(obj: Any) -> bytes:
+    """Encode ``obj`` as compact UTF-8 JSON, as kombu's JSON encoder does (dates,
+    decimals and other types as kombu writes them), except that a ``uuid.UUID`` is
+    written as a plain string and NaN and infinities as ``null``. orjson does the
+    work; a value of any type it does not pass through unchanged goes to kombu's
+    encoder. For taskq's own envelopes; message bodies use the serializer registry.
+
+    Raises:
+        TypeError: a value neither can encode.
+        ValueError: a circular reference.
+    """
+    try:
+        return orjson.dumps(obj, option=_PASSTHROUGH)
+    except TypeError:
+        return str(_kombu_encoder.encode(obj)).encode("utf-8")
 
 
 def content_type_for(name: str) -> str:

@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
 from kombu.utils import json as kombu_json
 
 from taskq.errors import BrokerError
-from taskq.message import MALFORMED_CONTENT_TYPE, Envelope
+from taskq.message import MALFORMED_CONTENT_TYPE, Envelope, new_id
+from taskq.serialization import json_dumps, json_loads
 
 __all__ = [
     "MALFORMED_CONTENT_TYPE",
@@ -53,10 +52,8 @@ PRIORITY_SEP = "\x06\x16"
 TRANSPORT_PROPERTIES = frozenset({"body_encoding", "delivery_tag", "delivery_info"})
 
 # kombu's JSON (datetime, Decimal, UUID, bytes as {"__type__": ...} markers), so payloads
-# read as kombu's do. One shared encoder: json.dumps(cls=...) would build one per message.
-_json_encoder: json.JSONEncoder = kombu_json.JSONEncoder()
+# read as kombu's do; serialization.json_* for everything without markers (orjson).
 _kombu_loads: Callable[[bytes], Any] = kombu_json.loads
-_json_loads: Callable[[str], Any] = json.loads
 
 
 def clamp_priority(priority: object) -> int:
@@ -105,7 +102,7 @@ def encode_payload(
         priority=priority,
         body_encoding="base64",
         delivery_info={"exchange": "", "routing_key": queue},
-        delivery_tag=str(uuid.uuid4()),
+        delivery_tag=new_id(),
     )
     message = {
         "body": base64.b64encode(envelope.body).decode("ascii"),
@@ -115,7 +112,7 @@ def encode_payload(
         "properties": properties,
     }
     try:
-        return _json_encoder.encode(message).encode("utf-8")
+        return json_dumps(message)
     except (TypeError, ValueError) as exc:
         raise BrokerError(
             f"Cannot encode a message for queue {queue!r}: {exc}. "
@@ -137,7 +134,7 @@ def decode_payload(raw: bytes) -> Envelope:
     """The envelope in kombu JSON ``raw``; a malformed envelope when it is not one."""
     try:
         # kombu's object hook costs a Python call per object; only markers need it.
-        message = _kombu_loads(raw) if b'"__type__"' in raw else _json_loads(raw.decode())
+        message = _kombu_loads(raw) if b'"__type__"' in raw else json_loads(raw)
     except (ValueError, TypeError, KeyError) as exc:  # also UnicodeDecodeError, bad markers
         return malformed(raw, f"payload is not JSON: {exc}")
     if not isinstance(message, dict):

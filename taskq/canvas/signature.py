@@ -10,11 +10,11 @@ turns a dict read from a message back into the right class.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from taskq.errors import ConfigurationError
+from taskq.message import new_id
 from taskq.result import AsyncResult
 
 if TYPE_CHECKING:
@@ -181,7 +181,7 @@ class Signature(dict[str, Any]):
     def freeze(self) -> AsyncResult[Any]:
         """Give this call its task id now (kept if it has one) and return its result,
         so workflows can hand out results before anything is sent."""
-        task_id = self["options"].setdefault("task_id", str(uuid.uuid4()))
+        task_id = self["options"].setdefault("task_id", new_id())
         return AsyncResult(task_id, app=self.require_app())
 
     def set_id(self, task_id: str) -> None:
