@@ -184,7 +184,8 @@ def worker(
     """Start a worker. SIGTERM or Ctrl-C: warm shutdown (running tasks finish);
     a second one, or SIGQUIT: cold shutdown (running tasks go back to the queue)."""
     from taskq.worker.banner import banner
-    from taskq.worker.worker import Worker, WorkerOptions
+    from taskq.worker.options import WorkerOptions
+    from taskq.worker.worker import Worker
 
     _configure_logging(loglevel, logfile, json_logs)
     app = _resolve_app(ctx, app_spec)

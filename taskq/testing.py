@@ -30,7 +30,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from taskq.app import App
-from taskq.worker.worker import Worker, WorkerOptions
+from taskq.worker.options import WorkerOptions
+from taskq.worker.worker import Worker
 
 
 def test_app(name: str = "tests", **settings: Any) -> App:

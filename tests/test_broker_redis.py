@@ -152,10 +152,12 @@ def test_priority_property_used_when_no_argument(env: Env) -> None:
 def test_batch_fetch_is_one_script_call(env: Env) -> None:
     broker = env.make()
     broker.publish_many([(message(n), env.queue, None) for n in range(10)])
-    with mock.patch.object(broker._client, "evalsha", wraps=broker._client.evalsha) as spy:
+    line = broker._line
+    with mock.patch.object(line, "call_many", wraps=line.call_many) as spy:
         batch = broker.fetch([env.queue], 7, 0)
     assert len(batch) == 7
     assert spy.call_count == 1
+    assert [command[0] for command in spy.call_args.args[0]] == ["EVALSHA"]
     assert ids(broker.fetch([env.queue], 7, 0)) == ["7", "8", "9"]
 
 
@@ -498,12 +500,14 @@ def test_reloads_scripts_redis_forgot(env: Env) -> None:
     broker.publish(message(1), env.queue)
     broker.publish(message(2), env.queue)
     bogus = "0" * 40
-    broker._fetch_script.sha = bogus  # as after a Redis restart: NOSCRIPT
+    fetcher = broker._fetcher
+    fetcher._script.sha = bogus  # as after a Redis restart: NOSCRIPT
     assert ids(broker.fetch([env.queue], 1, 0)) == ["1"]
-    broker._fetch_script.sha = bogus
-    keys = [list_key(env.queue, step) for step in (0, 3, 6, 9)]
-    _, reply = broker._fetch_once(keys, 10, 0.05, block_key=env.queue)  # the pipelined path
-    assert [d.envelope.headers["id"] for d in broker._deliveries("t", reply, {})] == ["2"]
+    fetcher._script.sha = bogus
+    sources = {list_key(env.queue, step): env.queue for step in (0, 3, 6, 9)}
+    # The pipelined path (BLMOVE, then the script) on the broker's own connection.
+    call, reply = fetcher._fetch_once(broker._line, (env.queue,), sources, 10, 0.05, env.queue)
+    assert ids(fetcher._deliveries(call, reply)) == ["2"]
     assert not env.raw.exists(f"{broker._keys.landing_prefix}{env.queue}")
 
 

@@ -125,16 +125,19 @@ def test_acks_of_a_failed_fetch_are_sent_again(
     queue = f"q-{unique}"
     fill(broker, queue, 4)
     broker.ack_soon(broker.fetch([queue], 2, 0))
-    real = broker._fetch_script
+    real = broker._fetcher._script
 
     def lost_reply(keys: Any, args: Any) -> Any:
         real(keys, args)
         raise redis.ConnectionError("reply lost (injected)")
 
-    broker._fetch_script = lost_reply  # type: ignore[assignment]
+    # With its own connection busy, the broker fetches through the pool and the script.
+    assert broker._line.acquire()
+    broker._fetcher._script = lost_reply  # type: ignore[assignment]
     with pytest.raises(Exception, match="reply lost"):
         broker.fetch([queue], 2, 0)
-    broker._fetch_script = real
+    broker._fetcher._script = real
+    broker._line.release()
     assert len(broker._acks) == 2  # held again: the script may not have run
     again = broker.fetch([queue], 2, 0)  # answered from the lost call's leases
     assert len(again) == 2 and len(broker._acks) == 0

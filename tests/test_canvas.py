@@ -24,7 +24,8 @@ from taskq import App, GroupResult, Signature, chain, chord, group, signature
 from taskq.canvas import chunks
 from taskq.errors import BackendError, ChordError, ConfigurationError
 from taskq.testing import run_until_empty, running_worker, test_app
-from taskq.worker.worker import Worker, WorkerOptions
+from taskq.worker.options import WorkerOptions
+from taskq.worker.worker import Worker
 from tests import servers, sql
 
 COMBOS = ["redis", "redis+postgresql"]

@@ -12,7 +12,8 @@ import pytest
 from taskq import App, states
 from taskq.errors import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
 from taskq.testing import running_worker
-from taskq.worker.worker import Worker, WorkerOptions
+from taskq.worker.options import WorkerOptions
+from taskq.worker.worker import Worker
 from tests.waiting import wait_until
 from tests.worker_support import redis_app
 

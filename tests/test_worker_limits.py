@@ -13,8 +13,9 @@ from taskq.errors import SoftTimeLimitExceeded, TimeLimitExceeded
 from taskq.message import TaskMessage
 from taskq.testing import run_until_empty, running_worker, test_app
 from taskq.worker import limits
+from taskq.worker.options import WorkerOptions
 from taskq.worker.ratelimit import RateLimiter, parse_rate
-from taskq.worker.worker import Worker, WorkerOptions
+from taskq.worker.worker import Worker
 from tests.worker_support import redis_app
 
 

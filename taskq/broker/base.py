@@ -119,7 +119,9 @@ class Broker(abc.ABC):
             self.publish(envelope, queue, priority=priority)
 
     @abc.abstractmethod
-    def fetch(self, queues: Sequence[str], max_count: int, timeout: float) -> list[Delivery]:
+    def fetch(
+        self, queues: Sequence[str], max_count: int, timeout: float, *, read_ahead: bool = False
+    ) -> list[Delivery]:
         """Lease up to ``max_count`` messages from ``queues`` to this consumer.
 
         Blocks up to ``timeout`` seconds for the first message and returns as soon
@@ -128,6 +130,12 @@ class Broker(abc.ABC):
         its queue or leased to this consumer, and leases of a consumer that stops
         heartbeating return to their queues. Due delayed messages become deliverable
         here.
+
+        ``read_ahead`` allows the transport, when it leased ``max_count``, to lease
+        the next batch right away, while the caller works on this one, and hand it
+        over with the next call (Redis does; the others ignore it). ``close`` gives
+        back what was read ahead and not handed over. The worker asks for it only
+        while its tasks are short (see ``taskq.worker.worker``).
         """
 
     @abc.abstractmethod

@@ -213,7 +213,9 @@ class KombuBroker(Broker):
 
     # -- consuming -------------------------------------------------------------------
 
-    def fetch(self, queues: Sequence[str], max_count: int, timeout: float) -> list[Delivery]:
+    def fetch(
+        self, queues: Sequence[str], max_count: int, timeout: float, *, read_ahead: bool = False
+    ) -> list[Delivery]:
         self._consumer_thread = threading.get_ident()
         try:
             self._ensure_consumer(tuple(queues))

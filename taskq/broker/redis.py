@@ -68,17 +68,14 @@ Needs Redis 6.2+ (BLMOVE, RPOP with a count) and a single server (not Cluster).
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 import redis
-from redis.exceptions import NoScriptError
 
 from taskq.broker import redis_scripts
 from taskq.broker.base import Broker, DeadLetter, Delivery, Envelope, QueueSpec
@@ -92,12 +89,12 @@ from taskq.broker.kombu_wire import (
     list_key,
     malformed,
     priority_step,
-    queue_of,
 )
-from taskq.broker.redis_acks import Held
 from taskq.broker.redis_conn import Keys, RedisOptions, make_pool, mask_url, translate
 from taskq.broker.redis_dlq import DeadLetterList
-from taskq.broker.redis_settle import Lease, Settler, ack_args, pipe_acks
+from taskq.broker.redis_fetch import CRASH_AFTER_FETCH_ENV, Fetcher
+from taskq.broker.redis_line import Line
+from taskq.broker.redis_settle import Settler
 from taskq.errors import BrokerError
 
 __all__ = [
@@ -118,16 +115,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_PROMOTE_EVERY = 0.5  # seconds between delayed-store checks when nothing is known due
-_PROMOTE_LIMIT = 1000  # due messages moved per script call
 _REAP_LIMIT = 100  # dead consumers handled per heartbeat
 _PUSH_CHUNK = 1000  # values per LPUSH in publish_many
-
-#: Test hook (fault-injection suite only): when this environment variable is "1",
-#: the process exits with status 70 (``os._exit``, no cleanup) right after a fetch
-#: script that leased messages returns, before the client records anything, so the
-#: tests can prove a crash in that window loses nothing. Read once per broker.
-CRASH_AFTER_FETCH_ENV = "TASKQ_TEST_CRASH_AFTER_FETCH"
 
 
 def _prepare(envelope: Envelope, queue: str, priority: int | None) -> tuple[str, bytes]:
@@ -160,7 +149,7 @@ class RedisBroker(Broker):
         self._keys = Keys.make(self.settings.key_prefix, self._lease_id)
         self._pool = make_pool(url, self.settings, f"taskq:{self._lease_id}")
         self._client = redis.Redis(connection_pool=self._pool)
-        self._fetch_script = self._client.register_script(redis_scripts.FETCH)
+        self._line = Line(self._pool)  # publish and fetch (see taskq.broker.redis_line)
         self._reap_script = self._client.register_script(redis_scripts.REAP)
         log_errors = partial(self._script_errors, raise_=False)
         self._dlq = DeadLetterList(self._client, self._keys.dlq, self._translate, log_errors)
@@ -168,16 +157,18 @@ class RedisBroker(Broker):
             self._client, self._keys, self._translate, log_errors, self.settings.ack_delay
         )
         self._acks = self._settler.acks
-        self._calls = 0  # fetch script calls: part of every tag
-        self._unanswered = False  # the last fetch call failed: reuse its tag prefix
-        self._landed = False  # a landing list may hold messages no script adopted yet
-        self._crash_after_fetch = os.environ.get(CRASH_AFTER_FETCH_ENV) == "1"
+        self._fetcher = Fetcher(
+            self._client,
+            self._line,
+            self._keys,
+            self.settings,
+            self._lease_id,
+            session,
+            self._acks,
+            self._script_errors,
+        )
         self._rotation = 0  # fetch calls: which queue goes first
         self._sources: dict[tuple[str, ...], dict[str, str]] = {}  # list key -> queue
-        self._promoted_at = -math.inf  # monotonic time of the last promotion
-        # Monotonic time the earliest delayed message is due. Publishing threads
-        # lower it without a lock; a lost update delays promotion by at most 0.5 s.
-        self._next_due = -math.inf
 
     def _translate(self, doing: str) -> AbstractContextManager[None]:
         return translate(self._safe_url, doing)
@@ -213,13 +204,21 @@ class RedisBroker(Broker):
         ``priority`` None takes the envelope's ``priority`` property, else 0.
         """
         key, payload = _prepare(envelope, queue, priority)
-        with self._translate(f"publish to queue {queue!r}"):
-            if eta is not None and eta > time.time():
-                member = uuid.uuid4().hex.encode("ascii") + _pack(key, payload)
-                self._client.zadd(self._keys.delayed, {member: eta})
-                self._next_due = min(self._next_due, time.monotonic() + eta - time.time())
+        command: tuple[Any, ...] = ("LPUSH", key, payload)
+        delayed = eta is not None and eta > time.time()
+        if delayed:
+            member = uuid.uuid4().hex.encode("ascii") + _pack(key, payload)
+            command = ("ZADD", self._keys.delayed, eta, member)
+        with self._translate(f"publish to queue {queue!r}"), self._line.take() as line:
+            if line is None:
+                run: Callable[..., Any] = self._client.execute_command  # untyped in redis-py
+                run(*command)
             else:
-                self._client.lpush(key, payload)
+                line.call(*command)
+        if delayed:
+            assert eta is not None
+            fetcher = self._fetcher
+            fetcher.next_due = min(fetcher.next_due, time.monotonic() + eta - time.time())
 
     def publish_many(self, items: Sequence[tuple[Envelope, str, int | None]]) -> None:
         """One pipeline; messages of one list go in order in multi-value LPUSHes."""
@@ -247,7 +246,9 @@ class RedisBroker(Broker):
 
     # -- consuming --------------------------------------------------------------------
 
-    def fetch(self, queues: Sequence[str], max_count: int, timeout: float) -> list[Delivery]:
+    def fetch(
+        self, queues: Sequence[str], max_count: int, timeout: float, *, read_ahead: bool = False
+    ) -> list[Delivery]:
         """Lease up to ``max_count`` messages; see ``Broker.fetch`` and the module doc.
 
         Raises:
@@ -257,19 +258,11 @@ class RedisBroker(Broker):
         if not queues or max_count < 1:
             raise ValueError(f"fetch needs queues and max_count >= 1, got {queues!r}, {max_count}")
         sources = self._sources_of(queues)
-        deadline = time.monotonic() + max(timeout, 0.0)
         try:
-            keys = list(sources)
-            tag_prefix, reply = self._fetch_once(keys, max_count, wait=0.0, block_key=None)
-            while not reply[1]:
-                wait = self._wait_time(deadline)
-                if wait is None:
-                    break
-                tag_prefix, reply = self._fetch_once(keys, max_count, wait, list_key(queues[0]))
+            return self._fetcher.fetch(queues, sources, max_count, timeout, read_ahead)
         except redis.RedisError:
             with self._translate(f"fetch from queues {', '.join(queues)}"):
                 raise
-        return self._deliveries(tag_prefix, reply, sources)
 
     def _sources_of(self, queues: Sequence[str]) -> dict[str, str]:
         """The lists to pop, in order (list key -> queue): priority steps first, and the
@@ -284,136 +277,6 @@ class RedisBroker(Broker):
             sources = {list_key(q, step): q for step in PRIORITY_STEPS for q in ordered}
             self._sources[ordered] = sources
         return sources
-
-    def _wait_time(self, deadline: float) -> float | None:
-        """How long the next BLMOVE may block; None when the fetch timeout is over."""
-        now = time.monotonic()
-        remaining = deadline - now
-        if remaining < 0.001:  # BLMOVE counts in milliseconds and 0 means forever
-            return None
-        settings = self.settings
-        wait = min(remaining, settings.poll_interval, settings.lease_timeout / 4)
-        if settings.socket_timeout is not None:
-            wait = min(wait, settings.socket_timeout / 2)  # or the read would time out
-        wait = min(wait, max(self._next_due - now, 0.0))
-        return max(round(wait, 3), 0.001)
-
-    def _fetch_once(
-        self, sources: list[str], max_count: int, wait: float, block_key: str | None
-    ) -> tuple[str, list[Any]]:
-        """Run the fetch script, after blocking up to ``wait`` s on ``block_key`` if set.
-        Held acks go with it (before the block).
-
-        Returns the tag prefix and the script's reply.
-        """
-        if not self._unanswered:
-            self._calls += 1
-        tag_prefix = f"{self._tag_base}.{self._calls:x}."
-        promote = self._promote_due(time.monotonic() + wait)
-        adopt = block_key is not None or self._landed
-        keys = [
-            self._keys.inflight,
-            self._keys.consumers,
-            self._keys.deliveries,
-            self._keys.landings,
-            self._keys.delayed,
-            *sources,
-        ]
-        args: list[Any] = [
-            self._lease_id,
-            self.settings.lease_timeout,
-            max_count,
-            tag_prefix,
-            _PROMOTE_LIMIT if promote else 0,
-            1 if adopt else 0,
-        ]
-        held = self._acks.take()
-        try:
-            if block_key is None:
-                reply = cast(list[Any], self._fetch_script(keys, [*args, *ack_args(held)]))
-            else:
-                self._landed = True
-                reply, acked = self._block_then_fetch(block_key, wait, keys, args, held)
-                if not acked:
-                    self._acks.put_back(held)
-        except BaseException:
-            # The script may have run and leased messages under tag_prefix before the
-            # reply was lost. The next call reuses the prefix and the script hands them
-            # over again (see FETCH), so they are not stranded with this live consumer.
-            self._unanswered = True
-            self._acks.put_back(held)
-            raise
-        self._unanswered = False
-        if adopt:
-            self._landed = False
-        _, payloads, _, next_due, seconds, micros, errors = reply
-        if payloads and self._crash_after_fetch:
-            os._exit(70)  # test hook, see CRASH_AFTER_FETCH_ENV
-        if promote:
-            self._promoted_at = time.monotonic()
-            server_now = int(seconds) + int(micros) / 1e6
-            self._next_due = (
-                time.monotonic() + float(next_due) - server_now if next_due else math.inf
-            )
-        if errors:
-            self._script_errors("fetch", errors, raise_=not payloads)
-        return tag_prefix, reply
-
-    def _block_then_fetch(
-        self, block_key: str, wait: float, keys: list[Any], args: list[Any], held: Held
-    ) -> tuple[list[Any], bool]:
-        """BLMOVE, then the fetch script; return its reply and whether the held acks
-        went out."""
-        landing = self._keys.landing_prefix + block_key
-        # One round trip: the acks, then Redis runs the script as soon as BLMOVE returns.
-        pipe = self._client.pipeline(transaction=False)
-        acking = pipe_acks(pipe, self._keys, held)
-        pipe.hset(self._keys.landings, landing, block_key)  # so a reaper can find it
-        blmove: Callable[..., object] = pipe.execute_command  # blmove() types timeout as int
-        blmove("BLMOVE", block_key, landing, "RIGHT", "LEFT", wait)
-        pipe.evalsha(self._fetch_script.sha, len(keys), *keys, *args, 0)
-        # Not raise_on_error: the script runs even when BLMOVE fails, and raising then
-        # would strand what it leased in this (live, never reaped) consumer's hash.
-        replies = pipe.execute(raise_on_error=False)
-        acked = not any(isinstance(r, Exception) for r in replies[:acking])
-        _, blocked, reply = replies[acking:]
-        if isinstance(reply, NoScriptError):
-            # Redis restarted or flushed its scripts. A message BLMOVE took waits in the
-            # landing list; the plain call reloads the script and adopts it.
-            reply = self._fetch_script(keys, [*args, 0])
-        elif isinstance(reply, Exception):
-            raise reply
-        if isinstance(blocked, Exception):
-            if not reply[1]:
-                raise blocked
-            logger.error("Redis broker could not block on list %r: %s", block_key, blocked)
-        return cast(list[Any], reply), acked
-
-    def _promote_due(self, at: float) -> bool:
-        return at >= self._next_due or at - self._promoted_at >= _PROMOTE_EVERY
-
-    def _deliveries(
-        self, tag_prefix: str, reply: list[Any], queues: dict[str, str]
-    ) -> list[Delivery]:
-        runs, payloads, reaped_pairs = reply[0], reply[1], reply[2]
-        reaped = dict(zip(reaped_pairs[::2], reaped_pairs[1::2], strict=True))
-        deliveries: list[Delivery] = []
-        n = 0
-        for i in range(0, len(runs), 2):
-            source = runs[i].decode("utf-8")
-            queue = queues.get(source) or queue_of(source)
-            for payload in payloads[n : n + int(runs[i + 1])]:
-                n += 1
-                deliveries.append(
-                    Delivery(
-                        decode_payload(payload),
-                        queue,
-                        f"{tag_prefix}{n}",
-                        1 + int(reaped[n]) if n in reaped else 1,
-                        Lease(source, payload),
-                    )
-                )
-        return deliveries
 
     def _script_errors(self, doing: str, errors: list[bytes], *, raise_: bool) -> None:
         text = "; ".join(error.decode("utf-8", "replace") for error in errors)
@@ -490,7 +353,12 @@ class RedisBroker(Broker):
         return self._dlq.purge()
 
     def close(self) -> None:
-        """Send held acks and deferred settling, then disconnect the pool. Leased
-        messages stay leased until the lease runs out."""
+        """Give back messages read ahead and not handed over, send held acks and
+        deferred settling, then disconnect. Messages handed over and not settled stay
+        leased until the lease runs out."""
+        read_ahead = self._fetcher.drain()
+        if read_ahead:
+            self._settler.requeue(read_ahead)
         self._settler.close()
+        self._line.close()
         self._pool.disconnect()

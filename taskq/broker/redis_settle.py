@@ -28,7 +28,7 @@ from taskq.broker.redis_conn import Keys, unreachable
 from taskq.broker.redis_dlq import dead_letter_entry
 from taskq.errors import BrokerError
 
-__all__ = ["Lease", "Settler", "ack_args", "pipe_acks"]
+__all__ = ["Lease", "Settler", "ack_args", "ack_commands"]
 
 logger = logging.getLogger("taskq.broker.redis")
 
@@ -98,7 +98,9 @@ class Settler:
                 self._client.hdel(self._keys.inflight, *tags)
                 return
             pipe = self._client.pipeline(transaction=False)
-            pipe_acks(pipe, self._keys, (tags, counters, 0.0))
+            queue: Callable[..., Any] = pipe.execute_command  # untyped in redis-py
+            for command in ack_commands(self._keys, (tags, counters, 0.0)):
+                queue(*command)
             pipe.execute()
 
     def flush_acks(self) -> None:
@@ -215,13 +217,12 @@ def ack_args(held: Held) -> list[Any]:
     return [len(tags), *tags, *counters]
 
 
-def pipe_acks(pipe: redis.client.Pipeline, keys: Keys, held: Held) -> int:
-    """Queue the HDELs for held acks on ``pipe``; return how many commands."""
+def ack_commands(keys: Keys, held: Held) -> list[tuple[Any, ...]]:
+    """The HDELs that send held acks on their own (none when nothing is held)."""
     tags, counters, _ = held
-    if not tags:
-        return 0
-    pipe.hdel(keys.inflight, *tags)
-    if counters:
-        pipe.hdel(keys.deliveries, *counters)
-        return 2
-    return 1
+    commands: list[tuple[Any, ...]] = []
+    if tags:
+        commands.append(("HDEL", keys.inflight, *tags))
+        if counters:
+            commands.append(("HDEL", keys.deliveries, *counters))
+    return commands

@@ -313,7 +313,9 @@ class SqliteBroker(Broker):
         with self._db.writing("publish") as conn:
             conn.executemany(_INSERT, rows)
 
-    def fetch(self, queues: Sequence[str], max_count: int, timeout: float) -> list[Delivery]:
+    def fetch(
+        self, queues: Sequence[str], max_count: int, timeout: float, *, read_ahead: bool = False
+    ) -> list[Delivery]:
         names = list(dict.fromkeys(queues))
         if not names or max_count <= 0:
             return []

@@ -21,7 +21,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -42,7 +41,8 @@ from taskq.message import decode
 from taskq.result import states
 from taskq.worker import executor, limits
 from taskq.worker.executor import ACK, DEAD_LETTER, REQUEUE, Outcome
-from taskq.worker.pools import POOLS, Pool, PoolSettings, make_pool
+from taskq.worker.options import WorkerOptions, expand_hostname, pool_settings
+from taskq.worker.pools import Pool, make_pool
 from taskq.worker.ratelimit import RateLimiter, parse_rate
 from taskq.worker.request import Request
 
@@ -52,40 +52,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("taskq.worker")
 
-#: Default concurrency of the asyncio pool (coroutines are cheap).
-ASYNCIO_CONCURRENCY = 100
 #: Seconds between two looks at the backend for running tasks revoked with terminate.
 CONTROL_INTERVAL = 1.0
 #: Longest a fetch blocks, so a stop is noticed this fast. The brokers poll about
 #: this often when idle anyway (Redis: ``poll_interval``), so it costs nothing.
 FETCH_TIMEOUT = 0.25
 
+#: Under a backlog of short tasks the worker leases past its prefetch window: as many
+#: messages as it settled in the last BATCH_SPAN seconds, up to BATCH_MAX (see ``_window``).
+BATCH_SPAN = 0.02
+BATCH_MAX = 128
+
 #: Header counting how often the process running this message died (the poison guard).
 LOST_HEADER = "x-taskq-worker-lost"
-
-
-@dataclasses.dataclass
-class WorkerOptions:
-    """How a worker runs; None means "use the app's setting"."""
-
-    queues: list[str] | None = None
-    concurrency: int | None = None
-    pool: str | None = None
-    hostname: str | None = None
-    prefetch_multiplier: int | None = None
-    shutdown_timeout: float | None = None
-    max_tasks_per_child: int | None = None
-    max_memory_per_child: int | None = None  # KiB
-    time_limit: float | None = None
-    soft_time_limit: float | None = None
-    autoscale: tuple[int, int] | None = None  # (max, min) prefork children
-
-
-def expand_hostname(name: str | None) -> str:
-    """Celery's node name: ``%h`` is the host name, ``%n`` its first label."""
-    host = socket.gethostname()
-    name = name or "taskq@%h"
-    return name.replace("%h", host).replace("%n", host.split(".")[0])
 
 
 class Worker:
@@ -99,11 +78,14 @@ class Worker:
         self.queues = opts.queues or [conf.task_default_queue]
         self.pool_name = opts.pool or conf.worker_pool
         self.soft_time_limit, self.time_limit = opts.soft_time_limit, opts.time_limit
-        self.pool: Pool = make_pool(self.pool_name, _pool_settings(app, opts), app, self._settle)
+        self.pool: Pool = make_pool(self.pool_name, pool_settings(app, opts), app, self._settle)
         multiplier = opts.prefetch_multiplier or conf.worker_prefetch_multiplier
         self.capacity = max(1, self.pool.concurrency * multiplier)
-        self._low_water = max(1, self.capacity // 2)
+        self._batching = multiplier > 1  # 1 is Celery's "hold no more than I run"
+        self._window = self.capacity  # what may be leased now (see _resize)
         self._backlog = False  # the last fetch got all it asked for
+        self._settled = 0  # requests settled so far, for _resize
+        self._rate_mark = (time.monotonic(), 0)
         self.shutdown_timeout = (
             opts.shutdown_timeout
             if opts.shutdown_timeout is not None
@@ -182,8 +164,14 @@ class Worker:
                 self._slot.clear()
                 continue
             try:
-                deliveries = self.broker.fetch(self.queues, free, self._fetch_timeout(burst))
+                deliveries = self.broker.fetch(
+                    self.queues,
+                    free,
+                    self._fetch_timeout(burst),
+                    read_ahead=self._window > self.capacity,  # short tasks, a backlog
+                )
                 self._backlog = len(deliveries) >= free
+                self._resize()
                 backoff = 0.1
             except BrokerError as exc:
                 # Jitter, so a fleet of workers does not reconnect in lockstep.
@@ -204,14 +192,33 @@ class Worker:
         (rate-limited) requests count only beyond ``capacity`` of them, so they never
         starve other tasks of the prefetch. While the queues have a backlog (the last
         fetch was full) and every pool slot has work, the worker waits until half the
-        prefetch window is free, so it leases in batches rather than one message per
-        finished task (same window, fewer round trips)."""
+        window is free, so it leases in batches rather than one message per finished
+        task (same window, fewer round trips)."""
         with self._lock:
-            free = self.capacity - self._in_flight - max(0, len(self._parked) - self.capacity)
+            window = self._window
+            free = window - self._in_flight - max(0, len(self._parked) - self.capacity)
             busy = self._in_flight >= self.pool.concurrency
-            if self._backlog and busy and free < self._low_water:
+            if self._backlog and busy and free < max(1, window // 2):
                 return 0
             return free
+
+    def _resize(self) -> None:
+        """Size the window for the next fetches: the prefetch window (concurrency x
+        ``worker_prefetch_multiplier``), or under a backlog of short tasks as many as
+        this worker settled in the last BATCH_SPAN seconds, at most BATCH_MAX. While
+        the window is past the prefetch window the broker may also read the next
+        batch ahead (``Broker.fetch``), so a worker then holds up to two windows of
+        messages: at most about 2 x BATCH_SPAN seconds of its work. Tasks of a few
+        milliseconds or more keep the prefetch window; no-op tasks lease 128 at a
+        time. A multiplier of 1 turns this off."""
+        now = time.monotonic()
+        since, settled = self._rate_mark
+        if now - since < 0.1:
+            return
+        rate = (self._settled - settled) / (now - since)
+        self._rate_mark = (now, self._settled)
+        batch = int(rate * BATCH_SPAN) if self._batching and self._backlog else 0
+        self._window = min(BATCH_MAX, max(self.capacity, batch))
 
     def _fetch_timeout(self, burst: bool) -> float:
         timeout = 0.05 if burst else FETCH_TIMEOUT
@@ -382,6 +389,7 @@ class Worker:
         finally:
             with self._lock:
                 self._in_flight -= 1
+                self._settled += 1
             if not self._slot.is_set():  # set: the consumer will look anyway
                 self._slot.set()
 
@@ -489,38 +497,3 @@ class Worker:
                 request.requeue()
             except BrokerError as exc:
                 log.error("Could not return %r: %s (its lease will expire)", request, exc)
-
-
-def _pool_settings(app: App, opts: WorkerOptions) -> PoolSettings:
-    """Check the pool name and options against each other and size the pool."""
-    conf = app.conf
-    name = opts.pool or conf.worker_pool
-    if name not in POOLS:
-        raise ValueError(f"Unknown pool {name!r}; choose one of {', '.join(POOLS)}.")
-    if opts.autoscale:
-        if name != "prefork":
-            raise ConfigurationError(f"--autoscale needs the prefork pool, not {name!r}.")
-        high, low = opts.autoscale
-        if not 0 < low <= high:
-            raise ConfigurationError(
-                f"--autoscale takes MAX,MIN with 0 < MIN <= MAX, got {high},{low}."
-            )
-    local = [u for u in (app.broker_url, app.backend_url or "") if u.startswith("memory:")]
-    if name == "prefork" and local:
-        raise ConfigurationError(
-            f"The prefork pool runs tasks in child processes, which cannot reach "
-            f"{local[0]!r}: it lives inside one process. Use the threads, solo or "
-            "asyncio pool, or a redis, amqp or sqlite URL."
-        )
-    if name == "solo":
-        concurrency = 1
-    elif name == "asyncio":
-        concurrency = opts.concurrency or conf.worker_concurrency or ASYNCIO_CONCURRENCY
-    else:
-        concurrency = opts.concurrency or conf.worker_concurrency or os.cpu_count() or 1
-    return PoolSettings(
-        concurrency=opts.autoscale[0] if opts.autoscale else concurrency,
-        max_tasks_per_child=opts.max_tasks_per_child or conf.worker_max_tasks_per_child,
-        max_memory_per_child=opts.max_memory_per_child or conf.worker_max_memory_per_child,
-        autoscale=opts.autoscale,
-    )

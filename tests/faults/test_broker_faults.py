@@ -56,6 +56,14 @@ def inflight(server: PrivateRedis) -> int:
         client.close()
 
 
+def misbehave(broker: RedisBroker, fault: str) -> None:
+    """Make the broker's next fetch script call misbehave once. The broker's own
+    connection is kept busy so that fetches take the pooled path, through the script
+    object (faults on the broker's own connection: test_a_lost_read_ahead_...)."""
+    assert broker._line.acquire()
+    broker._fetcher._script = Script(broker._fetcher._script, fault)  # type: ignore[assignment]
+
+
 class Script:
     """Stands in for the broker's registered fetch script and misbehaves once."""
 
@@ -76,7 +84,7 @@ class Script:
 def test_a_lost_fetch_reply_is_recovered_by_the_next_fetch(server: PrivateRedis) -> None:
     broker = RedisBroker(server.url, consumer_id="c", options={"lease_timeout": 60})
     publish(broker, 3)
-    broker._fetch_script = Script(broker._fetch_script, "lost reply")  # type: ignore[assignment]
+    misbehave(broker, "lost reply")
     with pytest.raises(BrokerError, match="unreachable"):
         broker.fetch([Q], 10, 0.1)
     assert inflight(server) == 3  # leased to this live consumer, which does not know it
@@ -93,7 +101,7 @@ def test_a_lost_fetch_reply_is_recovered_by_the_next_fetch(server: PrivateRedis)
 def test_a_fetch_script_run_twice_loses_nothing(server: PrivateRedis) -> None:
     broker = RedisBroker(server.url, consumer_id="c", options={"lease_timeout": 60})
     publish(broker, 10)
-    broker._fetch_script = Script(broker._fetch_script, "ran twice")  # type: ignore[assignment]
+    misbehave(broker, "ran twice")
     seen: list[str] = []
     for _ in range(5):
         got = broker.fetch([Q], 5, 0.1)

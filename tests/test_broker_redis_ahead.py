@@ -1,0 +1,140 @@
+"""RedisBroker.fetch(read_ahead=True): the next batch is leased while the caller works.
+
+Real Redis; every test uses its own key prefix and queue and deletes its keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+
+from taskq.broker.base import Delivery, Envelope
+from taskq.broker.redis import RedisBroker
+
+
+@pytest.fixture
+def make(redis_url: str, unique: str) -> Iterator[Callable[..., RedisBroker]]:
+    brokers: list[RedisBroker] = []
+
+    def make(name: str = "c") -> RedisBroker:
+        broker = RedisBroker(
+            redis_url,
+            consumer_id=f"{name}-{unique}",
+            options={"key_prefix": f"taskq-test-{unique}:"},
+        )
+        brokers.append(broker)
+        return broker
+
+    yield make
+    for broker in brokers:
+        broker.close()
+    raw = redis.Redis.from_url(redis_url)
+    keys = list(raw.scan_iter(match=f"*{unique}*", count=1000))
+    if keys:
+        raw.delete(*keys)
+    raw.close()
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def queue(unique: str) -> str:
+    return f"q-{unique}"
+
+
+def publish(broker: RedisBroker, queue: str, count: int) -> None:
+    items = [
+        (Envelope(b"{}", "application/json", headers={"id": str(n)}), queue, None)
+        for n in range(count)
+    ]
+    broker.publish_many(items)
+
+
+def ids(deliveries: list[Delivery]) -> list[str]:
+    return [str(d.envelope.headers["id"]) for d in deliveries]
+
+
+def leased(raw: redis.Redis, broker: RedisBroker) -> int:
+    return int(raw.hlen(broker._keys.inflight))
+
+
+def fetch(broker: RedisBroker, queue: str, count: int) -> list[Delivery]:
+    return broker.fetch([queue], count, 0, read_ahead=True)
+
+
+def test_a_full_fetch_leases_the_next_batch_and_hands_it_over_next(
+    make: Callable[..., RedisBroker], raw: redis.Redis, queue: str
+) -> None:
+    broker = make()
+    publish(broker, queue, 10)
+    first = fetch(broker, queue, 4)
+    assert ids(first) == ["0", "1", "2", "3"]
+    broker.ack(first)
+    assert leased(raw, broker) == 4  # the next four, read ahead
+    assert raw.llen(queue) == 2
+    assert ids(fetch(broker, queue, 4)) == ["4", "5", "6", "7"]
+    assert ids(fetch(broker, queue, 4)) == ["8", "9"]  # not full: nothing read ahead
+    assert fetch(broker, queue, 4) == []
+
+
+def test_without_read_ahead_a_fetch_leases_only_its_batch(
+    make: Callable[..., RedisBroker], raw: redis.Redis, queue: str
+) -> None:
+    broker = make()
+    publish(broker, queue, 10)
+    broker.ack(broker.fetch([queue], 4, 0))
+    assert leased(raw, broker) == 0
+    assert raw.llen(queue) == 6
+
+
+def test_a_smaller_fetch_gets_the_rest_of_a_read_ahead_next_time(
+    make: Callable[..., RedisBroker], queue: str
+) -> None:
+    broker = make()
+    publish(broker, queue, 10)
+    seen = ids(fetch(broker, queue, 4))
+    for size in (2, 1, 3, 4):
+        got = fetch(broker, queue, size)
+        assert len(got) <= size
+        seen += ids(got)
+    assert seen == [str(n) for n in range(10)]
+
+
+def test_close_gives_back_what_was_read_ahead(
+    make: Callable[..., RedisBroker], raw: redis.Redis, queue: str
+) -> None:
+    broker = make("first")
+    publish(broker, queue, 10)
+    broker.ack(fetch(broker, queue, 4))
+    broker.close()
+    assert leased(raw, broker) == 0
+    other = make("second")
+    # At once, in order: given back at the head, not left for the lease to run out.
+    assert ids(other.fetch([queue], 10, 0)) == [str(n) for n in range(4, 10)]
+
+
+def test_a_lost_read_ahead_reply_loses_and_duplicates_nothing(
+    make: Callable[..., RedisBroker], raw: redis.Redis, queue: str
+) -> None:
+    broker = make()
+    publish(broker, queue, 20)
+    first = fetch(broker, queue, 5)
+    broker.ack(first)
+    seen = ids(first)
+    # The connection drops with the read-ahead's reply unread (its script ran): the
+    # next fetch asks again under the same tags and gets those messages.
+    assert broker._fetcher._ahead is not None
+    broker._line._conn.disconnect()
+    for _ in range(10):
+        got = fetch(broker, queue, 5)
+        broker.ack(got)
+        seen += ids(got)
+    assert sorted(seen, key=int) == [str(n) for n in range(20)]
+    assert leased(raw, broker) == 0 and raw.llen(queue) == 0
