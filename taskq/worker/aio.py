@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import inspect
 import logging
+import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -60,6 +62,8 @@ class AsyncioPool(QueuedPool):
         self._waiting: collections.deque[Request] = collections.deque()
         self._running: dict[Request, asyncio.Task[None]] = {}
         self._signum: dict[Request, int] = {}
+        self._finishing: set[Request] = set()  # ran; its outcome is being reported
+        self._reporter = _Reporter(self._loop)
         self._cond = threading.Condition()
         self._stopping = False
 
@@ -68,6 +72,7 @@ class AsyncioPool(QueuedPool):
 
     def start(self) -> None:
         self._thread.start()
+        self._reporter.start()
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -88,25 +93,30 @@ class AsyncioPool(QueuedPool):
     async def _run(self, request: Request) -> None:
         try:
             outcome = await self._outcome(request)
-            if outcome is not None:
+            if isinstance(outcome, Outcome):
                 await self._blocking(self._done, request, outcome)
         finally:
+            self._finishing.discard(request)
             with self._cond:
                 self._running.pop(request, None)
                 self._cond.notify_all()
             self._pump()
 
-    async def _outcome(self, request: Request) -> Outcome | None:
+    async def _outcome(self, request: Request) -> Outcome | bool | None:
+        """The outcome to report, or True when it was reported already (None: give
+        nothing back, a cold shutdown did)."""
         ctx = request.context()
         try:
             if not request.acks_late:
                 await self._blocking(request.started)
             task = self._app.tasks.get(request.name)
             if task is not None and inspect.iscoroutinefunction(task.fn):
-                return await self._run_coroutine(task, ctx)
+                return await self._run_coroutine(request, task, ctx)
             call = functools.partial(executor.execute, self._app, ctx)
             return await self._loop.run_in_executor(self._sync, call)
         except asyncio.CancelledError:
+            if request in self._finishing:
+                return True  # cancelled after the task ran: _finish reports it
             if self._stopping:
                 return None  # cold shutdown: the worker gave the request back
             return await self._blocking(self._terminated, request, ctx)
@@ -114,12 +124,34 @@ class AsyncioPool(QueuedPool):
             log.exception("Internal error running %r; giving it back", request)
             return Outcome(REQUEUE)
 
-    async def _run_coroutine(self, task: Task[Any, Any], ctx: Context) -> Outcome:
-        begun = await self._blocking(executor.begin, self._app, ctx)
+    async def _run_coroutine(
+        self, request: Request, task: Task[Any, Any], ctx: Context
+    ) -> Outcome | bool:
+        # ``begin`` writes to the backend only to record STARTED or an expiry;
+        # otherwise it runs here. Outcomes are recorded and reported by the reporter
+        # thread in batches: a thread hop per task was most of this pool's cost.
+        track = (
+            task.track_started
+            if task.track_started is not None
+            else self._app.conf.task_track_started
+        )
+        if track or ctx.expires is not None:
+            begun = await self._blocking(executor.begin, self._app, ctx)
+        else:
+            begun = executor.begin(self._app, ctx)
         if isinstance(begun, Outcome):
             return begun
         traced = await trace_async(task, ctx)
-        return await self._blocking(executor.finish, self._app, task, ctx, traced)
+        self._finishing.add(request)
+        await self._reporter.report(functools.partial(self._finish, request, task, ctx, traced))
+        return True
+
+    def _finish(self, request: Request, task: Task[Any, Any], ctx: Context, traced: Traced) -> None:
+        try:
+            self._done(request, executor.finish(self._app, task, ctx, traced))
+        except Exception:
+            log.exception("Internal error finishing %r; giving it back", request)
+            self._done(request, Outcome(REQUEUE))
 
     def _terminated(self, request: Request, ctx: Context) -> Outcome:
         signum = self._signum.pop(request, 0)
@@ -162,11 +194,62 @@ class AsyncioPool(QueuedPool):
                 self._loop.call_soon_threadsafe(job.cancel)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5.0)
+        self._reporter.stop()  # every outcome reported: no message left unsettled
         if not self._thread.is_alive():
             self._loop.close()
         self._sync.shutdown(wait=False, cancel_futures=True)
         # Outcomes being reported finish first, so no message is left unsettled.
         self._io.shutdown(wait=True, cancel_futures=True)
+
+
+class _Reporter:
+    """A thread that runs the loop's reporting jobs (record the outcome, settle the
+    message) in batches, and wakes the loop once per batch to resume their tasks."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], None], asyncio.Future[None]] | None]
+        self._jobs = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="taskq-asyncio-report")
+        self._thread.daemon = True
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def report(self, job: Callable[[], None]) -> asyncio.Future[None]:
+        """Run ``job`` on the reporter thread (call on the loop); await the result."""
+        done = self._loop.create_future()
+        self._jobs.put((job, done))
+        return done
+
+    def stop(self) -> None:
+        """Run the jobs already queued, then stop the thread."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+
+    def _serve(self) -> None:
+        while True:
+            batch = [self._jobs.get()]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < 1000:
+                    batch.append(self._jobs.get_nowait())
+            finished = []
+            for item in batch:
+                if item is not None:
+                    job, done = item
+                    job()  # _finish: never raises
+                    finished.append(done)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                self._loop.call_soon_threadsafe(_resolve, finished)
+            if None in batch:
+                return
+
+
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
 
 
 async def trace_async(task: Task[Any, Any], ctx: Context) -> Traced:
