@@ -48,6 +48,16 @@ def resolve(
     worker_hard: float | None = None,
 ) -> tuple[float | None, float | None]:
     """The ``(soft, hard)`` limits in seconds for ``message``; None means none."""
+    if (
+        message.time_limit is None
+        and message.soft_time_limit is None
+        and worker_hard is None
+        and worker_soft is None
+        and conf.task_time_limit is None
+        and conf.task_soft_time_limit is None
+        and (task is None or (task.time_limit is None and task.soft_time_limit is None))
+    ):
+        return None, None  # the common case, checked once per message
 
     def first(*values: float | None) -> float | None:
         return next((float(v) for v in values if v is not None and v > 0), None)
