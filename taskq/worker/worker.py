@@ -61,7 +61,7 @@ FETCH_TIMEOUT = 0.25
 #: Under a backlog of short tasks the worker leases past its prefetch window: as many
 #: messages as it settled in the last BATCH_SPAN seconds, up to BATCH_MAX (see ``_window``).
 BATCH_SPAN = 0.02
-BATCH_MAX = 128
+BATCH_MAX = 64
 
 #: Header counting how often the process running this message died (the poison guard).
 LOST_HEADER = "x-taskq-worker-lost"
@@ -209,7 +209,7 @@ class Worker:
         the window is past the prefetch window the broker may also read the next
         batch ahead (``Broker.fetch``), so a worker then holds up to two windows of
         messages: at most about 2 x BATCH_SPAN seconds of its work. Tasks of a few
-        milliseconds or more keep the prefetch window; no-op tasks lease 128 at a
+        milliseconds or more keep the prefetch window; no-op tasks lease 64 at a
         time. A multiplier of 1 turns this off."""
         now = time.monotonic()
         since, settled = self._rate_mark
