@@ -195,12 +195,15 @@ class Worker:
         window is free, so it leases in batches rather than one message per finished
         task (same window, fewer round trips)."""
         with self._lock:
-            window = self._window
-            free = window - self._in_flight - max(0, len(self._parked) - self.capacity)
-            busy = self._in_flight >= self.pool.concurrency
-            if self._backlog and busy and free < max(1, window // 2):
-                return 0
-            return free
+            return self._free_locked()
+
+    def _free_locked(self) -> int:
+        window = self._window
+        free = window - self._in_flight - max(0, len(self._parked) - self.capacity)
+        busy = self._in_flight >= self.pool.concurrency
+        if self._backlog and busy and free < max(1, window // 2):
+            return 0
+        return free
 
     def _resize(self) -> None:
         """Size the window for the next fetches: the prefetch window (concurrency x
@@ -390,7 +393,10 @@ class Worker:
             with self._lock:
                 self._in_flight -= 1
                 self._settled += 1
-            if not self._slot.is_set():  # set: the consumer will look anyway
+                # Wake the consumer only once it may fetch (see _free): not a thread
+                # switch per finished task while it waits for half the window.
+                wake = self._free_locked() > 0
+            if wake and not self._slot.is_set():  # set: the consumer will look anyway
                 self._slot.set()
 
     def _worker_lost(self, request: Request, reason: str) -> None:
