@@ -18,7 +18,7 @@ from taskq import App, states
 from taskq.errors import TaskRevokedError, TimeLimitExceeded
 from taskq.task import Task
 from taskq.testing import running_worker
-from taskq.worker import prefork
+from taskq.worker import prefork, prefork_queue
 from taskq.worker.child import rss_kib
 from taskq.worker.worker import LOST_HEADER
 from tests.waiting import wait_until
@@ -49,8 +49,8 @@ def ledger(unique: str) -> Iterator[Ledger]:
 @pytest.fixture
 def forced(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every task counts as quick: a busy child always takes more, up to ``MAX_QUEUED``."""
-    monkeypatch.setattr(prefork, "HISTORY", 0)
-    monkeypatch.setattr(prefork, "QUEUE_BUDGET", 3600.0)
+    monkeypatch.setattr(prefork_queue, "HISTORY", 0)
+    monkeypatch.setattr(prefork_queue, "QUEUE_BUDGET", 3600.0)
 
 
 def prefork_worker(app: App, concurrency: int = 1, **options: Any) -> Any:
@@ -82,7 +82,7 @@ def test_short_tasks_are_queued_in_a_busy_child(
         held.append(len(child.sent))
 
     monkeypatch.setattr(prefork.PreforkPool, "_hand", spy)
-    monkeypatch.setattr(prefork, "QUEUE_BUDGET", 0.05)  # a loaded test machine is slow
+    monkeypatch.setattr(prefork_queue, "QUEUE_BUDGET", 0.05)  # a loaded test machine is slow
 
     @app.task(name="t.noop", ignore_result=True)
     def noop() -> None:
@@ -93,7 +93,7 @@ def test_short_tasks_are_queued_in_a_busy_child(
     with prefork_worker(app) as worker:
         wait_until(lambda: len(held) == 300 and not worker.pool.running(), 30, "300 tasks")
     assert max(held) > 1  # queued behind a running one
-    assert max(held) <= 1 + prefork.MAX_QUEUED
+    assert max(held) <= 1 + prefork_queue.MAX_QUEUED
 
 
 @pytest.mark.parametrize("guard", ["history", "elapsed"])
@@ -101,9 +101,9 @@ def test_nothing_is_queued_behind_a_task_not_known_to_be_short(
     app: App, ledger: Ledger, gate: Gate, monkeypatch: pytest.MonkeyPatch, guard: str
 ) -> None:
     if guard == "history":  # t.long never ran here: its run time is unknown
-        monkeypatch.setattr(prefork, "QUEUE_BUDGET", 3600.0)
+        monkeypatch.setattr(prefork_queue, "QUEUE_BUDGET", 3600.0)
     else:  # no history needed, but t.long has run for longer than QUEUE_BUDGET
-        monkeypatch.setattr(prefork, "HISTORY", 0)
+        monkeypatch.setattr(prefork_queue, "HISTORY", 0)
     step = step_task(app, ledger, gate)
 
     @app.task(name="t.long")
@@ -128,14 +128,14 @@ def test_nothing_is_queued_behind_a_task_not_known_to_be_short(
 def test_a_quick_task_running_long_holds_back_at_most_max_queued(
     app: App, ledger: Ledger, gate: Gate, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(prefork, "MAX_QUEUED", 2)
+    monkeypatch.setattr(prefork_queue, "MAX_QUEUED", 2)
     step = step_task(app, ledger, gate)
     with prefork_worker(app, concurrency=2, prefetch_multiplier=8) as worker:
         stuck = step.delay(-1, wait=True)
         ledger.wait_for(1)
         quick = [step.delay(i) for i in range(20)]
         # The other child runs all but the ones queued behind the stuck task.
-        behind = prefork.MAX_QUEUED
+        behind = prefork_queue.MAX_QUEUED
         wait_until(lambda: sum(r.ready() for r in quick) >= 20 - behind, 20, "the rest ran")
         assert len(worker.pool.running()) <= 1 + behind
         gate.open()
@@ -146,8 +146,8 @@ def test_a_quick_task_running_long_holds_back_at_most_max_queued(
 def test_queued_work_stays_under_the_budget(
     app: App, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(prefork, "HISTORY", 1)
-    monkeypatch.setattr(prefork, "QUEUE_BUDGET", 1.2)
+    monkeypatch.setattr(prefork_queue, "HISTORY", 1)
+    monkeypatch.setattr(prefork_queue, "QUEUE_BUDGET", 1.2)
 
     @app.task(name="t.nap")
     def nap(seconds: float) -> float:
