@@ -94,7 +94,7 @@ def run(
     single = [s for s in specs.SINGLE if s.framework in frameworks]
     rows("W1", lambda: [_show(bench.drain(s, cfg.drain_n, False, "W1")) for s in chosen])
     rows("W2", lambda: [_show(bench.drain(s, cfg.results_n, True, "W2")) for s in chosen])
-    rows("W3", lambda: [_show(bench.latency(s)) for s in single])
+    rows("W3", lambda: [_show(bench.ping_floor())] + [_show(bench.latency(s)) for s in single])
     rows(
         "W4",
         lambda: [_show(r) for f in specs.FRAMEWORKS if f in frameworks for r in bench.enqueue(f)],

@@ -242,6 +242,38 @@ class Bench:
                 producer.close()
         return row
 
+    def ping_floor(self) -> dict[str, Any]:
+        """What any request pays here when it finds Redis idle: a redis-py PING after
+        the same jittered pauses as W3's trials, and back to back. No framework."""
+        import random
+
+        import redis
+
+        cfg, rng = self.config, random.Random(7)
+        client = redis.Redis.from_url(f"{self.broker.url}/0")
+        row: dict[str, Any] = {
+            "config": "redis-py PING (no task), after the same pauses",
+            "framework": "-",
+            "load1": os.getloadavg()[0],
+        }
+        try:
+            client.ping()
+            for name, pause in (("start", True), ("get", False)):
+                times = []
+                for _ in range(min(cfg.trials, 300)):
+                    if pause:
+                        time.sleep(cfg.latency_gap * rng.uniform(0.5, 1.5))
+                    begun = time.perf_counter()
+                    client.ping()
+                    times.append(time.perf_counter() - begun)
+                for q in (0.5, 0.99):
+                    value = percentile(times, q)
+                    row[f"{name}_p{round(q * 100)}_ms"] = None if value is None else value * 1000
+            row["trials"] = min(cfg.trials, 300)
+        finally:
+            client.close()
+        return row
+
     # -- W4: enqueue rate ------------------------------------------------------------
 
     def enqueue(self, framework: str) -> list[dict[str, Any]]:
