@@ -1,10 +1,12 @@
-"""RedisBroker.fetch(read_ahead=True): the next batch is leased while the caller works.
+"""RedisBroker.fetch(read_ahead=True): the next batch is leased while the caller works;
+and a worker that uses it.
 
 Real Redis; every test uses its own key prefix and queue and deletes its keys.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -12,6 +14,8 @@ import redis
 
 from taskq.broker.base import Delivery, Envelope
 from taskq.broker.redis import RedisBroker
+from taskq.testing import running_worker
+from tests.worker_support import redis_app
 
 
 @pytest.fixture
@@ -138,3 +142,39 @@ def test_a_lost_read_ahead_reply_loses_and_duplicates_nothing(
         seen += ids(got)
     assert sorted(seen, key=int) == [str(n) for n in range(20)]
     assert leased(raw, broker) == 0 and raw.llen(queue) == 0
+
+
+# -- a worker -----------------------------------------------------------------------
+
+
+def leased_by_anyone(raw: redis.Redis, unique: str) -> int:
+    keys = raw.scan_iter(match=f"taskq-test-{unique}:inflight:*", count=1000)
+    return sum(int(raw.hlen(key)) for key in keys)
+
+
+def test_a_stopped_worker_leaves_nothing_leased(unique: str, raw: redis.Redis) -> None:
+    """A worker draining short tasks leases past its prefetch window and reads
+    ahead; stopped (warm) mid-drain, it leaves nothing leased: what it did not run
+    is back in the queue at once, not after the lease runs out."""
+    app = redis_app(unique, task_ignore_result=True)
+    ran: list[int] = []
+    enough = threading.Event()
+
+    @app.task(name="ahead.noop")
+    def noop() -> None:
+        ran.append(1)
+        if len(ran) >= 3000:
+            enough.set()
+
+    total = 20_000
+    noop.delay_many([()] * total)
+    peak = 0
+    try:
+        with running_worker(app, pool="solo"):
+            while not enough.wait(0.002):
+                peak = max(peak, leased_by_anyone(raw, unique))
+        assert leased_by_anyone(raw, unique) == 0
+        assert len(ran) + raw.llen(app.conf.task_default_queue) == total
+        assert peak > 8  # past the prefetch window of 1 x 4, and read ahead
+    finally:
+        app.close()

@@ -184,6 +184,11 @@ class Broker(abc.ABC):
         """Delete every parked message; return how many."""
         raise NotImplementedError(f"{type(self).__name__} has no dead-letter queue")
 
+    def give_back_read_ahead(self) -> None:  # noqa: B027 - optional hook
+        """Requeue at once what ``fetch(read_ahead=True)`` leased and did not hand
+        over yet (the worker calls it when it stops fetching). Default: nothing is
+        ever read ahead."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections (a transport may release only the calling thread's).
         Leased messages stay leased until the lease runs out (call ``requeue`` first

@@ -352,13 +352,17 @@ class RedisBroker(Broker):
         """Delete every parked message; return how many."""
         return self._dlq.purge()
 
+    def give_back_read_ahead(self) -> None:
+        """Requeue what was read ahead and not handed over (see ``Broker``)."""
+        read_ahead = self._fetcher.drain()
+        if read_ahead:
+            self._settler.requeue(read_ahead)
+
     def close(self) -> None:
         """Give back messages read ahead and not handed over, send held acks and
         deferred settling, then disconnect. Messages handed over and not settled stay
         leased until the lease runs out."""
-        read_ahead = self._fetcher.drain()
-        if read_ahead:
-            self._settler.requeue(read_ahead)
+        self.give_back_read_ahead()
         self._settler.close()
         self._line.close()
         self._pool.disconnect()

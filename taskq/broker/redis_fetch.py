@@ -130,7 +130,10 @@ class Fetcher:
             if owned:
                 self._line.release()
         # A lost read-ahead answered again may hold more than this call asked for.
-        deliveries, self._ready = deliveries[:max_count], deliveries[max_count:]
+        # (``_ready`` is not empty here only if the caller changed its queues: what it
+        # holds stays leased to us until a fetch of those queues or ``drain``.)
+        self._ready += deliveries[max_count:]
+        deliveries = deliveries[:max_count]
         if len(deliveries) == max_count and read_ahead:
             self._read_ahead(queues, sources, max_count)
         return deliveries

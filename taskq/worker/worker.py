@@ -464,6 +464,10 @@ class Worker:
         self._held.clear()
         self._parked.clear()
         self._give_back(unstarted, "unstarted")
+        try:
+            self.broker.give_back_read_ahead()
+        except BrokerError as exc:
+            log.error("Could not return messages read ahead: %s (their lease will expire)", exc)
         if not self._cold:
             self._drain()
         running = self.pool.running()
