@@ -1,11 +1,16 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+import redis
 
+from taskq import App
+from taskq.broker.redis import RedisBroker
 from tests import servers
+from tests.worker_support import Gate, Ledger, redis_app
 
 
 @pytest.fixture
@@ -30,3 +35,62 @@ def unique() -> Iterator[str]:
     yield value
     if "amqp" in servers.used:
         servers.delete_amqp_queues(value)
+
+
+@pytest.fixture
+def app(unique: str) -> Iterator[App]:
+    """A Redis app whose queue and key prefix belong to this test alone
+    (``tests.worker_support.redis_app``). Modules that need another app define
+    their own ``app``."""
+    app = redis_app(unique)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def ledger(unique: str) -> Iterator[Ledger]:
+    """A Redis list the test's tasks append to, from any process."""
+    ledger = Ledger(unique)
+    yield ledger
+    ledger.delete()
+
+
+@pytest.fixture
+def release(unique: str) -> Iterator[Gate]:
+    """A gate the test's tasks wait at until the test opens it."""
+    gate = Gate(unique, "release")
+    yield gate
+    gate.delete()
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain client of the shared Redis, to look at what the test left there."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_broker(redis_url: str, unique: str) -> Iterator[Callable[..., RedisBroker]]:
+    """``make_broker(name="c", **options)``: a RedisBroker with this test's key prefix
+    and consumer id ``<name>-<unique>``; closed, and the test's keys deleted, after."""
+    brokers: list[RedisBroker] = []
+
+    def make(name: str = "c", **options: Any) -> RedisBroker:
+        broker = RedisBroker(
+            redis_url,
+            consumer_id=f"{name}-{unique}",
+            options={"key_prefix": f"taskq-test-{unique}:", **options},
+        )
+        brokers.append(broker)
+        return broker
+
+    yield make
+    for broker in brokers:
+        broker.close()
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"*{unique}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()

@@ -6,7 +6,7 @@ Real Redis; every test uses its own key prefix and queue and deletes its keys.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
@@ -19,36 +19,6 @@ from taskq.errors import ConfigurationError
 from tests.waiting import wait_until
 
 
-@pytest.fixture
-def make(redis_url: str, unique: str) -> Iterator[Callable[..., RedisBroker]]:
-    brokers: list[RedisBroker] = []
-
-    def make(**options: Any) -> RedisBroker:
-        broker = RedisBroker(
-            redis_url,
-            consumer_id=f"c-{unique}",
-            options={"key_prefix": f"taskq-test-{unique}:", **options},
-        )
-        brokers.append(broker)
-        return broker
-
-    yield make
-    for broker in brokers:
-        broker.close()
-    raw = redis.Redis.from_url(redis_url)
-    keys = list(raw.scan_iter(match=f"*{unique}*", count=1000))
-    if keys:
-        raw.delete(*keys)
-    raw.close()
-
-
-@pytest.fixture
-def raw(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
 def fill(broker: RedisBroker, queue: str, count: int) -> None:
     envelope = Envelope(b"{}", "application/json", headers={"id": "x"})
     broker.publish_many([(envelope, queue, None)] * count)
@@ -59,9 +29,9 @@ def inflight(raw: redis.Redis, broker: RedisBroker) -> int:
 
 
 def test_held_acks_go_with_the_next_fetch(
-    make: Callable[..., RedisBroker], raw: redis.Redis, unique: str
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, unique: str
 ) -> None:
-    broker = make(ack_delay=30)  # the flusher never fires within the test
+    broker = make_broker(ack_delay=30)  # the flusher never fires within the test
     queue = f"q-{unique}"
     fill(broker, queue, 8)
     first = broker.fetch([queue], 4, 0)
@@ -76,9 +46,9 @@ def test_held_acks_go_with_the_next_fetch(
 
 
 def test_held_acks_are_sent_within_ack_delay(
-    make: Callable[..., RedisBroker], raw: redis.Redis, unique: str
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, unique: str
 ) -> None:
-    broker = make(ack_delay=0.1)
+    broker = make_broker(ack_delay=0.1)
     queue = f"q-{unique}"
     fill(broker, queue, 3)
     broker.ack_soon(broker.fetch([queue], 3, 0))
@@ -89,9 +59,9 @@ def test_held_acks_are_sent_within_ack_delay(
 
 @pytest.mark.parametrize("how", ["close", "heartbeat", "requeue"])
 def test_held_acks_are_sent_first_by(
-    make: Callable[..., RedisBroker], raw: redis.Redis, unique: str, how: str
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, unique: str, how: str
 ) -> None:
-    broker = make(ack_delay=30)
+    broker = make_broker(ack_delay=30)
     queue = f"q-{unique}"
     fill(broker, queue, 4)
     done, unstarted = broker.fetch([queue], 2, 0), broker.fetch([queue], 2, 0)
@@ -109,9 +79,9 @@ def test_held_acks_are_sent_first_by(
 
 
 def test_ack_delay_zero_acks_at_once(
-    make: Callable[..., RedisBroker], raw: redis.Redis, unique: str
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, unique: str
 ) -> None:
-    broker = make(ack_delay=0)
+    broker = make_broker(ack_delay=0)
     queue = f"q-{unique}"
     fill(broker, queue, 2)
     broker.ack_soon(broker.fetch([queue], 2, 0))
@@ -119,9 +89,9 @@ def test_ack_delay_zero_acks_at_once(
 
 
 def test_acks_of_a_failed_fetch_are_sent_again(
-    make: Callable[..., RedisBroker], raw: redis.Redis, unique: str
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, unique: str
 ) -> None:
-    broker = make(ack_delay=30)
+    broker = make_broker(ack_delay=30)
     queue = f"q-{unique}"
     fill(broker, queue, 4)
     broker.ack_soon(broker.fetch([queue], 2, 0))
@@ -147,9 +117,9 @@ def test_acks_of_a_failed_fetch_are_sent_again(
 
 
 def test_many_held_acks_are_sent_at_once(
-    make: Callable[..., RedisBroker], raw: redis.Redis, unique: str
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, unique: str
 ) -> None:
-    broker = make(ack_delay=30)
+    broker = make_broker(ack_delay=30)
     queue = f"q-{unique}"
     fill(broker, queue, 1000)
     deliveries = []

@@ -7,7 +7,7 @@ Real Redis; every test uses its own key prefix and queue and deletes its keys.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -16,36 +16,6 @@ from taskq.broker.base import Delivery, Envelope
 from taskq.broker.redis import RedisBroker
 from taskq.testing import running_worker
 from tests.worker_support import redis_app
-
-
-@pytest.fixture
-def make(redis_url: str, unique: str) -> Iterator[Callable[..., RedisBroker]]:
-    brokers: list[RedisBroker] = []
-
-    def make(name: str = "c") -> RedisBroker:
-        broker = RedisBroker(
-            redis_url,
-            consumer_id=f"{name}-{unique}",
-            options={"key_prefix": f"taskq-test-{unique}:"},
-        )
-        brokers.append(broker)
-        return broker
-
-    yield make
-    for broker in brokers:
-        broker.close()
-    raw = redis.Redis.from_url(redis_url)
-    keys = list(raw.scan_iter(match=f"*{unique}*", count=1000))
-    if keys:
-        raw.delete(*keys)
-    raw.close()
-
-
-@pytest.fixture
-def raw(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 @pytest.fixture
@@ -74,9 +44,9 @@ def fetch(broker: RedisBroker, queue: str, count: int) -> list[Delivery]:
 
 
 def test_a_full_fetch_leases_the_next_batch_and_hands_it_over_next(
-    make: Callable[..., RedisBroker], raw: redis.Redis, queue: str
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, queue: str
 ) -> None:
-    broker = make()
+    broker = make_broker()
     publish(broker, queue, 10)
     first = fetch(broker, queue, 4)
     assert ids(first) == ["0", "1", "2", "3"]
@@ -89,9 +59,9 @@ def test_a_full_fetch_leases_the_next_batch_and_hands_it_over_next(
 
 
 def test_without_read_ahead_a_fetch_leases_only_its_batch(
-    make: Callable[..., RedisBroker], raw: redis.Redis, queue: str
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, queue: str
 ) -> None:
-    broker = make()
+    broker = make_broker()
     publish(broker, queue, 10)
     broker.ack(broker.fetch([queue], 4, 0))
     assert leased(raw, broker) == 0
@@ -99,9 +69,9 @@ def test_without_read_ahead_a_fetch_leases_only_its_batch(
 
 
 def test_a_smaller_fetch_gets_the_rest_of_a_read_ahead_next_time(
-    make: Callable[..., RedisBroker], queue: str
+    make_broker: Callable[..., RedisBroker], queue: str
 ) -> None:
-    broker = make()
+    broker = make_broker()
     publish(broker, queue, 10)
     seen = ids(fetch(broker, queue, 4))
     for size in (2, 1, 3, 4):
@@ -112,22 +82,22 @@ def test_a_smaller_fetch_gets_the_rest_of_a_read_ahead_next_time(
 
 
 def test_close_gives_back_what_was_read_ahead(
-    make: Callable[..., RedisBroker], raw: redis.Redis, queue: str
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, queue: str
 ) -> None:
-    broker = make("first")
+    broker = make_broker("first")
     publish(broker, queue, 10)
     broker.ack(fetch(broker, queue, 4))
     broker.close()
     assert leased(raw, broker) == 0
-    other = make("second")
+    other = make_broker("second")
     # At once, in order: given back at the head, not left for the lease to run out.
     assert ids(other.fetch([queue], 10, 0)) == [str(n) for n in range(4, 10)]
 
 
 def test_a_lost_read_ahead_reply_loses_and_duplicates_nothing(
-    make: Callable[..., RedisBroker], raw: redis.Redis, queue: str
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, queue: str
 ) -> None:
-    broker = make()
+    broker = make_broker()
     publish(broker, queue, 20)
     first = fetch(broker, queue, 5)
     broker.ack(first)

@@ -9,7 +9,6 @@ import collections
 import os
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,28 +21,7 @@ from taskq.worker import prefork, prefork_queue
 from taskq.worker.child import rss_kib
 from taskq.worker.worker import LOST_HEADER
 from tests.waiting import wait_until
-from tests.worker_support import Gate, Ledger, redis_app
-
-
-@pytest.fixture
-def app(unique: str) -> Iterator[App]:
-    app = redis_app(unique)
-    yield app
-    app.close()
-
-
-@pytest.fixture
-def gate(unique: str) -> Iterator[Gate]:
-    gate = Gate(unique, "gate")
-    yield gate
-    gate.delete()
-
-
-@pytest.fixture
-def ledger(unique: str) -> Iterator[Ledger]:
-    ledger = Ledger(unique)
-    yield ledger
-    ledger.delete()
+from tests.worker_support import Gate, Ledger
 
 
 @pytest.fixture
@@ -58,14 +36,14 @@ def prefork_worker(app: App, concurrency: int = 1, **options: Any) -> Any:
     return running_worker(app, pool="prefork", concurrency=concurrency, **options)
 
 
-def step_task(app: App, ledger: Ledger, gate: Gate) -> Task[..., int]:
-    """``t.step(i, wait=False)``: logs ``i:<lost count>``, waits for the gate when asked."""
+def step_task(app: App, ledger: Ledger, release: Gate) -> Task[..., int]:
+    """``t.step(i, wait=False)``: logs ``i:<lost count>``, waits at the gate when asked."""
 
     @app.task(name="t.step", bind=True)
     def step(self: Any, i: int, wait: bool = False) -> int:
         ledger.append(f"{i}:{int(self.request.headers.get(LOST_HEADER) or 0)}")
         if wait:
-            gate.wait()
+            release.wait()
         return i
 
     return step
@@ -98,18 +76,18 @@ def test_short_tasks_are_queued_in_a_busy_child(
 
 @pytest.mark.parametrize("guard", ["history", "elapsed"])
 def test_nothing_is_queued_behind_a_task_not_known_to_be_short(
-    app: App, ledger: Ledger, gate: Gate, monkeypatch: pytest.MonkeyPatch, guard: str
+    app: App, ledger: Ledger, release: Gate, monkeypatch: pytest.MonkeyPatch, guard: str
 ) -> None:
     if guard == "history":  # t.long never ran here: its run time is unknown
         monkeypatch.setattr(prefork_queue, "QUEUE_BUDGET", 3600.0)
     else:  # no history needed, but t.long has run for longer than QUEUE_BUDGET
         monkeypatch.setattr(prefork_queue, "HISTORY", 0)
-    step = step_task(app, ledger, gate)
+    step = step_task(app, ledger, release)
 
     @app.task(name="t.long")
     def long() -> str:
         ledger.append("long")
-        gate.wait()
+        release.wait()
         return "long done"
 
     with prefork_worker(app, prefetch_multiplier=8) as worker:
@@ -119,17 +97,17 @@ def test_nothing_is_queued_behind_a_task_not_known_to_be_short(
         pool: Any = worker.pool
         wait_until(lambda: len(pool._waiting) == 5, 10, "5 requests waiting in the parent")
         assert [r.id for r in worker.pool.running()] == [slow.id]
-        gate.open()
+        release.open()
         assert [r.get(timeout=10) for r in quick] == list(range(5))
         assert slow.get(timeout=10) == "long done"
 
 
 @pytest.mark.usefixtures("forced")
 def test_a_quick_task_running_long_holds_back_at_most_max_queued(
-    app: App, ledger: Ledger, gate: Gate, monkeypatch: pytest.MonkeyPatch
+    app: App, ledger: Ledger, release: Gate, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(prefork_queue, "MAX_QUEUED", 2)
-    step = step_task(app, ledger, gate)
+    step = step_task(app, ledger, release)
     with prefork_worker(app, concurrency=2, prefetch_multiplier=8) as worker:
         stuck = step.delay(-1, wait=True)
         ledger.wait_for(1)
@@ -138,7 +116,7 @@ def test_a_quick_task_running_long_holds_back_at_most_max_queued(
         behind = prefork_queue.MAX_QUEUED
         wait_until(lambda: sum(r.ready() for r in quick) >= 20 - behind, 20, "the rest ran")
         assert len(worker.pool.running()) <= 1 + behind
-        gate.open()
+        release.open()
         assert [r.get(timeout=10) for r in quick] == list(range(20))
         assert stuck.get(timeout=10) == -1
 
@@ -173,23 +151,23 @@ def test_queued_work_stays_under_the_budget(
 
 @pytest.mark.usefixtures("forced")
 def test_a_dead_childs_queued_requests_run_again_uncounted(
-    app: App, ledger: Ledger, gate: Gate
+    app: App, ledger: Ledger, release: Gate
 ) -> None:
     @app.task(name="t.die", bind=True)
     def die(self: Any) -> str:
         lost = int(self.request.headers.get(LOST_HEADER) or 0)
         ledger.append(f"die:{lost}")
         if not lost:
-            gate.wait()
+            release.wait()
             os.kill(os.getpid(), signal.SIGKILL)
         return "survived"
 
-    step = step_task(app, ledger, gate)
+    step = step_task(app, ledger, release)
     with prefork_worker(app) as worker:
         first = die.delay()
         queued = [step.delay(i) for i in range(2)]
         wait_until(lambda: len(worker.pool.running()) == 3, 10, "one child holding 3")
-        gate.open()
+        release.open()
         assert [r.get(timeout=15) for r in queued] == [0, 1]
         assert first.get(timeout=15) == "survived"
     # The running one was redelivered with its count; the queued ones ran once, as
@@ -199,9 +177,9 @@ def test_a_dead_childs_queued_requests_run_again_uncounted(
 
 @pytest.mark.usefixtures("forced")
 def test_warm_shutdown_gives_back_requests_queued_in_a_child(
-    app: App, ledger: Ledger, gate: Gate
+    app: App, ledger: Ledger, release: Gate
 ) -> None:
-    step = step_task(app, ledger, gate)
+    step = step_task(app, ledger, release)
     with prefork_worker(app) as worker:
         running = step.delay(0, wait=True)
         queued = [step.delay(i) for i in (1, 2)]
@@ -209,7 +187,7 @@ def test_warm_shutdown_gives_back_requests_queued_in_a_child(
         worker.stop()
         pool: Any = worker.pool
         wait_until(lambda: pool._handing_back, 5, "the worker took the unstarted back")
-        gate.open()
+        release.open()
         assert running.get(timeout=10) == 0
     assert ledger.entries() == ["0:0"]  # 1 and 2 were given back, not run
     with prefork_worker(app):
@@ -219,7 +197,7 @@ def test_warm_shutdown_gives_back_requests_queued_in_a_child(
 
 @pytest.mark.usefixtures("forced")
 def test_hard_time_limit_of_a_queued_request_counts_from_its_start(
-    app: App, ledger: Ledger, gate: Gate
+    app: App, ledger: Ledger, release: Gate
 ) -> None:
     @app.task(name="t.nap")
     def nap(seconds: float) -> float:
@@ -242,9 +220,9 @@ def test_hard_time_limit_of_a_queued_request_counts_from_its_start(
 
 @pytest.mark.usefixtures("forced")
 def test_terminate_of_a_queued_request_stops_it_once_it_starts(
-    app: App, ledger: Ledger, gate: Gate
+    app: App, ledger: Ledger, release: Gate
 ) -> None:
-    step = step_task(app, ledger, gate)
+    step = step_task(app, ledger, release)
 
     @app.task(name="t.forever")
     def forever() -> None:
@@ -258,7 +236,7 @@ def test_terminate_of_a_queued_request_stops_it_once_it_starts(
         wait_until(lambda: len(worker.pool.running()) == 3, 10, "one child holding 3")
         app.control.revoke(doomed.id, terminate=True)
         time.sleep(1.5)  # the control thread looks once a second
-        gate.open()
+        release.open()
         assert first.get(timeout=10) == 0  # its child was not the one signalled
         with pytest.raises(TaskRevokedError, match="terminated by SIGTERM"):
             doomed.get(timeout=10)
@@ -307,8 +285,8 @@ def test_a_child_past_max_memory_gives_back_what_it_holds(app: App) -> None:
 
 
 @pytest.mark.usefixtures("forced")
-def test_acks_early_requests_are_never_queued(app: App, ledger: Ledger, gate: Gate) -> None:
-    step = step_task(app, ledger, gate)
+def test_acks_early_requests_are_never_queued(app: App, ledger: Ledger, release: Gate) -> None:
+    step = step_task(app, ledger, release)
 
     @app.task(name="t.early", acks_late=False)
     def early() -> str:
@@ -320,6 +298,6 @@ def test_acks_early_requests_are_never_queued(app: App, ledger: Ledger, gate: Ga
         pool: Any = worker.pool
         wait_until(lambda: len(pool._waiting) == 1, 10, "the early one waiting")
         assert [r.id for r in worker.pool.running()] == [first.id]
-        gate.open()
+        release.open()
         assert late.get(timeout=10) == "early"
         assert first.get(timeout=10) == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -15,14 +14,6 @@ from taskq.testing import running_worker
 from taskq.worker.options import WorkerOptions
 from taskq.worker.worker import Worker
 from tests.waiting import wait_until
-from tests.worker_support import redis_app
-
-
-@pytest.fixture
-def app(unique: str) -> Iterator[App]:
-    app = redis_app(unique)
-    yield app
-    app.close()
 
 
 def test_a_hundred_sleeping_coroutines_run_at_once(app: App) -> None:

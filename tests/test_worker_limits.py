@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,14 +16,6 @@ from taskq.worker.options import WorkerOptions
 from taskq.worker.ratelimit import RateLimiter, parse_rate
 from taskq.worker.worker import Worker
 from tests.worker_support import redis_app
-
-
-@pytest.fixture
-def app(unique: str) -> Iterator[App]:
-    app = redis_app(unique)
-    yield app
-    app.close()
-
 
 # -- rate limits ----------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,28 +17,7 @@ from taskq.testing import running_worker
 from taskq.worker import prefork
 from taskq.worker.child import rss_kib
 from tests.waiting import wait_until
-from tests.worker_support import Gate, Ledger, redis_app
-
-
-@pytest.fixture
-def app(unique: str) -> Iterator[App]:
-    app = redis_app(unique)
-    yield app
-    app.close()
-
-
-@pytest.fixture
-def release(unique: str) -> Iterator[Gate]:
-    gate = Gate(unique, "release")
-    yield gate
-    gate.delete()
-
-
-@pytest.fixture
-def ledger(app: App, unique: str) -> Iterator[Ledger]:
-    ledger = Ledger(unique)
-    yield ledger
-    ledger.delete()
+from tests.worker_support import Gate, Ledger
 
 
 def prefork_worker(app: App, concurrency: int = 2, **options: Any) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -14,28 +13,7 @@ from taskq.control import signal_number
 from taskq.errors import SoftTimeLimitExceeded, TaskRevokedError
 from taskq.testing import running_worker
 from tests.waiting import wait_until
-from tests.worker_support import Gate, Ledger, redis_app
-
-
-@pytest.fixture
-def app(unique: str) -> Iterator[App]:
-    app = redis_app(unique)
-    yield app
-    app.close()
-
-
-@pytest.fixture
-def release(unique: str) -> Iterator[Gate]:
-    gate = Gate(unique, "release")
-    yield gate
-    gate.delete()
-
-
-@pytest.fixture
-def ledger(unique: str) -> Iterator[Ledger]:
-    ledger = Ledger(unique)
-    yield ledger
-    ledger.delete()
+from tests.worker_support import Gate, Ledger
 
 
 def test_signal_names() -> None:

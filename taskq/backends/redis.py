@@ -105,7 +105,7 @@ class RedisBackend(Backend):
         self._client = redis.Redis(connection_pool=self._pool)
         # The worker's per-task reads and writes skip redis-py's per-command layers
         # when the line is free (see taskq.broker.redis_line).
-        self._line = Line(self._pool)
+        self._line = Line(self._client)
         self._listener: Listener | None = None
         self._listener_lock = threading.Lock()
 
@@ -113,21 +113,14 @@ class RedisBackend(Backend):
 
     def get(self, key: str) -> bytes | None:
         with self._translate(f"read {key!r}"):
-            return cast("bytes | None", self._call("GET", self._prefix + key))
+            return cast("bytes | None", self._line.run("GET", self._prefix + key))
 
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
         with self._translate(f"read {len(keys)} keys"):
-            values = self._call("MGET", *[self._prefix + key for key in keys])
+            values = self._line.run("MGET", *[self._prefix + key for key in keys])
         return cast("list[bytes | None]", values)
-
-    def _call(self, *command: Any) -> Any:
-        with self._line.take() as line:
-            if line is not None:
-                return line.call(*command)
-        run: Callable[..., Any] = self._client.execute_command  # untyped in redis-py
-        return run(*command)
 
     def set(self, key: str, value: bytes, expires: float | None) -> None:
         with self._translate(f"write {key!r}"):

@@ -70,7 +70,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any
@@ -149,7 +149,7 @@ class RedisBroker(Broker):
         self._keys = Keys.make(self.settings.key_prefix, self._lease_id)
         self._pool = make_pool(url, self.settings, f"taskq:{self._lease_id}")
         self._client = redis.Redis(connection_pool=self._pool)
-        self._line = Line(self._pool)  # publish and fetch (see taskq.broker.redis_line)
+        self._line = Line(self._client)  # publish and fetch (see taskq.broker.redis_line)
         self._reap_script = self._client.register_script(redis_scripts.REAP)
         log_errors = partial(self._script_errors, raise_=False)
         self._dlq = DeadLetterList(self._client, self._keys.dlq, self._translate, log_errors)
@@ -209,12 +209,8 @@ class RedisBroker(Broker):
         if delayed:
             member = uuid.uuid4().hex.encode("ascii") + _pack(key, payload)
             command = ("ZADD", self._keys.delayed, eta, member)
-        with self._translate(f"publish to queue {queue!r}"), self._line.take() as line:
-            if line is None:
-                run: Callable[..., Any] = self._client.execute_command  # untyped in redis-py
-                run(*command)
-            else:
-                line.call(*command)
+        with self._translate(f"publish to queue {queue!r}"):
+            self._line.run(*command)
         if delayed:
             assert eta is not None
             fetcher = self._fetcher

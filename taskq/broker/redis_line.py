@@ -8,7 +8,7 @@ with the pool's own settings: parser, timeouts, credentials, client name) and re
 the replies straight back.
 
 One thread uses a line at a time. A thread that finds it busy gets ``None`` from
-``take`` and goes through the pooled client instead, so concurrent publishers never
+``take`` (``run`` does this itself) and goes through the pooled client instead, so concurrent publishers never
 wait for each other. After a fork the child opens a connection of its own.
 Connection errors are retried once on a fresh connection, as the pooled client's
 ``Retry(retries=1)`` does; callers are built for a re-sent command (see the fetch
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -33,8 +33,9 @@ _RETRIED = (redis.ConnectionError, redis.TimeoutError)
 class Line:
     """One connection, used by one thread at a time; see the module docstring."""
 
-    def __init__(self, pool: redis.ConnectionPool) -> None:
-        self._pool = pool
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._pool = client.connection_pool
         self._lock = threading.Lock()
         self._conn: Any = None
         self._pid = os.getpid()
@@ -56,6 +57,15 @@ class Line:
             yield self
         finally:
             self.release()
+
+    def run(self, *args: Any) -> Any:
+        """One command on the line, or through the client's pool while another
+        thread has the line."""
+        with self.take() as line:
+            if line is not None:
+                return line.call(*args)
+        execute: Callable[..., Any] = self._client.execute_command  # untyped in redis-py
+        return execute(*args)
 
     def call(self, *args: Any) -> Any:
         """Send one command and return its reply (an error reply raises)."""

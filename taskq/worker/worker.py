@@ -1,8 +1,8 @@
 """The worker: consume, dispatch to a pool, settle, shut down cleanly.
 
 The consumer loop leases messages from the broker (at most
-``concurrency * prefetch_multiplier`` outstanding), decodes them, and hands them
-to the pool. A rate-limited task that has no token yet is parked in the worker
+``concurrency * prefetch_multiplier`` outstanding, or more under a backlog of
+short tasks: see ``_resize``), decodes them, and hands them to the pool. A rate-limited task that has no token yet is parked in the worker
 (not counted against the prefetch until as many are parked as the prefetch
 holds) and released when its token is due, so it delays only its own kind. A
 heartbeat thread keeps this worker's leases alive; a control thread polls the
