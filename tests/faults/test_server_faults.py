@@ -122,7 +122,10 @@ def test_5_redis_killed_and_restarted_under_load(
 ) -> None:
     config = make_config(broker_redis.url, lease=10.0)
     pool = [start_worker(config, "-P", "threads", "-c", "4") for _ in range(2)]
-    publisher = Publisher(producer(config), f"s5-{unique}", target=400)
+    # Paced, and stopped once both workers resumed: a worker still backing off
+    # (up to a few seconds) must find fresh work when it comes back, not a queue the
+    # other worker drained (taskq drains a fixed 400 faster than that).
+    publisher = Publisher(producer(config), f"s5-{unique}", target=5000, pace=0.005)
     try:
         publisher.start()
         publisher.wait_published(100, 20)
@@ -133,6 +136,7 @@ def test_5_redis_killed_and_restarted_under_load(
         up_at = time.time()
         pids = [w.popen.pid for w in pool]
         resumed = wait_resumed(ledger, publisher, pids, up_at, 10)
+        publisher.stop.set()
         publisher.join(60)
         assert not publisher.is_alive()
         ledger.wait_done(publisher.published, 60)
