@@ -12,6 +12,7 @@ from taskq.config import EMBEDDED_URL, Settings
 from taskq.errors import ConfigurationError, NotRegistered, did_you_mean
 from taskq.result import AsyncResult
 from taskq.task import P, Task, TaskOptions
+from taskq.urls import mask_url
 
 if TYPE_CHECKING:
     from taskq.backends.base import Backend
@@ -67,7 +68,7 @@ class App:
         canvas.register_builtins(self)  # taskq.map and taskq.starmap
 
     def __repr__(self) -> str:
-        return f"<taskq.App {self.main or '__main__'} broker={self.broker_url}>"
+        return f"<taskq.App {self.main or '__main__'} broker={mask_url(self.broker_url)}>"
 
     # -- configuration ---------------------------------------------------------------
 

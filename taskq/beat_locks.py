@@ -16,8 +16,8 @@ from typing import Protocol
 import redis
 from redis import exceptions as redis_errors
 
-from taskq.backends.base import masked_url
 from taskq.errors import BackendError, ConfigurationError
+from taskq.urls import mask_url
 
 
 class BeatLock(Protocol):
@@ -97,7 +97,7 @@ class RedisBeatLock:
                 redis_url, socket_timeout=5.0, socket_connect_timeout=5.0
             )
         except ValueError as exc:
-            raise ConfigurationError(f"Bad beat lock URL {masked_url(redis_url)}: {exc}") from exc
+            raise ConfigurationError(f"Bad beat lock URL {mask_url(redis_url)}: {exc}") from exc
         self._lease_key = f"{key_prefix}lease"
         self._renew = self._client.register_script(_RENEW)
         self._release = self._client.register_script(_RELEASE)
@@ -132,7 +132,7 @@ class RedisBeatLock:
             yield
         except redis_errors.RedisError as exc:
             raise BackendError(
-                f"Beat lock at {masked_url(self.url)} could not {action}: {exc}. "
+                f"Beat lock at {mask_url(self.url)} could not {action}: {exc}. "
                 "Is Redis running and reachable at that URL?"
             ) from exc
 

@@ -19,6 +19,7 @@ import click
 
 from taskq.app import App
 from taskq.errors import TaskqError
+from taskq.urls import mask_url
 from taskq.version import __version__
 
 EX_OK = 0
@@ -331,7 +332,7 @@ def beat(ctx: click.Context, app_spec: str | None, loglevel: str, logfile: str |
     except TaskqError as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo(
-        f"taskq beat {__version__}: {len(scheduler.entries)} periodic task(s), broker {app.broker_url}"
+        f"taskq beat {__version__}: {len(scheduler.entries)} periodic task(s), broker {mask_url(app.broker_url)}"
     )
     stop = threading.Event()
     for sig in (signals.SIGTERM, signals.SIGINT):

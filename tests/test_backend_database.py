@@ -64,7 +64,7 @@ def test_unreachable_database_fails_fast_with_the_password_masked() -> None:
         backend.get("some-key")
     assert time.monotonic() - started < 10
     message = str(info.value)
-    assert "postgresql://taskq:**@127.0.0.1:1/results" in message
+    assert "postgresql://taskq:***@127.0.0.1:1/results" in message
     assert "hunter2" not in message
     assert "Is the database running" in message
 

@@ -15,7 +15,6 @@ from taskq.broker.redis import (
     decode_payload,
     encode_payload,
     list_key,
-    mask_url,
 )
 from taskq.errors import BrokerError, ConfigurationError
 
@@ -107,13 +106,6 @@ def test_encode_rejects_unserializable_headers() -> None:
 )
 def test_list_key_matches_kombu(priority: int | None, key: str) -> None:
     assert list_key("q", priority) == key
-
-
-def test_mask_url() -> None:
-    assert mask_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
-    assert mask_url("rediss://user:s3cret@host/1") == "rediss://user:***@host/1"
-    assert mask_url("redis://host/0?password=s3cret&x=1") == "redis://host/0?password=***&x=1"
-    assert mask_url("redis://host:6379/0") == "redis://host:6379/0"
 
 
 def test_unknown_option_suggests_the_right_one() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).parent.parent / "taskq"
 
 LAYERS = [
-    ["errors", "version"],
+    ["errors", "version", "urls"],
     ["config", "serialization", "solar"],
     ["message", "routing", "schedules"],
     ["result", "canvas"],

@@ -11,8 +11,9 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
-from taskq.backends.base import Backend, masked_url
+from taskq.backends.base import Backend
 from taskq.errors import ConfigurationError, did_you_mean
+from taskq.urls import mask_url
 
 __all__ = ["KNOWN_SCHEMES", "backend_from_url"]
 
@@ -53,7 +54,7 @@ def backend_from_url(
             else "Reinstall taskq with its dependencies."
         )
         raise ConfigurationError(
-            f"The result backend {masked_url(url)!r} cannot be loaded: {exc}. {fix}"
+            f"The result backend {mask_url(url)!r} cannot be loaded: {exc}. {fix}"
         ) from exc
     backend_class = getattr(module, class_name)
     if not (isinstance(backend_class, type) and issubclass(backend_class, Backend)):
@@ -67,14 +68,14 @@ def _lookup(url: str) -> tuple[str, str, str | None]:
     known = ", ".join(KNOWN_SCHEMES)
     if "://" not in url:
         raise ConfigurationError(
-            f"Result backend URL {masked_url(url)!r} has no scheme. Write it as "
+            f"Result backend URL {mask_url(url)!r} has no scheme. Write it as "
             f"'<scheme>://...', e.g. 'redis://localhost:6379/0' or 'memory://'. Known: {known}."
         )
     scheme = url.partition("://")[0]
     family = "db" if scheme.startswith("db+") else scheme
     if family not in _BACKENDS:
         raise ConfigurationError(
-            f"Unknown result backend {masked_url(url)!r}.{did_you_mean(scheme, KNOWN_SCHEMES)} "
+            f"Unknown result backend {mask_url(url)!r}.{did_you_mean(scheme, KNOWN_SCHEMES)} "
             f"Known: {known}."
         )
     return _BACKENDS[family]

@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from taskq import serialization
 from taskq.errors import BackendError, TimeoutError
@@ -41,16 +40,6 @@ READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 
 def task_key(task_id: str) -> str:
     return f"{TASK_KEY_PREFIX}{task_id}"
-
-
-def masked_url(url: str) -> str:
-    """``url`` with its password replaced by ``**``, fit for error messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:**@{host}"))
 
 
 def not_ready_error(task_id: str, timeout: float | None) -> TimeoutError:

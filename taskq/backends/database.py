@@ -26,8 +26,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from taskq.backends.base import Backend, masked_url
+from taskq.backends.base import Backend
 from taskq.errors import BackendError, ConfigurationError, did_you_mean
+from taskq.urls import mask_url
 
 try:
     import sqlalchemy as sa
@@ -293,7 +294,7 @@ class DatabaseBackend(Backend):
         except sa_exc.SQLAlchemyError as exc:
             reason = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
             raise BackendError(
-                f"SQL result backend {masked_url(self.url)} could not {action}: "
+                f"SQL result backend {mask_url(self.url)} could not {action}: "
                 f"{str(reason).strip()}. {_hint(exc)}"
             ) from exc
 
@@ -339,7 +340,7 @@ def _create_engine(url: str, engine_options: dict[str, Any]) -> sa.Engine:
         target = sa.make_url(sqlalchemy_url(url))
     except sa_exc.ArgumentError as exc:
         raise ConfigurationError(
-            f"Cannot parse the result backend URL {masked_url(url)!r}: {exc}. Write it as "
+            f"Cannot parse the result backend URL {mask_url(url)!r}: {exc}. Write it as "
             "'db+postgresql://user:password@host/dbname', 'db+mysql://...' or "
             "'db+sqlite:///path/to/file.sqlite3'."
         ) from exc
@@ -347,7 +348,7 @@ def _create_engine(url: str, engine_options: dict[str, Any]) -> sa.Engine:
     if dialect not in _DIALECTS:
         raise ConfigurationError(
             f"The SQL result backend supports postgresql, mysql (MariaDB) and sqlite, not "
-            f"{dialect!r} (from {masked_url(url)!r})."
+            f"{dialect!r} (from {mask_url(url)!r})."
         )
     # Fail fast when the server is down, instead of hanging a worker thread.
     connect_args: dict[str, Any] = (
@@ -359,14 +360,14 @@ def _create_engine(url: str, engine_options: dict[str, Any]) -> sa.Engine:
         engine = sa.create_engine(target, **options)
     except ModuleNotFoundError as exc:
         raise ConfigurationError(
-            f"The database driver for {masked_url(url)!r} is not installed ({exc}). "
+            f"The database driver for {mask_url(url)!r} is not installed ({exc}). "
             "Install it with: pip install 'taskq[sqlalchemy]' (psycopg2 for PostgreSQL, "
             "PyMySQL for MySQL), or name an installed driver in the URL "
             "(db+postgresql+psycopg://...)."
         ) from exc
     except (sa_exc.ArgumentError, TypeError) as exc:
         raise ConfigurationError(
-            f"Cannot set up the SQL result backend {masked_url(url)!r}: {exc}. "
+            f"Cannot set up the SQL result backend {mask_url(url)!r}: {exc}. "
             "Check result_backend and engine_options."
         ) from exc
     if dialect == "sqlite":

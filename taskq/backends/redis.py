@@ -22,10 +22,11 @@ from typing import Any, cast
 import redis
 from redis import exceptions as redis_errors
 
-from taskq.backends.base import READY_STATES, Backend, masked_url, not_ready_error, task_key
+from taskq.backends.base import READY_STATES, Backend, not_ready_error, task_key
 from taskq.backends.redis_listen import Connection, Listener, Watch
 from taskq.broker.redis_line import Line
 from taskq.errors import BackendError, ConfigurationError, did_you_mean
+from taskq.urls import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,7 @@ class RedisBackend(Backend):
         """The ready meta a watch has seen or can now read, else None."""
         if watch.closed:
             raise BackendError(
-                f"Redis result backend {masked_url(self.url)} was closed while waiting "
+                f"Redis result backend {mask_url(self.url)} was closed while waiting "
                 f"for task {task_id}."
             )
         if watch.message is not None:
@@ -266,8 +267,7 @@ class RedisBackend(Backend):
             yield
         except redis_errors.RedisError as exc:
             raise BackendError(
-                f"Redis result backend {masked_url(self.url)} could not {action}: {exc}. "
-                f"{_hint(exc)}"
+                f"Redis result backend {mask_url(self.url)} could not {action}: {exc}. {_hint(exc)}"
             ) from exc
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from taskq.broker.base import Broker, Delivery, Envelope, QueueSpec
 from taskq.errors import ConfigurationError, did_you_mean
+from taskq.urls import mask_url
 
 __all__ = ["Broker", "Delivery", "Envelope", "QueueSpec", "broker_from_url", "KNOWN_SCHEMES"]
 
@@ -31,7 +32,7 @@ def broker_from_url(url: str, *, consumer_id: str, options: dict[str, Any] | Non
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme not in _BY_SCHEME:
         raise ConfigurationError(
-            f"Unknown broker URL {url!r}.{did_you_mean(scheme, _BY_SCHEME)} "
+            f"Unknown broker URL {mask_url(url)!r}.{did_you_mean(scheme, _BY_SCHEME)} "
             f"Known schemes: {', '.join(KNOWN_SCHEMES)}."
         )
     module_name, cls_name = _BY_SCHEME[scheme].split(":")

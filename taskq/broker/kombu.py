@@ -45,6 +45,7 @@ from kombu.exceptions import OperationalError
 from taskq.broker import amqp_delay
 from taskq.broker.base import Broker, DeadLetter, Delivery, Envelope, QueueSpec
 from taskq.errors import BrokerError
+from taskq.urls import mask_url
 
 log = logging.getLogger("taskq.broker")
 
@@ -63,10 +64,6 @@ REASON, ORIGIN, DEAD_AT, DEAD_ID = (
     "x-taskq-time",
     "x-taskq-dead-letter-id",
 )
-
-
-def _mask(url: str) -> str:
-    return kombu.Connection(url).as_uri() if "://" in url else url
 
 
 class KombuBroker(Broker):
@@ -156,12 +153,12 @@ class KombuBroker(Broker):
             self._drop_publisher()
             if isinstance(exc, MessageNacked):
                 raise BrokerError(
-                    f"Broker {_mask(self.url)} refused the message (negative publisher "
+                    f"Broker {mask_url(self.url)} refused the message (negative publisher "
                     "confirm): the queue may be full with overflow=reject-publish, or the "
                     "broker failed to store it. Check the queue's limits and policies."
                 ) from exc
             raise BrokerError(
-                f"Broker {_mask(self.url)} failed: {exc!r}. Is it running and reachable?"
+                f"Broker {mask_url(self.url)} failed: {exc!r}. Is it running and reachable?"
             ) from exc
 
     def _drop_publisher(self) -> None:
@@ -233,7 +230,7 @@ class KombuBroker(Broker):
         except self._errors as exc:
             self._drop_consumer()
             raise BrokerError(
-                f"Lost the connection to {_mask(self.url)}: {exc!r}. Reconnecting."
+                f"Lost the connection to {mask_url(self.url)}: {exc!r}. Reconnecting."
             ) from exc
         out: list[Delivery] = []
         while self._buffer and len(out) < max_count:
@@ -379,7 +376,7 @@ class KombuBroker(Broker):
         except self._errors as exc:
             raise BrokerError(
                 f"Could not read the dead-letter queue {self.dead_letter_queue!r} on "
-                f"{_mask(self.url)}: {exc!r}. Is the broker running and reachable?"
+                f"{mask_url(self.url)}: {exc!r}. Is the broker running and reachable?"
             ) from exc
         finally:
             with contextlib.suppress(Exception):  # closing gives the unacked back

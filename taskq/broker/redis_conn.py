@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -14,6 +13,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from taskq.errors import BrokerError, ConfigurationError, did_you_mean
+from taskq.urls import mask_url
 
 __all__ = ["Keys", "RedisOptions", "make_pool", "mask_url", "translate", "unreachable"]
 
@@ -96,15 +96,6 @@ def _option_value(name: str, value: Any) -> Any:
             f"Redis broker option {name}={value!r} must be a positive number of seconds."
         )
     return number
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is not None:
-        host = parts.netloc.rsplit("@", 1)[1]
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
-    return re.sub(r"(password=)[^&]*", r"\1***", parts.geturl())
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import kombu
-
+from taskq.urls import mask_url
 from taskq.version import __version__
 
 if TYPE_CHECKING:
@@ -22,7 +21,7 @@ def describe_url(url: str | None) -> str:
         return f"sqlite (file {sqlite_path(url).resolve()})"
     if url.startswith("memory:"):
         return url
-    return str(kombu.Connection(url).as_uri())
+    return mask_url(url)
 
 
 def banner(worker: Worker) -> str:
