@@ -265,7 +265,7 @@ def test_unreachable_redis_fails_fast_with_a_clear_message() -> None:
     message = str(info.value)
     assert "redis://:***@127.0.0.1:1/0" in message
     assert "hunter2" not in message
-    assert "Is Redis running" in message
+    assert "Check that Redis is running" in message
     backend.close()
 
 

@@ -12,7 +12,8 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis
 
-from taskq.beat import (
+from taskq.beat.locks import BeatLock, LocalBeatLock, RedisBeatLock
+from taskq.beat.scheduler import (
     Entry,
     KeyValueStore,
     MemoryStore,
@@ -21,7 +22,6 @@ from taskq.beat import (
     entries_from_config,
     run_beat,
 )
-from taskq.beat_locks import BeatLock, LocalBeatLock, RedisBeatLock
 from taskq.errors import BackendError, ConfigurationError
 from taskq.schedules import crontab, every, solar
 
@@ -421,7 +421,7 @@ def test_redis_lock_errors_are_backend_errors_without_the_password() -> None:
     with pytest.raises(BackendError) as info:
         lock.acquire_or_renew("a", 1)
     assert "127.0.0.1:1" in str(info.value) and "s3cret" not in str(info.value)
-    with pytest.raises(ConfigurationError, match="Bad beat lock URL"):
+    with pytest.raises(ConfigurationError, match="Unsupported Redis URL scheme .nosuch."):
         RedisBeatLock("nosuch://host")
 
 

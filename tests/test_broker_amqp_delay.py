@@ -1,4 +1,4 @@
-"""Delayed delivery on RabbitMQ (``taskq.broker.amqp_delay``) against a real server.
+"""Delayed delivery on RabbitMQ (``taskq.broker.amqp.delay``) against a real server.
 
 The shared ``taskq.delayed.*`` topology is idempotent infrastructure and stays;
 each test deletes its own destination queues (their bindings go with them) and
@@ -19,10 +19,10 @@ import kombu
 import pytest
 
 from taskq import App
-from taskq.broker import amqp_delay
-from taskq.broker.amqp_delay import LEVELS, MAX_DELAY, DelayTopology
+from taskq.broker.amqp import delay as amqp_delay
+from taskq.broker.amqp.broker import KombuBroker
+from taskq.broker.amqp.delay import LEVELS, MAX_DELAY, DelayTopology
 from taskq.broker.base import Delivery, Envelope, QueueSpec
-from taskq.broker.kombu import KombuBroker
 from taskq.errors import BrokerError, ConfigurationError
 from taskq.testing import running_worker
 from tests.waiting import wait_until

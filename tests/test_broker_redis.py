@@ -18,7 +18,8 @@ import redis
 from kombu import Connection, Exchange, Queue
 
 from taskq.broker.base import Delivery, Envelope, QueueSpec
-from taskq.broker.redis import MALFORMED_CONTENT_TYPE, PRIORITY_SEP, RedisBroker, list_key
+from taskq.broker.envelope import MALFORMED_CONTENT_TYPE, PRIORITY_SEP, list_key
+from taskq.broker.redis import RedisBroker
 from taskq.errors import BrokerError
 
 

@@ -9,13 +9,8 @@ import time
 import pytest
 
 from taskq.broker.base import Envelope
-from taskq.broker.redis import (
-    MALFORMED_CONTENT_TYPE,
-    RedisBroker,
-    decode_payload,
-    encode_payload,
-    list_key,
-)
+from taskq.broker.envelope import MALFORMED_CONTENT_TYPE, decode_payload, encode_payload, list_key
+from taskq.broker.redis import RedisBroker
 from taskq.errors import BrokerError, ConfigurationError
 
 

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from taskq.broker.base import Delivery, Envelope
-from taskq.broker.sqlite import MALFORMED_CONTENT_TYPE, SqliteBroker, _enable_wal, sqlite_path
+from taskq.broker.envelope import MALFORMED_CONTENT_TYPE
+from taskq.broker.sqlite.broker import SqliteBroker, _enable_wal, sqlite_path
 from taskq.errors import BrokerError, ConfigurationError
 
 Q = "default"

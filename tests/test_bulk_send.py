@@ -14,7 +14,7 @@ import redis
 
 from taskq import App, Task, chain, group
 from taskq.broker.base import Broker
-from taskq.broker.kombu_wire import decode_payload
+from taskq.broker.envelope import decode_payload
 from taskq.errors import BrokerError
 from taskq.testing import running_worker
 from tests import servers

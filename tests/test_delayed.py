@@ -16,9 +16,10 @@ import pytest
 import redis
 
 from taskq import App
-from taskq.broker import redis_scripts
 from taskq.broker.base import Envelope
-from taskq.broker.redis import RedisBroker, list_key
+from taskq.broker.envelope import list_key
+from taskq.broker.redis import RedisBroker
+from taskq.broker.redis import scripts as redis_scripts
 from taskq.errors import BrokerError
 from taskq.testing import running_worker
 from tests import servers

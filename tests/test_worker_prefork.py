@@ -14,8 +14,8 @@ import pytest
 from taskq import App, states
 from taskq.errors import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 from taskq.testing import running_worker
-from taskq.worker import prefork
-from taskq.worker.child import rss_kib
+from taskq.worker.pools.prefork import pool as prefork
+from taskq.worker.pools.prefork.child import rss_kib
 from tests.waiting import wait_until
 from tests.worker_support import Gate, Ledger
 

@@ -15,10 +15,10 @@ _BY_SCHEME = {
     "redis": "taskq.broker.redis:RedisBroker",
     "rediss": "taskq.broker.redis:RedisBroker",
     "sqlite": "taskq.broker.sqlite:SqliteBroker",
-    "amqp": "taskq.broker.kombu:KombuBroker",
-    "amqps": "taskq.broker.kombu:KombuBroker",
-    "pyamqp": "taskq.broker.kombu:KombuBroker",
-    "memory": "taskq.broker.kombu:KombuBroker",
+    "amqp": "taskq.broker.amqp.broker:KombuBroker",
+    "amqps": "taskq.broker.amqp.broker:KombuBroker",
+    "pyamqp": "taskq.broker.amqp.broker:KombuBroker",
+    "memory": "taskq.broker.amqp.broker:KombuBroker",
 }
 KNOWN_SCHEMES = tuple(_BY_SCHEME)
 

@@ -8,7 +8,8 @@ import socket
 from typing import TYPE_CHECKING
 
 from taskq.errors import ConfigurationError
-from taskq.worker.pools import POOLS, PoolSettings
+from taskq.worker.pools import POOLS
+from taskq.worker.pools.base import PoolSettings
 
 if TYPE_CHECKING:
     from taskq.app import App

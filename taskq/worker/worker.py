@@ -42,7 +42,8 @@ from taskq.result import states
 from taskq.worker import executor, limits
 from taskq.worker.executor import ACK, DEAD_LETTER, REQUEUE, Outcome
 from taskq.worker.options import WorkerOptions, expand_hostname, pool_settings
-from taskq.worker.pools import Pool, make_pool
+from taskq.worker.pools import make_pool
+from taskq.worker.pools.base import Pool
 from taskq.worker.ratelimit import RateLimiter, parse_rate
 from taskq.worker.request import Request
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import kombu
 
 from taskq import App
-from taskq.broker.redis import decode_payload
+from taskq.broker.envelope import decode_payload
 from tests import proc
 from tests.faults.faultproj import Config
 from tests.faults.redis_server import PrivateRedis

@@ -20,7 +20,8 @@ import pytest
 import redis
 
 from taskq.broker.base import Envelope
-from taskq.broker.redis import CRASH_AFTER_FETCH_ENV, RedisBroker
+from taskq.broker.redis import RedisBroker
+from taskq.broker.redis.fetch import CRASH_AFTER_FETCH_ENV
 from taskq.errors import BrokerError
 from tests.faults.redis_server import PrivateRedis
 

@@ -12,9 +12,10 @@ import kombu
 import pytest
 
 from taskq import App
+from taskq.broker.amqp.broker import KombuBroker
 from taskq.broker.base import Envelope
-from taskq.broker.kombu import KombuBroker
-from taskq.broker.redis import RedisBroker, encode_payload
+from taskq.broker.envelope import encode_payload
+from taskq.broker.redis import RedisBroker
 from tests import servers
 from tests.faults.cluster import (
     AMQP_URL,

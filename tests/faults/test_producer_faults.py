@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from taskq import App
-from taskq.broker.kombu import KombuBroker
+from taskq.broker.amqp.broker import KombuBroker
 from taskq.errors import BrokerError
 from taskq.message import Envelope
 from tests import servers

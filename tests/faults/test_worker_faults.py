@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from taskq import App
-from taskq.broker.redis import CRASH_AFTER_FETCH_ENV, RedisBroker
+from taskq.broker.redis import RedisBroker
+from taskq.broker.redis.fetch import CRASH_AFTER_FETCH_ENV
 from tests import servers
 from tests.faults.cluster import (
     AMQP_URL,

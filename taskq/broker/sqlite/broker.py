@@ -28,13 +28,12 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from taskq.broker.base import Broker, DeadLetter, Delivery, Envelope, QueueSpec
-from taskq.broker.kombu_wire import MALFORMED_CONTENT_TYPE, decode_payload, encode_payload
+from taskq.broker.envelope import decode_payload, encode_payload
 from taskq.errors import BrokerError, ConfigurationError, TaskqError, did_you_mean
 
 __all__ = [
     "BUSY_TIMEOUT",
     "DEFAULT_FILE",
-    "MALFORMED_CONTENT_TYPE",
     "SqliteBroker",
     "SqliteFile",
     "sqlite_path",

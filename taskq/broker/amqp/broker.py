@@ -13,7 +13,7 @@ with ``basic_get`` without acknowledging, then close the channel, so RabbitMQ pu
 back everything not requeued, in order.
 
 On RabbitMQ, ``publish(eta=...)`` sends a message due later to the delay levels of
-``taskq.broker.amqp_delay`` (option ``delayed_delivery``: ``"quorum"``, the default,
+``taskq.broker.amqp.delay`` (option ``delayed_delivery``: ``"quorum"``, the default,
 ``"classic"`` or False), so no worker holds it while it waits.
 
 kombu channels are not thread-safe, so acks and requeues from pool threads are
@@ -42,7 +42,7 @@ import kombu
 from amqp.exceptions import MessageNacked
 from kombu.exceptions import OperationalError
 
-from taskq.broker import amqp_delay
+from taskq.broker.amqp import delay as amqp_delay
 from taskq.broker.base import Broker, DeadLetter, Delivery, Envelope, QueueSpec
 from taskq.errors import BrokerError
 from taskq.urls import mask_url
@@ -77,7 +77,7 @@ class KombuBroker(Broker):
         self._confirm_timeout = float(self.options.pop("confirm_timeout", None) or 10.0)
         self.dead_letter_queue = str(self.options.pop("dead_letter_queue", DEAD_LETTER_QUEUE))
         self.options.pop("lease_timeout", None)
-        # RabbitMQ keeps ETA messages in its delay levels (see taskq.broker.amqp_delay).
+        # RabbitMQ keeps ETA messages in its delay levels (see taskq.broker.amqp.delay).
         self._delay = amqp_delay.for_url(url, self.options.pop("delayed_delivery", "quorum"))
         self.supports_delayed = self._delay is not None
         self._transport_options = dict(self.options)

@@ -3,7 +3,7 @@
 The parent process consumes, dispatches and settles; it never runs task code. It
 keeps the requests it was handed in its own FIFO and gives one to each idle child.
 A busy child is given more to queue only behind work known to be quick (the rule
-and the expected run times it rests on are in ``taskq.worker.prefork_queue``).
+and the expected run times it rests on are in ``taskq.worker.pools.prefork.queue``).
 
 One dispatcher thread owns the children: it waits on their sockets and process
 sentinels, reports each outcome to the worker, replaces children that die (the
@@ -14,8 +14,8 @@ whose task passed its hard time limit (the task is recorded as failed with
 ``TimeLimitExceeded`` and acked), and with ``autoscale`` grows the pool while
 requests wait and shrinks it after ``AUTOSCALE_KEEPALIVE`` idle seconds. What the
 parent keeps per child, and what a child's death means for its task, are in
-``taskq.worker.prefork_children``; the messages on a child's socket are described
-in ``taskq.worker.child``.
+``taskq.worker.pools.prefork.children``; the messages on a child's socket are described
+in ``taskq.worker.pools.prefork.child``.
 
 billiard's own ``Pool`` is not used: it queues tasks into a shared pipe (so the
 parent cannot take unstarted ones back at shutdown) and runs four threads of its
@@ -37,21 +37,21 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from taskq.worker.child import BACK, CONTEXT_FIELDS, PROTOCOL
 from taskq.worker.executor import ACK, DEAD_LETTER, REQUEUE, Outcome
-from taskq.worker.pools import QueuedPool
-from taskq.worker.prefork_children import (
+from taskq.worker.pools.base import QueuedPool
+from taskq.worker.pools.prefork.child import BACK, CONTEXT_FIELDS, PROTOCOL
+from taskq.worker.pools.prefork.children import (
     TERMINATE,
     Child,
     after_death,
     enforce_deadlines,
     start_child,
 )
-from taskq.worker.prefork_queue import RunTimes, held, may_queue, queueable
+from taskq.worker.pools.prefork.queue import RunTimes, held, may_queue, queueable
 
 if TYPE_CHECKING:
     from taskq.app import App
-    from taskq.worker.pools import Done, PoolSettings
+    from taskq.worker.pools.base import Done, PoolSettings
     from taskq.worker.request import Request
 
 log = logging.getLogger("taskq.worker")

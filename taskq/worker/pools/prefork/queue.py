@@ -1,7 +1,7 @@
 """The prefork pool's queueing rule: which requests may wait in a busy child, and
 the expected run times it rests on.
 
-The dispatcher (``taskq.worker.prefork``) gives one request to each idle child. A
+The dispatcher (``taskq.worker.pools.prefork.pool``) gives one request to each idle child. A
 busy child is given more to queue only behind work known to be quick: every
 request it holds is of a task with ``HISTORY`` runs on this worker, counted at the
 slowest of them they add up to under ``QUEUE_BUDGET`` seconds, its running one has
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from taskq.app import App
-    from taskq.worker.prefork_children import Child
+    from taskq.worker.pools.prefork.children import Child
     from taskq.worker.request import Request
 
 #: Seconds of expected work a request may be queued behind in a busy child.

@@ -29,13 +29,13 @@ from typing import Any, cast
 import redis
 from redis.exceptions import NoScriptError
 
-from taskq.broker import redis_scripts
 from taskq.broker.base import Delivery
-from taskq.broker.kombu_wire import decode_payload, queue_of
-from taskq.broker.redis_acks import Held, PendingAcks
-from taskq.broker.redis_conn import Keys, RedisOptions
-from taskq.broker.redis_line import Line
-from taskq.broker.redis_settle import Lease, ack_args, ack_commands
+from taskq.broker.envelope import decode_payload, queue_of
+from taskq.broker.redis import scripts
+from taskq.broker.redis.acks import Held, PendingAcks
+from taskq.broker.redis.options import BrokerOptions, Keys
+from taskq.broker.redis.settle import Lease, ack_args, ack_commands
+from taskq.redisclient.line import Line
 
 __all__ = ["CRASH_AFTER_FETCH_ENV", "Fetcher"]
 
@@ -72,7 +72,7 @@ class Fetcher:
         client: redis.Redis,
         line: Line,
         keys: Keys,
-        settings: RedisOptions,
+        settings: BrokerOptions,
         lease_id: str,
         tag_base: str,
         acks: PendingAcks,
@@ -86,8 +86,8 @@ class Fetcher:
         self._tag_base = tag_base
         self._acks = acks
         self._on_errors = on_errors
-        self._script = client.register_script(redis_scripts.FETCH)
-        self._promote_script = client.register_script(redis_scripts.PROMOTE)
+        self._script = client.register_script(scripts.FETCH)
+        self._promote_script = client.register_script(scripts.PROMOTE)
         self._calls = 0  # fetch script calls: part of every tag
         self._unanswered = False  # the last call failed: reuse its tag prefix
         self._landed = False  # a landing list may hold messages no script adopted yet
@@ -265,7 +265,7 @@ class Fetcher:
     def _promote_backlog(self) -> tuple[Any, float, list[bytes]]:
         """Promote due messages until none is due or ``_PROMOTE_BUDGET`` is spent;
         return the next ETA, Redis's time and the errors. It cannot spin: a list that
-        refuses its messages gets them back in a minute (see ``redis_scripts``)."""
+        refuses its messages gets them back in a minute (see ``scripts``)."""
         stop = time.monotonic() + _PROMOTE_BUDGET
         errors: list[bytes] = []
         while True:

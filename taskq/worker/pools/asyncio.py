@@ -36,11 +36,11 @@ from taskq.task import Context, Task, current_request
 from taskq.worker import executor
 from taskq.worker.executor import ACK, REQUEUE, Outcome, Traced, classify
 from taskq.worker.limits import describe
-from taskq.worker.pools import QueuedPool
+from taskq.worker.pools.base import QueuedPool
 
 if TYPE_CHECKING:
     from taskq.app import App
-    from taskq.worker.pools import Done
+    from taskq.worker.pools.base import Done
     from taskq.worker.request import Request
 
 log = logging.getLogger("taskq.worker")

@@ -2,7 +2,7 @@
 
 Wire format. Queues are the lists kombu's Redis transport uses, so Celery and
 kombu producers and consumers share them with taskq; a message is kombu's
-virtual-transport JSON envelope (``taskq.broker.kombu_wire``), pushed with LPUSH
+virtual-transport JSON envelope (``taskq.broker.envelope``), pushed with LPUSH
 and taken from the other end, so FIFO, one list per priority step (0-9, lower is
 served first, as kombu does on Redis). ``declare`` writes the
 ``_kombu.binding.<queue>`` entry that routes a publish to the direct exchange
@@ -10,7 +10,7 @@ named like the queue (what Celery does) onto the list; the default exchange
 routes by name and needs none.
 
 Leases. A fetch pops messages and records them in this consumer's in-flight hash
-in one Lua script (``taskq.broker.redis_scripts``), so a message is always in a
+in one Lua script (``taskq.broker.redis.scripts``), so a message is always in a
 list or in a hash. Leases belong to the consumer, not to the message: the
 consumer's deadline in the ``consumers`` zset (Redis ``TIME``, so skewed clocks
 agree) is renewed by every fetch and heartbeat, and a task on a live consumer is
@@ -31,7 +31,7 @@ until the next fetch script removes them in the same round trip, or at most
 long), and ``heartbeat``, ``requeue`` and ``close`` send them first. A busy
 worker thus acks a whole batch with the fetch of the next one. Until an ack is
 sent the message stays leased to this live consumer; only a crash in that window
-delivers it again (see ``taskq.broker.redis_acks``).
+delivers it again (see ``taskq.broker.redis.acks``).
 
 Lost replies. A fetch's tags are ``<session>.<call number>.<i>``. When a fetch call
 fails (connection reset, timeout) the script may still have run, so the next call
@@ -77,41 +77,25 @@ from typing import Any
 
 import redis
 
-from taskq.broker import redis_scripts
 from taskq.broker.base import Broker, DeadLetter, Delivery, Envelope, QueueSpec
-from taskq.broker.kombu_wire import (
-    MALFORMED_CONTENT_TYPE,
+from taskq.broker.envelope import (
     PRIORITY_SEP,
     PRIORITY_STEPS,
     clamp_priority,
-    decode_payload,
     encode_payload,
     list_key,
-    malformed,
-    priority_step,
 )
-from taskq.broker.redis_conn import Keys, RedisOptions, make_pool, mask_url, translate
-from taskq.broker.redis_dlq import DeadLetterList
-from taskq.broker.redis_fetch import CRASH_AFTER_FETCH_ENV, Fetcher
-from taskq.broker.redis_line import Line
-from taskq.broker.redis_settle import Settler
+from taskq.broker.redis import scripts
+from taskq.broker.redis.dlq import DeadLetterList
+from taskq.broker.redis.fetch import Fetcher
+from taskq.broker.redis.options import BrokerOptions, Keys
+from taskq.broker.redis.settle import Settler
 from taskq.errors import BrokerError
+from taskq.redisclient.client import connection_pool, translate
+from taskq.redisclient.line import Line
+from taskq.urls import mask_url
 
-__all__ = [
-    "CRASH_AFTER_FETCH_ENV",
-    "MALFORMED_CONTENT_TYPE",
-    "PRIORITY_SEP",
-    "PRIORITY_STEPS",
-    "RedisBroker",
-    "RedisOptions",
-    "clamp_priority",
-    "decode_payload",
-    "encode_payload",
-    "list_key",
-    "malformed",
-    "mask_url",
-    "priority_step",
-]
+__all__ = ["RedisBroker"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,23 +118,23 @@ class RedisBroker(Broker):
     """The ``Broker`` contract on Redis lists, wire-compatible with kombu and Celery.
 
     Priorities: 0-9 in kombu's four steps; lower numbers are served first.
-    Options: see ``RedisOptions``. The design is in the module docstring.
+    Options: see ``BrokerOptions``. The design is in the module docstring.
     """
 
     supports_delayed = True
 
     def __init__(self, url: str, *, consumer_id: str, options: dict[str, Any] | None = None):
         super().__init__(url, consumer_id=consumer_id, options=options)
-        self.settings = RedisOptions.from_mapping(self.options)
+        self.settings = BrokerOptions.from_mapping(self.options)
         self._safe_url = mask_url(url)
         session = uuid.uuid4().hex[:16]
         self._lease_id = f"{consumer_id}.{session}"
         self._tag_base = session
         self._keys = Keys.make(self.settings.key_prefix, self._lease_id)
-        self._pool = make_pool(url, self.settings, f"taskq:{self._lease_id}")
+        self._pool = connection_pool(url, self.settings, f"taskq:{self._lease_id}")
         self._client = redis.Redis(connection_pool=self._pool)
-        self._line = Line(self._client)  # publish and fetch (see taskq.broker.redis_line)
-        self._reap_script = self._client.register_script(redis_scripts.REAP)
+        self._line = Line(self._client)  # publish and fetch (see taskq.redisclient.line)
+        self._reap_script = self._client.register_script(scripts.REAP)
         log_errors = partial(self._script_errors, raise_=False)
         self._dlq = DeadLetterList(self._client, self._keys.dlq, self._translate, log_errors)
         self._settler = Settler(
@@ -171,7 +155,7 @@ class RedisBroker(Broker):
         self._sources: dict[tuple[str, ...], dict[str, str]] = {}  # list key -> queue
 
     def _translate(self, doing: str) -> AbstractContextManager[None]:
-        return translate(self._safe_url, doing)
+        return translate(BrokerError, f"Redis at {self._safe_url}", doing, "broker_url")
 
     # -- publishing -----------------------------------------------------------------
 
@@ -283,7 +267,7 @@ class RedisBroker(Broker):
             )
         logger.error("Redis broker could not %s some lists: %s", doing, text)
 
-    # -- settling (taskq.broker.redis_settle) ---------------------------------------
+    # -- settling (taskq.broker.redis.settle) ---------------------------------------
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Drop the messages from this consumer's in-flight hash (one round trip).

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 import redis
-from redis import exceptions as redis_errors
 
-from taskq.errors import BackendError, ConfigurationError
+from taskq.errors import BackendError
+from taskq.redisclient.client import connection_pool, millis, translate
+from taskq.redisclient.options import RedisOptions
 from taskq.urls import mask_url
 
 
@@ -92,21 +93,17 @@ class RedisBeatLock:
     def __init__(self, redis_url: str, key_prefix: str = "taskq-beat:") -> None:
         self.url = redis_url
         self.key_prefix = key_prefix
-        try:
-            self._client = redis.Redis.from_url(
-                redis_url, socket_timeout=5.0, socket_connect_timeout=5.0
-            )
-        except ValueError as exc:
-            raise ConfigurationError(f"Bad beat lock URL {mask_url(redis_url)}: {exc}") from exc
+        options = RedisOptions(socket_timeout=5.0, socket_connect_timeout=5.0)
+        self._client = redis.Redis(connection_pool=connection_pool(redis_url, options))
         self._lease_key = f"{key_prefix}lease"
         self._renew = self._client.register_script(_RENEW)
         self._release = self._client.register_script(_RELEASE)
 
     def acquire_or_renew(self, owner: str, ttl: float) -> bool:
         with self._translate("renew the beat lease"):
-            if self._renew(keys=[self._lease_key], args=[owner, _millis(ttl)]):
+            if self._renew(keys=[self._lease_key], args=[owner, millis(ttl)]):
                 return True
-            return bool(self._client.set(self._lease_key, owner, nx=True, px=_millis(ttl)))
+            return bool(self._client.set(self._lease_key, owner, nx=True, px=millis(ttl)))
 
     def release(self, owner: str) -> None:
         with self._translate("release the beat lease"):
@@ -115,7 +112,7 @@ class RedisBeatLock:
     def claim_tick(self, name: str, due_iso: str, ttl: float) -> bool:
         key = f"{self.key_prefix}tick:{name}:{due_iso}"
         with self._translate("claim a beat run"):
-            return bool(self._client.set(key, b"1", nx=True, px=_millis(ttl)))
+            return bool(self._client.set(key, b"1", nx=True, px=millis(ttl)))
 
     def holder(self) -> str | None:
         """The owner id holding the lease now, or None."""
@@ -126,16 +123,6 @@ class RedisBeatLock:
     def close(self) -> None:
         self._client.close()
 
-    @contextmanager
-    def _translate(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except redis_errors.RedisError as exc:
-            raise BackendError(
-                f"Beat lock at {mask_url(self.url)} could not {action}: {exc}. "
-                "Is Redis running and reachable at that URL?"
-            ) from exc
-
-
-def _millis(seconds: float) -> int:
-    return max(1, round(seconds * 1000))
+    def _translate(self, action: str) -> AbstractContextManager[None]:
+        server = f"The beat lock's Redis {mask_url(self.url)}"
+        return translate(BackendError, server, action, "broker_url / result_backend")

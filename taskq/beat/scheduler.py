@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any, Protocol
 
-from taskq.beat_locks import BeatLock
+from taskq.beat.locks import BeatLock
 from taskq.errors import ConfigurationError, did_you_mean
 from taskq.schedules import Schedule, as_schedule
 
@@ -419,7 +419,7 @@ def scheduler_for(app: App) -> Scheduler:
     """
     from zoneinfo import ZoneInfo
 
-    from taskq.beat_locks import LocalBeatLock, RedisBeatLock
+    from taskq.beat.locks import LocalBeatLock, RedisBeatLock
 
     conf = app.conf
     redis_url = next(

@@ -5,7 +5,7 @@ SET and published on a channel named after its key, in one round trip, so Celery
 clients waiting on taskq results are woken, and the other way round.
 
 ``wait_for`` does not poll: every waiter in the process shares one pub/sub
-connection (``taskq.backends.redis_listen``), read by one daemon thread.
+connection (``taskq.backends.redis.listen``), read by one daemon thread.
 """
 
 from __future__ import annotations
@@ -14,74 +14,42 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, fields
-from typing import Any, cast
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, ClassVar, cast
 
 import redis
 from redis import exceptions as redis_errors
 
 from taskq.backends.base import READY_STATES, Backend, not_ready_error, task_key
-from taskq.backends.redis_listen import Connection, Listener, Watch
-from taskq.broker.redis_line import Line
-from taskq.errors import BackendError, ConfigurationError, did_you_mean
+from taskq.backends.redis.listen import Connection, Listener, Watch
+from taskq.errors import BackendError
+from taskq.redisclient.client import connection_pool, millis, translate
+from taskq.redisclient.line import Line
+from taskq.redisclient.options import RedisOptions
 from taskq.urls import mask_url
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class RedisOptions:
+class BackendOptions(RedisOptions):
     """``result_backend_transport_options`` understood by the Redis backend.
 
     Attributes:
-        socket_timeout: seconds to wait for a reply (None: forever).
-        socket_connect_timeout: seconds to wait for a connection (None: forever).
         max_connections: connections the command pool may open; threads beyond
             that wait (up to ``socket_timeout``) for a free one instead of failing.
             The pub/sub connection shared by ``wait_for`` comes on top.
         key_prefix: prepended to every key and channel, to share one database.
+
+    The rest are ``RedisOptions``.
     """
 
-    socket_timeout: float | None = 30.0
-    socket_connect_timeout: float | None = 5.0
-    max_connections: int = 50
+    max_connections: int | None = 50
     key_prefix: str = ""
 
-    @classmethod
-    def from_mapping(cls, options: Mapping[str, Any]) -> RedisOptions:
-        """Build from a mapping; unknown names and bad values raise ``ConfigurationError``."""
-        known = [f.name for f in fields(cls)]
-        for name in options:
-            if name not in known:
-                raise ConfigurationError(
-                    f"Unknown Redis result backend option {name!r}.{did_you_mean(name, known)} "
-                    f"Known: {', '.join(known)}."
-                )
-        opts = cls(**options)
-        _require_positive("socket_timeout", opts.socket_timeout, optional=True)
-        _require_positive("socket_connect_timeout", opts.socket_connect_timeout, optional=True)
-        _require_positive("max_connections", opts.max_connections, integer=True)
-        if not isinstance(opts.key_prefix, str):
-            raise ConfigurationError(
-                f"Redis result backend option key_prefix={opts.key_prefix!r} must be a string."
-            )
-        return opts
-
-
-def _require_positive(
-    name: str, value: Any, *, integer: bool = False, optional: bool = False
-) -> None:
-    if value is None and optional:
-        return
-    kinds = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
-        what = "a positive integer" if integer else "a positive number"
-        raise ConfigurationError(
-            f"Redis result backend option {name}={value!r} must be {what}"
-            f"{' or None' if optional else ''}."
-        )
+    what: ClassVar[str] = "Redis result backend option"
 
 
 class RedisBackend(Backend):
@@ -94,18 +62,12 @@ class RedisBackend(Backend):
     push_based = True
 
     def _configure(self) -> None:
-        opts = RedisOptions.from_mapping(self.options)
+        opts = BackendOptions.from_mapping(self.options)
         self._prefix = opts.key_prefix
-        self._pool = redis.BlockingConnectionPool.from_url(
-            self.url,
-            max_connections=opts.max_connections,
-            timeout=opts.socket_timeout,
-            socket_timeout=opts.socket_timeout,
-            socket_connect_timeout=opts.socket_connect_timeout,
-        )
+        self._pool = connection_pool(self.url, opts)
         self._client = redis.Redis(connection_pool=self._pool)
         # The worker's per-task reads and writes skip redis-py's per-command layers
-        # when the line is free (see taskq.broker.redis_line).
+        # when the line is free (see taskq.redisclient.line).
         self._line = Line(self._client)
         self._listener: Listener | None = None
         self._listener_lock = threading.Lock()
@@ -126,7 +88,7 @@ class RedisBackend(Backend):
     def set(self, key: str, value: bytes, expires: float | None) -> None:
         with self._translate(f"write {key!r}"):
             self._client.set(
-                self._prefix + key, value, px=None if expires is None else _millis(expires)
+                self._prefix + key, value, px=None if expires is None else millis(expires)
             )
 
     def delete(self, key: str) -> None:
@@ -138,7 +100,7 @@ class RedisBackend(Backend):
             pipe = self._client.pipeline(transaction=True)
             pipe.incr(self._prefix + key)
             if expires is not None:
-                pipe.pexpire(self._prefix + key, _millis(expires))
+                pipe.pexpire(self._prefix + key, millis(expires))
             return int(pipe.execute()[0])
 
     def add_member(self, key: str, member: str, expires: float | None) -> int:
@@ -147,7 +109,7 @@ class RedisBackend(Backend):
             pipe.sadd(self._prefix + key, member)
             pipe.scard(self._prefix + key)
             if expires is not None:
-                pipe.pexpire(self._prefix + key, _millis(expires))
+                pipe.pexpire(self._prefix + key, millis(expires))
             return int(pipe.execute()[1])
 
     def publish_ready(self, key: str, value: bytes) -> None:
@@ -158,9 +120,7 @@ class RedisBackend(Backend):
         # SET and PUBLISH in one round trip, as Celery's Redis backend does.
         name = self._prefix + key
         write = (
-            ("SET", name, value)
-            if expires is None
-            else ("SET", name, value, "PX", _millis(expires))
+            ("SET", name, value) if expires is None else ("SET", name, value, "PX", millis(expires))
         )
         with self._translate(f"write {key!r}"), self._line.take() as line:
             if line is None:
@@ -261,31 +221,6 @@ class RedisBackend(Backend):
             (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ReadOnlyError),
         ) and not isinstance(exc.__cause__, redis_errors.AuthenticationError)
 
-    @contextmanager
-    def _translate(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except redis_errors.RedisError as exc:
-            raise BackendError(
-                f"Redis result backend {mask_url(self.url)} could not {action}: {exc}. {_hint(exc)}"
-            ) from exc
-
-
-def _millis(seconds: float) -> int:
-    # PX needs a positive integer; an expiry under 1 ms still means "gone at once".
-    return max(1, round(seconds * 1000))
-
-
-def _hint(exc: redis_errors.RedisError) -> str:
-    if isinstance(exc, redis_errors.AuthenticationError):
-        return "Check the user name and password in the result_backend URL."
-    if isinstance(exc, redis_errors.MaxConnectionsError) or "No connection available" in str(exc):
-        return "Raise max_connections in result_backend_transport_options."
-    if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError)):
-        return (
-            "Is Redis running and reachable at that address? Check result_backend, and "
-            "socket_timeout / socket_connect_timeout in result_backend_transport_options."
-        )
-    if isinstance(exc, redis_errors.ResponseError) and "WRONGTYPE" in str(exc):
-        return "Something else stores other data under these keys; set a distinct key_prefix."
-    return "Check the Redis server's log and configuration."
+    def _translate(self, action: str) -> AbstractContextManager[None]:
+        server = f"Redis result backend {mask_url(self.url)}"
+        return translate(BackendError, server, action, "result_backend")

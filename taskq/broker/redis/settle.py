@@ -7,7 +7,7 @@ never runs out, so a failed ack would otherwise strand its messages until the
 worker stops (and then run them again).
 
 Acks the worker sends with ``ack_soon`` wait in ``PendingAcks`` for the next fetch
-(``taskq.broker.redis_acks``).
+(``taskq.broker.redis.acks``).
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from typing import Any, NamedTuple
 
 import redis
 
-from taskq.broker import redis_scripts
 from taskq.broker.base import Delivery
-from taskq.broker.redis_acks import Held, PendingAcks
-from taskq.broker.redis_conn import Keys, unreachable
-from taskq.broker.redis_dlq import dead_letter_entry
+from taskq.broker.redis import scripts
+from taskq.broker.redis.acks import Held, PendingAcks
+from taskq.broker.redis.dlq import dead_letter_entry
+from taskq.broker.redis.options import Keys
 from taskq.errors import BrokerError
+from taskq.redisclient.client import unreachable
 
 __all__ = ["Lease", "Settler", "ack_args", "ack_commands"]
 
@@ -52,7 +53,7 @@ class Settler:
         translate: ``translate(doing)``, the broker's error translation.
         script_errors: ``script_errors(doing, errors)`` logs lists a script could
             not write to.
-        ack_delay: see ``RedisOptions.ack_delay``.
+        ack_delay: see ``BrokerOptions.ack_delay``.
     """
 
     def __init__(
@@ -68,8 +69,8 @@ class Settler:
         self._translate = translate
         self._script_errors = script_errors
         self._ack_delay = ack_delay
-        self._requeue_script = client.register_script(redis_scripts.REQUEUE)
-        self._dead_letter_script = client.register_script(redis_scripts.DEAD_LETTER)
+        self._requeue_script = client.register_script(scripts.REQUEUE)
+        self._dead_letter_script = client.register_script(scripts.DEAD_LETTER)
         #: Acks held for the next fetch (``ack_soon``).
         self.acks = PendingAcks(self._send_acks, ack_delay, ACK_LIMIT)
         # Settling that failed because Redis was unreachable: (retry, what), in order.
@@ -212,7 +213,7 @@ def _ack_fields(deliveries: Sequence[Delivery]) -> tuple[list[str], list[str]]:
 
 
 def ack_args(held: Held) -> list[Any]:
-    """The fetch script's trailing ARGV for held acks (see ``redis_scripts.FETCH``)."""
+    """The fetch script's trailing ARGV for held acks (see ``scripts.FETCH``)."""
     tags, counters, _ = held
     return [len(tags), *tags, *counters]
 

@@ -17,8 +17,8 @@ from typing import Any, cast
 import redis
 
 from taskq.broker.base import DeadLetter
-from taskq.broker.kombu_wire import decode_payload, malformed
-from taskq.broker.redis_scripts import REQUEUE_DEAD
+from taskq.broker.envelope import decode_payload, malformed
+from taskq.broker.redis.scripts import REQUEUE_DEAD
 
 __all__ = ["DeadLetterList", "dead_letter_entry"]
 

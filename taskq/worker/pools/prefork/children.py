@@ -2,13 +2,13 @@
 process, starting one, killing one, and what a child's death means for its task.
 
 A ``Child`` holds the requests handed to it and not reported yet, in order: the
-first runs, the rest wait behind it (``taskq.worker.prefork_queue`` decides which
+first runs, the rest wait behind it (``taskq.worker.pools.prefork.queue`` decides which
 may). When the first is reported the next becomes first, and its clock and hard
 time limit start. The parent kills a child on purpose for two reasons only: its
 task passed its hard time limit (``TIMEOUT``: the task is recorded as failed with
 ``TimeLimitExceeded`` and acked) or it was revoked with ``terminate`` (``TERMINATE``:
 recorded as revoked and acked). Any other death is ``WORKER_LOST`` for the task
-that was running. The dispatcher itself (``taskq.worker.prefork``) owns the list of
+that was running. The dispatcher itself (``taskq.worker.pools.prefork.pool``) owns the list of
 children, replaces the dead ones and dispatches what they held again.
 """
 
@@ -31,8 +31,8 @@ from taskq import signals
 from taskq.errors import TaskRevokedError, TimeLimitExceeded
 from taskq.result import states
 from taskq.worker import executor
-from taskq.worker.child import Wire, child_main
 from taskq.worker.executor import ACK, WORKER_LOST, Outcome, Traced
+from taskq.worker.pools.prefork.child import Wire, child_main
 
 if TYPE_CHECKING:
     from taskq.app import App

@@ -1,0 +1,46 @@
+"""Execution pools: where task code runs.
+
+``solo`` runs each task in the consumer's thread, one at a time; ``threads`` up
+to N at once on a thread pool; ``prefork`` in child processes; ``asyncio`` on one
+event loop. Each is one module (``prefork`` a package) implementing
+``taskq.worker.pools.base.Pool``, so the worker does not care which it drives.
+A pool is imported only when chosen.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from taskq.app import App
+    from taskq.worker.pools.base import Done, Pool, PoolSettings
+
+__all__ = ["POOLS", "make_pool"]
+
+#: The pools ``make_pool`` knows.
+POOLS = ("prefork", "threads", "solo", "asyncio")
+
+
+def make_pool(name: str, settings: PoolSettings, app: App, done: Done) -> Pool:
+    """The pool called ``name`` (one of ``POOLS``).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if name == "solo":
+        from taskq.worker.pools.solo import SoloPool
+
+        return SoloPool(app, done)
+    if name == "threads":
+        from taskq.worker.pools.threads import ThreadPool
+
+        return ThreadPool(settings.concurrency, app, done)
+    if name == "prefork":
+        from taskq.worker.pools.prefork.pool import PreforkPool
+
+        return PreforkPool(app, done, settings)
+    if name == "asyncio":
+        from taskq.worker.pools.asyncio import AsyncioPool
+
+        return AsyncioPool(settings.concurrency, app, done)
+    raise ValueError(f"Unknown pool {name!r}; choose one of {', '.join(POOLS)}.")

@@ -1,0 +1,49 @@
+"""``solo``: each task runs in the consumer's thread, one at a time."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from taskq.worker.pools.base import Done, cannot_terminate, run_here
+from taskq.worker.request import Request
+
+if TYPE_CHECKING:
+    from taskq.app import App
+
+
+class SoloPool:
+    """Runs each request inline, in the thread that submits it."""
+
+    def __init__(self, app: App, done: Done) -> None:
+        self.concurrency = 1
+        self._app = app
+        self._done = done
+        self._current: Request | None = None
+
+    def describe(self) -> str:
+        return "1 (solo)"
+
+    def start(self) -> None:
+        pass
+
+    def submit(self, request: Request) -> None:
+        self._current = request
+        try:
+            run_here(self._app, request, self._done)
+        finally:
+            self._current = None
+
+    def take_unstarted(self) -> list[Request]:
+        return []
+
+    def running(self) -> list[Request]:
+        return [self._current] if self._current else []
+
+    def join(self, timeout: float) -> bool:
+        return self._current is None
+
+    def terminate(self, task_id: str, signum: int) -> bool:
+        return cannot_terminate("solo", task_id, self.running())
+
+    def stop(self) -> None:
+        pass

@@ -1,0 +1,65 @@
+"""``threads``: up to N tasks at once on a pool of daemon threads."""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import TYPE_CHECKING
+
+from taskq.worker.pools.base import Done, QueuedPool, cannot_terminate, run_here
+from taskq.worker.request import Request
+
+if TYPE_CHECKING:
+    from taskq.app import App
+
+
+class ThreadPool(QueuedPool):
+    """N daemon threads taking requests from a local FIFO."""
+
+    def __init__(self, concurrency: int, app: App, done: Done) -> None:
+        self.concurrency = concurrency
+        self._app = app
+        self._done = done
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._running: set[Request] = set()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._threads: list[threading.Thread] = []
+
+    def describe(self) -> str:
+        return f"{self.concurrency} (threads)"
+
+    def start(self) -> None:
+        for n in range(self.concurrency):
+            thread = threading.Thread(target=self._loop, name=f"taskq-pool-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def submit(self, request: Request) -> None:
+        with self._cond:
+            self._waiting.append(request)
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                request = self._waiting.popleft()
+                self._running.add(request)
+            try:
+                run_here(self._app, request, self._done)
+            finally:
+                with self._cond:
+                    self._running.discard(request)
+                    self._cond.notify_all()
+
+    def terminate(self, task_id: str, signum: int) -> bool:
+        return cannot_terminate("threads", task_id, self.running())
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
