@@ -66,11 +66,11 @@ class TaskqProducer:
         """
         import uuid
 
-        from taskq import message, producer
+        from taskq import message
         from taskq.broker import redis as redis_broker
 
         fn = self.module.noop
-        msg, queue, priority, _ = producer.build(self.app, fn.name, (), {}, {"eta": _utc(eta)})
+        msg, queue, priority, _ = self.app.producer.build(fn.name, (), {}, {"eta": _utc(eta)})
         envelope = message.encode(msg, self.app.conf.task_serializer, priority)
         broker: Any = self.app.broker
         try:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import threading
-import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, TypeVar, overload
 
-from taskq import canvas, producer
-from taskq.config import EMBEDDED_URL, Settings
+from taskq.backends.store import ResultStore
+from taskq.broker import connect
+from taskq.canvas import Signature, register_builtins
+from taskq.config import Settings, backend_url_of, broker_url_of
+from taskq.control import Control
 from taskq.errors import ConfigurationError, NotRegistered, did_you_mean
+from taskq.producer import Producer
 from taskq.result import AsyncResult
 from taskq.task import P, Task, TaskOptions
 from taskq.urls import mask_url
@@ -17,8 +19,6 @@ from taskq.urls import mask_url
 if TYPE_CHECKING:
     from taskq.backends.base import Backend
     from taskq.broker.base import Broker
-    from taskq.canvas import Signature
-    from taskq.control import Control
 
 R = TypeVar("R")
 
@@ -59,13 +59,14 @@ class App:
             self.conf.include = [*self.conf.include, *include]
         self.conf.apply_env()
         self.tasks: dict[str, Task[Any, Any]] = {}
-        self._broker: Broker | None = None
-        self._backend: Backend | None = None
-        self._lock = threading.Lock()
-        self._inherited: list[object] = []  # see reset_connections
-        self._control: Control | None = None
+        #: Sends task messages; owns the broker connection (opened on first send).
+        self.producer = Producer(self.conf)
+        #: The result backend, opened on first use.
+        self.results = ResultStore(self.conf)
+        #: Remote control of workers (``revoke``).
+        self.control = Control(self.results, self.conf)
         self._periodic: dict[str, dict[str, Any]] = {}
-        canvas.register_builtins(self)  # taskq.map and taskq.starmap
+        register_builtins(self)  # taskq.map and taskq.starmap
 
     def __repr__(self) -> str:
         return f"<taskq.App {self.main or '__main__'} broker={mask_url(self.broker_url)}>"
@@ -81,7 +82,7 @@ class App:
     @property
     def broker_url(self) -> str:
         """The broker URL in use: the configured one or the embedded SQLite file."""
-        return self.conf.broker_url or EMBEDDED_URL
+        return broker_url_of(self.conf)
 
     @property
     def backend_url(self) -> str | None:
@@ -90,9 +91,7 @@ class App:
         With no broker configured at all (the embedded default), results live in
         the same SQLite file as the broker.
         """
-        if self.conf.result_backend:
-            return self.conf.result_backend
-        return EMBEDDED_URL if not self.conf.broker_url else None
+        return backend_url_of(self.conf)
 
     # -- tasks -----------------------------------------------------------------------
 
@@ -130,7 +129,15 @@ class App:
 
         def register(func: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or self._default_name(func)
-            task: Task[Any, Any] = Task(self, func, name=task_name, bind=bind, **options)
+            task: Task[Any, Any] = Task(
+                self,
+                func,
+                name=task_name,
+                bind=bind,
+                producer=self.producer,
+                results=self.results,
+                **options,
+            )
             self.tasks[task_name] = task
             return task
 
@@ -163,11 +170,7 @@ class App:
         **options: Any,
     ) -> AsyncResult[Any]:
         """Send a task by name (it need not be registered in this process)."""
-        task = options.pop("_task", None)
-        retry_of = options.pop("_retry_of", None)
-        out = producer.prepare(self, name, args, kwargs, options, task=task, retry_of=retry_of)
-        producer.send(self, out)
-        return AsyncResult(out.id, app=self)
+        return AsyncResult(self.producer.send_task(name, args, kwargs, options), app=self)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
         return AsyncResult(task_id, app=self)
@@ -179,7 +182,6 @@ class App:
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> Signature:
-        from taskq.canvas import Signature
 
         return Signature(name, tuple(args), kwargs, options=options, app=self)
 
@@ -205,72 +207,25 @@ class App:
         """``beat_schedule`` plus the entries added with ``add_periodic_task``."""
         return {**self.conf.beat_schedule, **self._periodic}
 
-    # -- connections -----------------------------------------------------------------
+    # -- collaborators ---------------------------------------------------------------
 
     @property
     def broker(self) -> Broker:
         """The producer's broker connection, opened on first use."""
-        if self._broker is not None:  # every send asks: no lock once it is open
-            return self._broker
-        with self._lock:
-            if self._broker is None:
-                self._broker = self.new_broker(f"producer-{uuid.uuid4().hex[:12]}")
-            return self._broker
+        return self.producer.broker
 
     def new_broker(self, consumer_id: str) -> Broker:
         """A fresh broker instance (a worker makes its own, with its consumer id)."""
-        from taskq.broker import broker_from_url
-
-        return broker_from_url(
-            self.broker_url,
-            consumer_id=consumer_id,
-            options={
-                "lease_timeout": self.conf.worker_lease_timeout,
-                "connect_timeout": self.conf.broker_connection_timeout,
-                **self.conf.broker_transport_options,
-            },
-        )
+        return connect(self.conf, consumer_id)
 
     @property
     def backend(self) -> Backend | None:
         """The result backend, or None when results are disabled."""
-        url = self.backend_url
-        if url is None:
-            return None
-        with self._lock:
-            if self._backend is None:
-                from taskq.backends import backend_from_url
-                from taskq.backends.base import StoreRetry
-
-                backend = backend_from_url(
-                    url,
-                    expires=self.conf.result_expires,
-                    serializer=self.conf.result_serializer,
-                    accept=self.conf.result_accept_content or self.conf.accept_content,
-                    options=self.conf.result_backend_transport_options,
-                )
-                backend.store_retry = StoreRetry.from_settings(self.conf)
-                self._backend = backend
-            return self._backend
+        return self.results.backend
 
     def require_backend(self) -> Backend:
-        backend = self.backend
-        if backend is None:
-            raise ConfigurationError(
-                "No result backend is configured, so results are not stored. Set "
-                "App(backend='redis://...') or result_backend, or use the embedded "
-                "default by configuring no broker."
-            )
-        return backend
-
-    @property
-    def control(self) -> Control:
-        """Remote control of workers (revoke)."""
-        if self._control is None:
-            from taskq.control import Control
-
-            self._control = Control(self)
-        return self._control
+        """The result backend; ``ConfigurationError`` when results are disabled."""
+        return self.results.require()
 
     def reset_connections(self) -> None:
         """Forget the broker and backend connections without closing them, so the
@@ -278,17 +233,10 @@ class App:
         belong to the parent, and closing them here could close the parent's
         session (an AMQP close frame, a socket shutdown), so the old objects are
         kept referenced and never garbage-collected in this process."""
-        self._inherited.extend(c for c in (self._broker, self._backend) if c is not None)
-        self._lock = threading.Lock()  # another thread may have held it at the fork
-        self._broker = None
-        self._backend = None
+        self.producer.reset()
+        self.results.reset()
 
     def close(self) -> None:
         """Close the broker and backend connections."""
-        with self._lock:
-            if self._broker is not None:
-                self._broker.close()
-                self._broker = None
-            if self._backend is not None:
-                self._backend.close()
-                self._backend = None
+        self.producer.close()
+        self.results.close()

@@ -157,6 +157,22 @@ class Settings:
         return dataclasses.asdict(self)
 
 
+def broker_url_of(conf: Settings) -> str:
+    """The broker URL in use: the configured one or the embedded SQLite file."""
+    return conf.broker_url or EMBEDDED_URL
+
+
+def backend_url_of(conf: Settings) -> str | None:
+    """The result backend URL, or None when results are disabled.
+
+    With no broker configured at all (the embedded default), results live in the
+    same SQLite file as the broker.
+    """
+    if conf.result_backend:
+        return conf.result_backend
+    return EMBEDDED_URL if not conf.broker_url else None
+
+
 def _is_module_noise(obj: object, name: str) -> bool:
     """Skip imported modules, functions and classes in a config module."""
     value = getattr(obj, name)

@@ -20,8 +20,9 @@ from taskq.backends.base import REVOKED_KEY_PREFIX
 from taskq.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from taskq.app import App
     from taskq.backends.base import Backend
+    from taskq.backends.store import ResultStore
+    from taskq.config import Settings
 
 #: How long a revoked id is remembered when results never expire.
 DEFAULT_REVOKE_TTL = 7 * 86400.0
@@ -30,10 +31,11 @@ _TERMINATE = b"terminate:"
 
 
 class Control:
-    """``app.control``: commands for workers."""
+    """``app.control``: commands for workers, through the app's result store."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, results: ResultStore, conf: Settings) -> None:
+        self.results = results
+        self.conf = conf
 
     def revoke(
         self,
@@ -64,8 +66,8 @@ class Control:
         value = b"1"
         if terminate:
             value = _TERMINATE + signal_module.Signals(signal_number(signal)).name.encode()
-        backend = self.app.require_backend()
-        ttl = self.app.conf.result_expires or DEFAULT_REVOKE_TTL
+        backend = self.results.require()
+        ttl = self.conf.result_expires or DEFAULT_REVOKE_TTL
         for tid in ids:
             backend.set(f"{REVOKED_KEY_PREFIX}{tid}", value, ttl)
 

@@ -1,23 +1,33 @@
-"""Turning a call into a message and handing it to the broker."""
+"""The producer: turning a call into a message and handing it to the broker.
+
+``Producer`` owns what sending needs: the broker connection (opened on the first
+publish), the route cache, and the publish retry policy. The app makes one and
+hands it to its tasks; canvas and the worker (retries, chain steps, callbacks)
+send through it too. A call's options are ``apply_async``'s public ones; what
+only the package passes (the task object, the request being retried) travels as
+keyword arguments, never inside the options.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-import weakref
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 from zoneinfo import ZoneInfo
 
 from taskq import message, routing
+from taskq.broker import connect
 from taskq.canvas import Signature
+from taskq.context import Context, current_request
 from taskq.errors import BrokerError, ConfigurationError, did_you_mean
-from taskq.task import Context, current_request
 
 if TYPE_CHECKING:
-    from taskq.app import App
     from taskq.broker.base import Broker, Envelope
+    from taskq.config import Settings
     from taskq.task import Task
 
 log = logging.getLogger("taskq.producer")
@@ -41,9 +51,6 @@ _TASK_DEFAULTS = (
     "ignore_result",
 )  # fmt: skip
 
-# One route cache per app, replaced when ``task_routes`` is (see routing.RouteCache).
-_route_caches: weakref.WeakKeyDictionary[App, routing.RouteCache] = weakref.WeakKeyDictionary()
-
 
 class Outgoing(NamedTuple):
     """A call encoded and ready to publish: where it goes and how it is sent."""
@@ -57,70 +64,272 @@ class Outgoing(NamedTuple):
     retry_policy: Mapping[str, Any] | None
 
 
-def prepare(
-    app: App,
-    name: str,
-    args: Sequence[Any] | None,
-    kwargs: Mapping[str, Any] | None,
-    options: Mapping[str, Any],
-    task: Task[Any, Any] | None = None,
-    retry_of: Context | None = None,
-) -> Outgoing:
-    """Build and encode a call (``apply_async``'s options) without publishing it."""
-    options = dict(options)
-    retry, retry_policy = options.pop("retry", None), options.pop("retry_policy", None)
-    msg, queue, priority, merged = build(app, name, args, kwargs, options, task, retry_of)
-    serializer = merged.get("serializer") or app.conf.task_serializer
-    envelope = message.encode(msg, serializer, priority)
-    return Outgoing(msg.id, envelope, queue, priority, msg.eta, retry, retry_policy)
+class Producer:
+    """Sends task messages for one app's settings.
 
+    Args:
+        conf: the app's settings, read when a call is sent (so settings changed
+            after the producer was made apply).
 
-def build(
-    app: App,
-    name: str,
-    args: Sequence[Any] | None,
-    kwargs: Mapping[str, Any] | None,
-    options: dict[str, Any],
-    task: Task[Any, Any] | None = None,
-    retry_of: Context | None = None,
-) -> tuple[message.TaskMessage, str, int | None, dict[str, Any]]:
-    """The message for a call, its queue, its priority, and the merged options."""
-    if options and not CALL_OPTIONS.issuperset(options):
-        _unknown_option(name, options)
-    args, kwargs = tuple(args or ()), dict(kwargs or {})
-    merged = _merged(app, name, args, kwargs, options, task)
-    conf, get = app.conf, merged.get
-    eta = expires = None
-    if get("countdown") is not None or get("eta") is not None or get("expires") is not None:
-        eta, expires = _times(get("countdown"), get("eta"), get("expires"), conf.timezone)
-    fields = {
-        "id": get("task_id") or message.new_id(),
-        "task": name,
-        "args": args,
-        "kwargs": kwargs,
-        "root_id": get("root_id"),
-        "parent_id": get("parent_id"),
-        "group": get("group_id") or None,
-        "group_index": get("group_index"),
-        "eta": eta,
-        "expires": expires,
-        "retries": 0,
-        "time_limit": get("time_limit", conf.task_time_limit),
-        "soft_time_limit": get("soft_time_limit", conf.task_soft_time_limit),
-        "ignore_result": bool(get("ignore_result", conf.task_ignore_result)),
-        "callbacks": _signatures(get("link")) or None,
-        "errbacks": _signatures(get("link_error")) or None,
-        "chain": get("chain") or None,
-        "chord": get("chord") or None,
-        "reply_to": get("reply_to"),
-        "origin": None,
-        "shadow": get("shadow"),
-        "extra_headers": dict(get("headers") or {}),
-    }
-    _place(fields, retry_of)
-    queue = get("queue") or conf.task_default_queue
-    priority = get("priority", conf.task_default_priority)
-    return message.TaskMessage.from_fields(fields), queue, priority, merged
+    Nothing connects until the first publish. Thread-safe: calls from several
+    threads share the broker connection, which each broker makes safe.
+    """
+
+    def __init__(self, conf: Settings) -> None:
+        self.conf = conf
+        self._broker: Broker | None = None
+        self._lock = threading.Lock()
+        self._routes: routing.RouteCache | None = None
+        self._inherited: list[Broker] = []  # see reset
+
+    @property
+    def broker(self) -> Broker:
+        """The producer's broker connection, opened on first use."""
+        if self._broker is not None:  # every send asks: no lock once it is open
+            return self._broker
+        with self._lock:
+            if self._broker is None:
+                self._broker = connect(self.conf, f"producer-{uuid.uuid4().hex[:12]}")
+            return self._broker
+
+    def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        *,
+        task: Task[Any, Any] | None = None,
+        retry_of: Context | None = None,
+    ) -> str:
+        """Send one call with its publish retry policy; return its task id.
+
+        Args:
+            task: the registered task, whose attributes are the call's defaults.
+            retry_of: the request this call retries: the new message keeps its
+                place in the workflow and counts one more retry.
+
+        Raises:
+            ConfigurationError: an unknown option or a bad countdown/eta/expires.
+            BrokerError: the broker did not take the message after the retry policy.
+        """
+        out = self.prepare(name, args, kwargs, options or {}, task=task, retry_of=retry_of)
+        self.send(out)
+        return out.id
+
+    def reset(self) -> None:
+        """Forget the connection without closing it (a forked child's is its
+        parent's: closing it here could close the parent's session), so the next
+        send opens a new one. The old one stays referenced, never collected here."""
+        if self._broker is not None:
+            self._inherited.append(self._broker)
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        self._broker = None
+
+    def close(self) -> None:
+        """Close the connection; the next send opens a new one."""
+        with self._lock:
+            if self._broker is not None:
+                self._broker.close()
+                self._broker = None
+
+    # -- building --------------------------------------------------------------------
+
+    def prepare(
+        self,
+        name: str,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        options: Mapping[str, Any],
+        *,
+        task: Task[Any, Any] | None = None,
+        retry_of: Context | None = None,
+    ) -> Outgoing:
+        """Build and encode a call (``apply_async``'s options) without publishing it."""
+        options = dict(options)
+        retry, retry_policy = options.pop("retry", None), options.pop("retry_policy", None)
+        msg, queue, priority, merged = self.build(
+            name, args, kwargs, options, task=task, retry_of=retry_of
+        )
+        serializer = merged.get("serializer") or self.conf.task_serializer
+        envelope = message.encode(msg, serializer, priority)
+        return Outgoing(msg.id, envelope, queue, priority, msg.eta, retry, retry_policy)
+
+    def build(
+        self,
+        name: str,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        options: dict[str, Any],
+        *,
+        task: Task[Any, Any] | None = None,
+        retry_of: Context | None = None,
+    ) -> tuple[message.TaskMessage, str, int | None, dict[str, Any]]:
+        """The message for a call, its queue, its priority, and the merged options."""
+        if options and not CALL_OPTIONS.issuperset(options):
+            _unknown_option(name, options)
+        args, kwargs = tuple(args or ()), dict(kwargs or {})
+        merged = self._merged(name, args, kwargs, options, task)
+        conf, get = self.conf, merged.get
+        eta = expires = None
+        if get("countdown") is not None or get("eta") is not None or get("expires") is not None:
+            eta, expires = _times(get("countdown"), get("eta"), get("expires"), conf.timezone)
+        fields = {
+            "id": get("task_id") or message.new_id(),
+            "task": name,
+            "args": args,
+            "kwargs": kwargs,
+            "root_id": get("root_id"),
+            "parent_id": get("parent_id"),
+            "group": get("group_id") or None,
+            "group_index": get("group_index"),
+            "eta": eta,
+            "expires": expires,
+            "retries": 0,
+            "time_limit": get("time_limit", conf.task_time_limit),
+            "soft_time_limit": get("soft_time_limit", conf.task_soft_time_limit),
+            "ignore_result": bool(get("ignore_result", conf.task_ignore_result)),
+            "callbacks": _signatures(get("link")) or None,
+            "errbacks": _signatures(get("link_error")) or None,
+            "chain": get("chain") or None,
+            "chord": get("chord") or None,
+            "reply_to": get("reply_to"),
+            "origin": None,
+            "shadow": get("shadow"),
+            "extra_headers": dict(get("headers") or {}),
+        }
+        _place(fields, retry_of)
+        queue = get("queue") or conf.task_default_queue
+        priority = get("priority", conf.task_default_priority)
+        return message.TaskMessage.from_fields(fields), queue, priority, merged
+
+    def _merged(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+        task: Task[Any, Any] | None,
+    ) -> dict[str, Any]:
+        """The task's defaults, then its route, then the call's options: the last given wins."""
+        merged: dict[str, Any] = {}
+        if task is not None:  # read at each send: a task's attributes may be changed
+            merged = {key: v for key in _TASK_DEFAULTS if (v := getattr(task, key)) is not None}
+        routes = self.conf.task_routes
+        if routes is not None:
+            cache = self._routes
+            if cache is None or cache.routes is not routes:  # replaced: see routing.RouteCache
+                cache = self._routes = routing.RouteCache(routes)
+            merged.update(cache.route(name, args, kwargs, options))
+        merged.update(options)
+        return merged
+
+    # -- sending ---------------------------------------------------------------------
+
+    def send(self, out: Outgoing) -> None:
+        """Publish one prepared call with its retry policy; raise ``BrokerError`` when spent."""
+        self.publish(
+            out.envelope, out.queue, out.priority, out.eta,
+            retry=out.retry, retry_policy=out.retry_policy,
+        )  # fmt: skip
+
+    def send_many(self, outgoing: Iterable[Outgoing]) -> None:
+        """Publish prepared calls in chunks of ``BULK_CHUNK`` through ``broker.publish_many``
+        (one pipeline a chunk on Redis, one transaction on SQLite), each chunk with the
+        retry policy of its calls. Calls with an eta go one by one through ``send``:
+        ``publish_many`` takes none. ``outgoing`` is read as it is sent, so a generator
+        keeps at most one chunk of encoded messages in memory.
+
+        At least once, as ``send``: a chunk whose publish failed part-way (the connection
+        lost mid-pipeline) is sent whole again by the retry, so some of its messages may
+        be queued twice, and none is lost while the policy lasts. When it is spent,
+        ``BrokerError`` is raised; the chunks before stay sent.
+        """
+        batch: list[Outgoing] = []
+        for out in outgoing:
+            if out.eta is not None:
+                self.send(out)
+            elif not batch or (len(batch) < BULK_CHUNK and _same_policy(out, batch[0])):
+                batch.append(out)
+            else:
+                self._send_batch(batch)
+                batch = [out]
+        if batch:
+            self._send_batch(batch)
+
+    def _send_batch(self, batch: list[Outgoing]) -> None:
+        items = [(out.envelope, out.queue, out.priority) for out in batch]
+        first = batch[0]
+        self._with_retries(
+            lambda broker: broker.publish_many(items),
+            lambda: f"{len(items)} task messages (the first {_name(first.envelope)})",
+            first.retry,
+            first.retry_policy,
+        )
+
+    def publish(
+        self,
+        envelope: Envelope,
+        queue: str,
+        priority: int | None,
+        eta: datetime | None,
+        *,
+        retry: bool | None = None,
+        retry_policy: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Publish with the retry policy; raise ``BrokerError`` when it is spent."""
+        eta_ts = eta.timestamp() if eta is not None else None
+        self._with_retries(
+            lambda broker: broker.publish(envelope, queue, priority=priority, eta=eta_ts),
+            lambda: f"task {_name(envelope)}",
+            retry,
+            retry_policy,
+        )
+
+    def _with_retries(
+        self,
+        send: Callable[[Broker], None],
+        what: Callable[[], str],
+        retry: bool | None,
+        retry_policy: Mapping[str, Any] | None,
+    ) -> None:
+        """Call ``send`` until it returns, pausing between attempts as the publish retry
+        policy says; raise ``BrokerError`` naming ``what()`` when the policy is spent."""
+        broker = self.broker
+        try:
+            send(broker)
+            return
+        except BrokerError as exc:
+            failure = exc
+        pauses = self._pauses(retry, retry_policy)  # read only now: most publishes succeed
+        for pause in pauses:
+            log.warning("publish failed (%s); retrying in %.2fs", failure, pause)
+            time.sleep(pause)
+            try:
+                send(broker)
+                return
+            except BrokerError as exc:
+                failure = exc
+        raise BrokerError(
+            f"Could not publish {what()} after {len(pauses) + 1} attempt(s): {failure}"
+        ) from failure
+
+    def _pauses(self, retry: bool | None, retry_policy: Mapping[str, Any] | None) -> list[float]:
+        """The pause before each retry under ``task_publish_retry(_policy)``; none when off."""
+        conf = self.conf
+        if not (conf.task_publish_retry if retry is None else retry):
+            return []
+        policy = {**conf.task_publish_retry_policy, **(retry_policy or {})}
+        interval = float(policy.get("interval_start", 0.0))
+        step, ceiling = (
+            float(policy.get("interval_step", 0.2)),
+            float(policy.get("interval_max", 1.0)),
+        )
+        pauses = []
+        for _ in range(int(policy.get("max_retries") or 0)):
+            pauses.append(interval)
+            interval = min(interval + step, ceiling)
+        return pauses
 
 
 def _unknown_option(name: str, options: Mapping[str, Any]) -> NoReturn:
@@ -129,28 +338,6 @@ def _unknown_option(name: str, options: Mapping[str, Any]) -> NoReturn:
         f"Unknown option {bad!r} for {name}.apply_async().{did_you_mean(bad, CALL_OPTIONS)} "
         "Task arguments go in args=/kwargs=, options are: " + ", ".join(sorted(CALL_OPTIONS))
     )
-
-
-def _merged(
-    app: App,
-    name: str,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    options: dict[str, Any],
-    task: Task[Any, Any] | None,
-) -> dict[str, Any]:
-    """The task's defaults, then its route, then the call's options: the last given wins."""
-    merged: dict[str, Any] = {}
-    if task is not None:  # read at each send: a task's attributes may be changed
-        merged = {key: v for key in _TASK_DEFAULTS if (v := getattr(task, key)) is not None}
-    routes = app.conf.task_routes
-    if routes is not None:
-        cache = _route_caches.get(app)
-        if cache is None or cache.routes is not routes:
-            cache = _route_caches[app] = routing.RouteCache(routes)
-        merged.update(cache.route(name, args, kwargs, options))
-    merged.update(options)
-    return merged
 
 
 def _place(fields: dict[str, Any], retry_of: Context | None) -> None:
@@ -177,39 +364,6 @@ def _place(fields: dict[str, Any], retry_of: Context | None) -> None:
         fields["group_index"] = retry_of.group_index
 
 
-def send(app: App, out: Outgoing) -> None:
-    """Publish one prepared call with its retry policy; raise ``BrokerError`` when spent."""
-    publish(
-        app, out.envelope, out.queue, out.priority, out.eta,
-        retry=out.retry, retry_policy=out.retry_policy,
-    )  # fmt: skip
-
-
-def send_many(app: App, outgoing: Iterable[Outgoing]) -> None:
-    """Publish prepared calls in chunks of ``BULK_CHUNK`` through ``broker.publish_many``
-    (one pipeline a chunk on Redis, one transaction on SQLite), each chunk with the
-    retry policy of its calls. Calls with an eta go one by one through ``send``:
-    ``publish_many`` takes none. ``outgoing`` is read as it is sent, so a generator
-    keeps at most one chunk of encoded messages in memory.
-
-    At least once, as ``send``: a chunk whose publish failed part-way (the connection
-    lost mid-pipeline) is sent whole again by the retry, so some of its messages may
-    be queued twice, and none is lost while the policy lasts. When it is spent,
-    ``BrokerError`` is raised; the chunks before stay sent.
-    """
-    batch: list[Outgoing] = []
-    for out in outgoing:
-        if out.eta is not None:
-            send(app, out)
-        elif not batch or (len(batch) < BULK_CHUNK and _same_policy(out, batch[0])):
-            batch.append(out)
-        else:
-            _send_batch(app, batch)
-            batch = [out]
-    if batch:
-        _send_batch(app, batch)
-
-
 def _same_policy(one: Outgoing, other: Outgoing) -> bool:
     # Identity first: the calls of one group or delay_many share their options.
     return one.retry is other.retry and (
@@ -217,84 +371,8 @@ def _same_policy(one: Outgoing, other: Outgoing) -> bool:
     )
 
 
-def _send_batch(app: App, batch: list[Outgoing]) -> None:
-    items = [(out.envelope, out.queue, out.priority) for out in batch]
-    first = batch[0]
-    _with_retries(
-        app,
-        lambda broker: broker.publish_many(items),
-        lambda: f"{len(items)} task messages (the first {_name(first.envelope)})",
-        first.retry,
-        first.retry_policy,
-    )
-
-
-def publish(
-    app: App,
-    envelope: Envelope,
-    queue: str,
-    priority: int | None,
-    eta: datetime | None,
-    *,
-    retry: bool | None = None,
-    retry_policy: Mapping[str, Any] | None = None,
-) -> None:
-    """Publish with the retry policy; raise ``BrokerError`` when it is spent."""
-    eta_ts = eta.timestamp() if eta is not None else None
-    _with_retries(
-        app,
-        lambda broker: broker.publish(envelope, queue, priority=priority, eta=eta_ts),
-        lambda: f"task {_name(envelope)}",
-        retry,
-        retry_policy,
-    )
-
-
 def _name(envelope: Envelope) -> str:
     return f"{envelope.headers.get('task')}[{envelope.headers.get('id')}]"
-
-
-def _with_retries(
-    app: App,
-    send: Callable[[Broker], None],
-    what: Callable[[], str],
-    retry: bool | None,
-    retry_policy: Mapping[str, Any] | None,
-) -> None:
-    """Call ``send`` until it returns, pausing between attempts as the publish retry
-    policy says; raise ``BrokerError`` naming ``what()`` when the policy is spent."""
-    broker: Broker = app.broker
-    try:
-        send(broker)
-        return
-    except BrokerError as exc:
-        failure = exc
-    pauses = _pauses(app, retry, retry_policy)  # read only now: most publishes succeed
-    for pause in pauses:
-        log.warning("publish failed (%s); retrying in %.2fs", failure, pause)
-        time.sleep(pause)
-        try:
-            send(broker)
-            return
-        except BrokerError as exc:
-            failure = exc
-    raise BrokerError(
-        f"Could not publish {what()} after {len(pauses) + 1} attempt(s): {failure}"
-    ) from failure
-
-
-def _pauses(app: App, retry: bool | None, retry_policy: Mapping[str, Any] | None) -> list[float]:
-    """The pause before each retry under ``task_publish_retry(_policy)``; none when off."""
-    if not (app.conf.task_publish_retry if retry is None else retry):
-        return []
-    policy = {**app.conf.task_publish_retry_policy, **(retry_policy or {})}
-    interval = float(policy.get("interval_start", 0.0))
-    step, ceiling = float(policy.get("interval_step", 0.2)), float(policy.get("interval_max", 1.0))
-    pauses = []
-    for _ in range(int(policy.get("max_retries") or 0)):
-        pauses.append(interval)
-        interval = min(interval + step, ceiling)
-    return pauses
 
 
 def _times(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import importlib
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -14,9 +15,18 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 
+#: Where a task's state and result are stored: Celery's key, so each reads the other's.
+TASK_KEY_PREFIX = "celery-task-meta-"
 
-class states:  # noqa: N801 - mirrors celery.states
-    """Built-in task states (a task may also set custom ones with ``update_state``)."""
+
+def task_key(task_id: str) -> str:
+    """The result backend key of ``task_id``'s meta."""
+    return f"{TASK_KEY_PREFIX}{task_id}"
+
+
+class State(str, enum.Enum):
+    """The built-in task states. Members are strings (``State.SUCCESS == "SUCCESS"``),
+    so stored results and custom states (``update_state``) compare with them."""
 
     PENDING = "PENDING"
     RECEIVED = "RECEIVED"
@@ -25,10 +35,38 @@ class states:  # noqa: N801 - mirrors celery.states
     FAILURE = "FAILURE"
     RETRY = "RETRY"
     REVOKED = "REVOKED"
+    #: Outcomes of a run that store nothing: the task raised ``Ignore`` or ``Reject``.
+    IGNORED = "IGNORED"
+    REJECTED = "REJECTED"
 
-    READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
-    EXCEPTION_STATES = frozenset({FAILURE, RETRY, REVOKED})
-    PROPAGATE_STATES = frozenset({FAILURE, REVOKED})
+    def __str__(self) -> str:
+        return self.value
+
+
+#: States after which a task's result never changes.
+READY_STATES = frozenset({State.SUCCESS, State.FAILURE, State.REVOKED})
+#: States whose result is an exception.
+EXCEPTION_STATES = frozenset({State.FAILURE, State.RETRY, State.REVOKED})
+#: States ``get()`` raises for.
+PROPAGATE_STATES = frozenset({State.FAILURE, State.REVOKED})
+
+
+class states:  # noqa: N801 - mirrors celery.states
+    """Celery's ``states`` module: the ``State`` members and the state sets."""
+
+    PENDING = State.PENDING
+    RECEIVED = State.RECEIVED
+    STARTED = State.STARTED
+    SUCCESS = State.SUCCESS
+    FAILURE = State.FAILURE
+    RETRY = State.RETRY
+    REVOKED = State.REVOKED
+    IGNORED = State.IGNORED
+    REJECTED = State.REJECTED
+
+    READY_STATES = READY_STATES
+    EXCEPTION_STATES = EXCEPTION_STATES
+    PROPAGATE_STATES = PROPAGATE_STATES
 
 
 def exception_to_dict(exc: BaseException) -> dict[str, Any]:
@@ -114,7 +152,7 @@ class AsyncResult(Generic[R]):
 
     @property
     def backend(self) -> Backend:
-        return self.app.require_backend()
+        return self.app.results.require()
 
     def _get_meta(self) -> dict[str, Any]:
         if self._meta is not None:  # ready states never change: keep them

@@ -2,60 +2,26 @@
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import random
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
+from taskq.canvas import Signature, chunks, xmap, xstarmap
+from taskq.context import Context, current_request
 from taskq.errors import MaxRetriesExceededError, Retry
-from taskq.message import new_id as new_id  # the worker imports it from here
 from taskq.result import AsyncResult, EagerResult
+from taskq.worker.executor import Executor
+from taskq.worker.policy import Policies
 
 if TYPE_CHECKING:
     from taskq.app import App
-    from taskq.canvas import Signature, chunks
+    from taskq.backends.store import ResultStore
+    from taskq.producer import Outgoing, Producer
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-@dataclasses.dataclass
-class Context:
-    """What a running task knows about its own invocation (``self.request``)."""
-
-    id: str | None = None
-    task: str | None = None
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-    retries: int = 0
-    hostname: str | None = None
-    delivery_info: dict[str, Any] = dataclasses.field(default_factory=dict)
-    eta: datetime | None = None
-    expires: datetime | None = None
-    parent_id: str | None = None
-    root_id: str | None = None
-    group: str | None = None
-    group_index: int | None = None
-    reply_to: str | None = None
-    origin: str | None = None
-    time_limit: float | None = None
-    soft_time_limit: float | None = None
-    ignore_result: bool = False
-    callbacks: list[dict[str, Any]] | None = None
-    errbacks: list[dict[str, Any]] | None = None
-    chain: list[dict[str, Any]] | None = None
-    chord: dict[str, Any] | None = None
-    headers: dict[str, Any] = dataclasses.field(default_factory=dict)
-    is_eager: bool = False
-    called_directly: bool = True
-
-
-#: The request of the task running in this thread or asyncio task.
-current_request: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
-    "taskq_current_request", default=None
-)
 
 
 @dataclasses.dataclass(eq=False)
@@ -103,10 +69,14 @@ class Task(TaskOptions, Generic[P, R]):
         *,
         name: str,
         bind: bool = False,
+        producer: Producer,
+        results: ResultStore,
         **options: Any,
     ) -> None:
         super().__init__(**options)
         self.app = app
+        self._producer = producer
+        self._results = results
         self.fn = fn
         self.name = name
         self.bind = bind
@@ -165,8 +135,8 @@ class Task(TaskOptions, Generic[P, R]):
         """
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
-        result: AsyncResult[R] = self.app.send_task(self.name, args, kwargs, _task=self, **options)
-        return result
+        task_id = self._producer.send_task(self.name, args, kwargs, options, task=self)
+        return AsyncResult(task_id, app=self.app)
 
     def delay_many(self, items: Iterable[tuple[Any, ...] | list[Any]]) -> list[AsyncResult[R]]:
         """Send one task per argument tuple, in bulk: ``add.delay_many([(1, 2), (3, 4)])``
@@ -187,17 +157,16 @@ class Task(TaskOptions, Generic[P, R]):
         """
         if self.app.conf.task_always_eager:
             return [self.apply(args) for args in items]
-        from taskq import producer  # a higher layer, as the app's send_task is
-
         ids: list[str] = []
+        producer = self._producer
 
-        def prepared() -> Iterator[producer.Outgoing]:
+        def prepared() -> Iterator[Outgoing]:
             for args in items:
-                out = producer.prepare(self.app, self.name, args, None, {}, task=self)
+                out = producer.prepare(self.name, args, None, {}, task=self)
                 ids.append(out.id)
                 yield out
 
-        producer.send_many(self.app, prepared())
+        producer.send_many(prepared())
         return [AsyncResult(task_id, app=self.app) for task_id in ids]
 
     def apply(
@@ -208,21 +177,16 @@ class Task(TaskOptions, Generic[P, R]):
     ) -> EagerResult[R]:
         """Run the task in this process with the worker's state handling
         (retries run again at once) and return an ``EagerResult``."""
-        from taskq.worker.executor import run_eager
-
-        meta = run_eager(self, tuple(args or ()), dict(kwargs or {}), options)
+        executor = Executor(self.app, Policies({self.name: self}, self.app.conf))
+        meta = executor.run_eager(self, tuple(args or ()), dict(kwargs or {}), options)
         return EagerResult(meta["task_id"], self.app, meta)
 
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
         """A signature of this task with these arguments (partial, for canvas)."""
-        from taskq.canvas import Signature
-
         return Signature(self.name, args, kwargs, app=self.app)
 
     def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
         """An immutable signature: a parent's result is not prepended to its args."""
-        from taskq.canvas import Signature
-
         return Signature(self.name, args, kwargs, immutable=True, app=self.app)
 
     def signature(
@@ -231,28 +195,20 @@ class Task(TaskOptions, Generic[P, R]):
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> Signature:
-        from taskq.canvas import Signature
-
         return Signature(self.name, args or (), kwargs or {}, options=options, app=self.app)
 
     def map(self, items: Iterable[Any]) -> Signature:
         """ONE task (``taskq.map``) that calls this task's function on each item."""
-        from taskq.canvas import Signature, xmap
-
         return xmap(Signature(self.name, app=self.app), items)
 
     def starmap(self, items: Iterable[Iterable[Any]]) -> Signature:
         """ONE task (``taskq.starmap``) that calls this task's function with each
         item as its arguments."""
-        from taskq.canvas import Signature, xstarmap
-
         return xstarmap(Signature(self.name, app=self.app), items)
 
     def chunks(self, items: Iterable[Iterable[Any]], n: int) -> chunks:
         """The items (argument tuples) split into ``taskq.starmap`` tasks of ``n``
         calls each; ``.group()`` makes it a group, ``apply_async`` sends that."""
-        from taskq.canvas import Signature, chunks
-
         return chunks(Signature(self.name, app=self.app), items, n)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
@@ -293,16 +249,13 @@ class Task(TaskOptions, Generic[P, R]):
             countdown = self.default_retry_delay
         when: datetime | float | None = eta if eta is not None else countdown
         if not request.is_eager:
-            self.app.send_task(
+            self._producer.send_task(
                 self.name,
                 request.args if args is None else args,
                 request.kwargs if kwargs is None else kwargs,
-                _task=self,
-                _retry_of=request,
-                task_id=request.id,
-                countdown=countdown,
-                eta=eta,
-                **options,
+                {"task_id": request.id, "countdown": countdown, "eta": eta, **options},
+                task=self,
+                retry_of=request,
             )
         raise Retry(exc=exc, when=when)
 
@@ -327,4 +280,4 @@ class Task(TaskOptions, Generic[P, R]):
         target = task_id or self.request.id
         if target is None:
             raise RuntimeError("update_state needs a task_id outside of a running task")
-        self.app.require_backend().store(target, state or "PENDING", meta)
+        self._results.require().store(target, state or "PENDING", meta)

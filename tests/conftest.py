@@ -48,7 +48,7 @@ def app(unique: str) -> Iterator[App]:
 
 
 @pytest.fixture
-def ledger(unique: str) -> Iterator[Ledger]:
+def ledger(redis_url: str, unique: str) -> Iterator[Ledger]:
     """A Redis list the test's tasks append to, from any process."""
     ledger = Ledger(unique)
     yield ledger
@@ -56,7 +56,7 @@ def ledger(unique: str) -> Iterator[Ledger]:
 
 
 @pytest.fixture
-def release(unique: str) -> Iterator[Gate]:
+def release(redis_url: str, unique: str) -> Iterator[Gate]:
     """A gate the test's tasks wait at until the test opens it."""
     gate = Gate(unique, "release")
     yield gate

@@ -1,7 +1,9 @@
 """Where the test servers are, and skip-or-fail when one is missing.
 
 A test that needs a server skips when it is absent, unless ``CI`` is set: then it
-fails, so CI never goes green by skipping.
+fails, so CI never goes green by skipping. In the fast tier
+(``TASKQ_TEST_TIER=fast``, see scripts/test) every test that needs a server
+skips at once, servers or not.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ def reachable(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def require(server: str) -> None:
-    """Skip (or fail under CI) when ``server`` is not listening."""
+    """Skip (or fail under CI) when ``server`` is not listening; skip in the fast tier."""
+    if os.environ.get("TASKQ_TEST_TIER") == "fast":
+        pytest.skip("the fast tier runs no test that needs a server")
     port = PORTS[server]
     if reachable(port):
         used.add(server)

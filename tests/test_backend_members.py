@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from taskq.backends.base import Backend
 from taskq.backends.memory import MemoryBackend
 from tests import test_backends
@@ -48,6 +50,7 @@ class TestAddMember:
         backend.delete(key)
         assert backend.add_member(key, "2", 60) == 1
 
+    @pytest.mark.slow
     def test_expires(self, make_backend: MakeBackend, unique: str) -> None:
         backend = make_backend()
         key = f"set-{unique}"

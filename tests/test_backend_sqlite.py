@@ -115,6 +115,7 @@ def _count(url: str, results: Any) -> None:
     results.put([backend.incr("shared", None) for _ in range(100)])
 
 
+@pytest.mark.slow
 def test_incr_from_processes_gives_distinct_values(url: str) -> None:
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()

@@ -18,10 +18,11 @@ import pytest
 import redis
 
 from taskq.backends import KNOWN_SCHEMES, backend_from_url
-from taskq.backends.base import Backend, task_key
+from taskq.backends.base import Backend
 from taskq.backends.memory import MemoryBackend
 from taskq.backends.redis import RedisBackend
 from taskq.errors import BackendError, ConfigurationError, TimeoutError
+from taskq.result import task_key
 from tests import sql
 
 MakeBackend = Callable[..., Backend]
@@ -123,6 +124,7 @@ class TestBackendContract:
         assert backend.meta(unique)["status"] == "PENDING"
         backend.forget(unique)  # forgetting twice is not an error
 
+    @pytest.mark.slow
     def test_expiry_is_honoured(self, make_backend: MakeBackend, unique: str) -> None:
         backend = make_backend(expires=1)
         backend.store(unique, "SUCCESS", 1)

@@ -296,7 +296,7 @@ def test_countdown_waits_in_rabbitmq_not_in_the_worker(
         seen_waiting = False
         while not result.ready():
             assert time.time() - sent < 10, "the task did not run within 10 s"
-            assert not worker._held  # nothing waits in the worker's memory
+            assert not worker.holding.held  # nothing waits in the worker's memory
             seen_waiting = seen_waiting or waiting_in_delay_levels(amqp_url) > 0
             time.sleep(0.02)
         ran = result.get(timeout=1)
@@ -322,7 +322,7 @@ def test_a_worker_moves_early_messages_into_the_delay_levels(
         result = stamp.apply_async(countdown=countdown)
         while not result.ready():
             assert time.time() - sent < 10, "the task did not run within 10 s"
-            assert not worker._held
+            assert not worker.holding.held
             time.sleep(0.02)
         ran = result.get(timeout=1)
     assert sent + countdown <= ran <= sent + max(countdown, 1.0) + LATE

@@ -176,6 +176,7 @@ def test_tags_are_unique_per_delivery(broker: SqliteBroker) -> None:
     assert broker.fetch([Q], 1, timeout=0) == []
 
 
+@pytest.mark.slow
 def test_expired_lease_returns_messages(make: Callable[..., SqliteBroker]) -> None:
     dead, alive = make("dead", lease_timeout=0.5), make("alive", lease_timeout=0.5)
     dead.publish(envelope(b"x"), Q)
@@ -193,6 +194,7 @@ def test_expired_lease_returns_messages(make: Callable[..., SqliteBroker]) -> No
     assert make("third").fetch([Q], 1, timeout=0) == []
 
 
+@pytest.mark.slow
 def test_heartbeating_consumer_keeps_its_messages(make: Callable[..., SqliteBroker]) -> None:
     holder, other = make("holder", lease_timeout=0.3), make("other", lease_timeout=0.3)
     holder.publish(envelope(b"x"), Q)
@@ -310,6 +312,7 @@ def _consume(url: str, consumer: int, done: Any, results: Any) -> None:
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.slow
 def test_processes_ack_every_message_exactly_once(url: str, method: str) -> None:
     ctx: Any = multiprocessing.get_context(method)
     done, results = ctx.Event(), ctx.Queue()

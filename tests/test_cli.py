@@ -14,8 +14,12 @@ from taskq import __version__
 from tests import proc, servers
 from tests.waiting import wait_until
 
+# Starts workers or subprocesses: the full tier only (scripts/test).
+pytestmark = pytest.mark.slow
+
 PROJ = """
 from taskq import App
+
 
 app = App("proj")
 

@@ -19,6 +19,10 @@ from taskq.testing import running_worker
 from tests import servers
 from tests.waiting import wait_until
 
+# Starts workers or subprocesses: the full tier only (scripts/test).
+pytestmark = pytest.mark.slow
+
+
 COMBOS = ["memory", "redis", "amqp+redis", "sqlite"]
 POOLS = ["threads", "prefork", "solo", "asyncio"]
 # Objects the prefork children inherit by fork and share with this process.

@@ -25,6 +25,10 @@ from taskq.testing import running_worker
 from tests import servers
 from tests.waiting import wait_until
 
+# Starts workers or subprocesses: the full tier only (scripts/test).
+pytestmark = pytest.mark.slow
+
+
 BROKERS = ["redis", "sqlite", "amqp"]
 
 
@@ -82,7 +86,7 @@ def test_countdown_runs_after_it_and_the_worker_holds_nothing(
         assert worker.broker.supports_delayed
         started = result.get(timeout=15)
         assert started >= sent + 2.0
-        assert not worker._held  # the broker kept it, not this worker's memory
+        assert not worker.holding.held  # the broker kept it, not this worker's memory
     assert len(ledger.runs) == 1
     app.close()
 

@@ -13,9 +13,9 @@ import pytest
 from kombu import serialization as kombu_ser
 from kombu.exceptions import EncodeError
 
-from taskq import App, producer
+from taskq import App
+from taskq.context import Context, current_request
 from taskq.message import FIELD_NAMES, TaskMessage, encode, new_id
-from taskq.task import Context, current_request
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def test_built_messages_have_every_field_and_equal_the_constructors(app: App) ->
         return x + y
 
     options = {"task_id": "t1", "link": add.s(1), "headers": {"x-extra": 1}, "priority": 3}
-    msg, queue, priority, _ = producer.build(app, "prod.add", (1, 2), {"z": 3}, options, add)
+    msg, queue, priority, _ = app.producer.build("prod.add", (1, 2), {"z": 3}, options, task=add)
     assert set(vars(msg)) == FIELD_NAMES
     fields = {f.name: getattr(msg, f.name) for f in dataclasses.fields(TaskMessage)}
     assert msg == TaskMessage(**fields)
@@ -47,7 +47,7 @@ def test_a_retry_keeps_its_place_and_a_child_names_its_parent(app: App) -> None:
         id="t", root_id="root", parent_id="parent", group="g", group_index=0, retries=2,
         chain=[{"task": "next"}],
     )  # fmt: skip
-    msg, *_ = producer.build(app, "prod.x", (), {}, {"task_id": "t"}, retry_of=retry_of)
+    msg, *_ = app.producer.build("prod.x", (), {}, {"task_id": "t"}, retry_of=retry_of)
     assert (msg.root_id, msg.parent_id, msg.group, msg.group_index, msg.retries) == (
         "root", "parent", "g", 0, 3,
     )  # fmt: skip
@@ -55,7 +55,7 @@ def test_a_retry_keeps_its_place_and_a_child_names_its_parent(app: App) -> None:
 
     token = current_request.set(Context(id="running", root_id="first"))
     try:
-        child, *_ = producer.build(app, "prod.x", (), {}, {})
+        child, *_ = app.producer.build("prod.x", (), {}, {})
     finally:
         current_request.reset(token)
     assert (child.parent_id, child.root_id, child.retries) == ("running", "first", 0)
@@ -64,10 +64,10 @@ def test_a_retry_keeps_its_place_and_a_child_names_its_parent(app: App) -> None:
 def test_times_are_aware_and_naive_ones_read_in_the_app_timezone(app: App) -> None:
     app.conf.timezone = "Europe/Paris"
     naive = dt.datetime(2030, 1, 1, 12, 0)
-    msg, *_ = producer.build(app, "prod.x", (), {}, {"eta": naive, "expires": 60})
+    msg, *_ = app.producer.build("prod.x", (), {}, {"eta": naive, "expires": 60})
     assert msg.eta is not None and msg.eta.utcoffset() == dt.timedelta(hours=1)
     assert msg.expires is not None and msg.expires.tzinfo is not None
-    plain, *_ = producer.build(app, "prod.x", (), {}, {})
+    plain, *_ = app.producer.build("prod.x", (), {}, {})
     assert (plain.eta, plain.expires) == (None, None)
 
 
@@ -103,7 +103,7 @@ def test_routes_are_read_once_until_replaced(app: App) -> None:
     app.conf.task_routes = {"prod.*": {"queue": "globbed"}, "prod.exact": "exact"}
 
     def queue_of(name: str) -> str:
-        return producer.build(app, name, (), {}, {})[1]
+        return app.producer.build(name, (), {}, {})[1]
 
     assert (queue_of("prod.exact"), queue_of("prod.other"), queue_of("else")) == (
         "exact", "globbed", "default",
@@ -112,7 +112,7 @@ def test_routes_are_read_once_until_replaced(app: App) -> None:
     assert queue_of("prod.exact") == "exact"
     app.conf.task_routes = {"prod.exact": "replaced"}
     assert queue_of("prod.exact") == "replaced"
-    assert producer.build(app, "prod.exact", (), {}, {"queue": "given"})[1] == "given"
+    assert app.producer.build("prod.exact", (), {}, {"queue": "given"})[1] == "given"
 
 
 def test_a_callable_route_sees_every_call(app: App) -> None:
@@ -123,7 +123,7 @@ def test_a_callable_route_sees_every_call(app: App) -> None:
         return {"queue": f"q{args[0]}"} if args else None
 
     app.conf.task_routes = [by_first_arg, {"prod.*": "fallback"}]
-    queues = [producer.build(app, "prod.x", args, {}, {})[1] for args in [(1,), (2,), ()]]
+    queues = [app.producer.build("prod.x", args, {}, {})[1] for args in [(1,), (2,), ()]]
     assert queues == ["q1", "q2", "fallback"] and seen == [(1,), (2,), ()]
 
 

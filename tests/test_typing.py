@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# Starts workers or subprocesses: the full tier only (scripts/test).
+pytestmark = pytest.mark.slow
+
+
 api = pytest.importorskip("mypy.api")
 
 USAGE = Path(__file__).parent / "typing" / "usage.py"

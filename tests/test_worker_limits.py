@@ -11,8 +11,8 @@ from taskq import App, ConfigurationError
 from taskq.errors import SoftTimeLimitExceeded, TimeLimitExceeded
 from taskq.message import TaskMessage
 from taskq.testing import run_until_empty, running_worker, test_app
-from taskq.worker import limits
 from taskq.worker.options import WorkerOptions
+from taskq.worker.policy import Policy
 from taskq.worker.ratelimit import RateLimiter, parse_rate
 from taskq.worker.worker import Worker
 from tests.worker_support import redis_app
@@ -110,12 +110,10 @@ def test_limits_precedence_message_then_task_then_worker_then_setting() -> None:
     app = test_app(task_time_limit=40.0, task_soft_time_limit=30.0)
     task = app.task(name="t.x", time_limit=20.0)(lambda: None)
     message = TaskMessage(id="1", task="t.x", time_limit=10.0)
-    assert limits.resolve(app.conf, task, message, 25.0, 35.0) == (25.0, 10.0)
-    assert limits.resolve(app.conf, task, TaskMessage(id="1", task="t.x")) == (30.0, 20.0)
-    assert limits.resolve(app.conf, None, TaskMessage(id="1", task="t.x"), None, 35.0) == (
-        30.0,
-        35.0,
-    )
+    plain = TaskMessage(id="1", task="t.x")
+    assert Policy.resolve(task, app.conf, 25.0, 35.0).limits_for(message) == (25.0, 10.0)
+    assert Policy.resolve(task, app.conf).limits_for(plain) == (30.0, 20.0)
+    assert Policy.resolve(None, app.conf, None, 35.0).limits_for(plain) == (30.0, 35.0)
 
 
 def test_threads_pool_raises_limits_in_the_task_thread(app: App) -> None:

@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
-from taskq.backends.base import Backend
+from taskq.backends.base import Backend, StoreRetry
 from taskq.errors import ConfigurationError, did_you_mean
 from taskq.urls import mask_url
 
@@ -37,6 +37,7 @@ def backend_from_url(
     serializer: str = "json",
     accept: Sequence[str] = ("json",),
     options: dict[str, Any] | None = None,
+    store_retry: StoreRetry | None = None,
 ) -> Backend:
     """Build the result backend for ``url``; the arguments are ``Backend``'s.
 
@@ -60,7 +61,12 @@ def backend_from_url(
     if not (isinstance(backend_class, type) and issubclass(backend_class, Backend)):
         raise TypeError(f"{module_name}.{class_name} is not a Backend subclass")
     return backend_class(
-        url, expires=expires, serializer=serializer, accept=accept, options=options
+        url,
+        expires=expires,
+        serializer=serializer,
+        accept=accept,
+        options=options,
+        store_retry=store_retry,
     )
 
 

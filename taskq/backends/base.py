@@ -26,20 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 from taskq import serialization
 from taskq.errors import BackendError, TimeoutError
+from taskq.result import READY_STATES, State, task_key
 
 if TYPE_CHECKING:
     from taskq.config import Settings
 
 log = logging.getLogger("taskq.backends")
 
-TASK_KEY_PREFIX = "celery-task-meta-"
 REVOKED_KEY_PREFIX = "taskq-revoked-"
-
-READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
-
-
-def task_key(task_id: str) -> str:
-    return f"{TASK_KEY_PREFIX}{task_id}"
 
 
 def not_ready_error(task_id: str, timeout: float | None) -> TimeoutError:
@@ -103,12 +97,11 @@ class Backend(abc.ABC):
         serializer: how meta is encoded (``result_serializer``).
         accept: content types accepted when reading (``result_accept_content``).
         options: backend-specific options (``result_backend_transport_options``).
+        store_retry: how ``store`` retries a ready state the backend could not take.
     """
 
     #: True when ``wait_for`` is woken by the backend instead of polling.
     push_based: bool = False
-    #: How ``store`` retries ready states; ``App`` sets it from the settings.
-    store_retry: StoreRetry = StoreRetry()
 
     def __init__(
         self,
@@ -118,8 +111,10 @@ class Backend(abc.ABC):
         serializer: str = "json",
         accept: Sequence[str] = ("json",),
         options: dict[str, Any] | None = None,
+        store_retry: StoreRetry | None = None,
     ) -> None:
         self.url = url
+        self.store_retry = store_retry or StoreRetry()
         self.expires = expires
         self.serializer = serializer
         self.accept = tuple(accept)
@@ -228,7 +223,7 @@ class Backend(abc.ABC):
             BackendError: the write failed and was not retried, or retries ran out.
         """
         meta: dict[str, Any] = {
-            "status": state,
+            "status": str(state),  # a State member or a custom state's name
             "result": result,
             "traceback": traceback,
             "children": [],
@@ -293,7 +288,12 @@ class Backend(abc.ABC):
         """The stored meta, or a PENDING meta when nothing is stored."""
         data = self.get(task_key(task_id))
         if data is None:
-            return {"status": "PENDING", "result": None, "traceback": None, "task_id": task_id}
+            return {
+                "status": State.PENDING.value,
+                "result": None,
+                "traceback": None,
+                "task_id": task_id,
+            }
         return self.decode(data)
 
     def forget(self, task_id: str) -> None:

@@ -13,7 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from taskq.backends.base import READY_STATES, Backend, not_ready_error, task_key
+from taskq.backends.base import Backend, not_ready_error
+from taskq.result import READY_STATES, task_key
 
 # How often expired entries that nobody reads again are swept out, in seconds.
 _SWEEP_EVERY = 60.0

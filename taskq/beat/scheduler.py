@@ -30,8 +30,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any, Protocol
+from zoneinfo import ZoneInfo
 
-from taskq.beat.locks import BeatLock
+from taskq.beat.locks import BeatLock, LocalBeatLock, RedisBeatLock
 from taskq.errors import ConfigurationError, did_you_mean
 from taskq.schedules import Schedule, as_schedule
 
@@ -417,10 +418,6 @@ def scheduler_for(app: App) -> Scheduler:
     lease, so several may run at once and exactly one sends (high availability);
     otherwise run a single beat.
     """
-    from zoneinfo import ZoneInfo
-
-    from taskq.beat.locks import LocalBeatLock, RedisBeatLock
-
     conf = app.conf
     redis_url = next(
         (
@@ -431,11 +428,12 @@ def scheduler_for(app: App) -> Scheduler:
         None,
     )
     lock: BeatLock = RedisBeatLock(redis_url) if redis_url else LocalBeatLock()
-    backend = app.backend
+    backend = app.results.backend
     store: ScheduleStore = KeyValueStore(backend) if backend is not None else MemoryStore()
+    producer = app.producer
 
     def send(entry: Entry) -> None:
-        app.send_task(entry.task, entry.args, entry.kwargs, **entry.options)
+        producer.send_task(entry.task, entry.args, entry.kwargs, entry.options)
 
     return Scheduler(
         entries_from_config(app.periodic_tasks),

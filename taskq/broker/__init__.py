@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskq.broker.base import Broker, Delivery, Envelope, QueueSpec
+from taskq.config import broker_url_of
 from taskq.errors import ConfigurationError, did_you_mean
 from taskq.urls import mask_url
 
-__all__ = ["Broker", "Delivery", "Envelope", "QueueSpec", "broker_from_url", "KNOWN_SCHEMES"]
+if TYPE_CHECKING:
+    from taskq.config import Settings
+
+__all__ = [
+    "KNOWN_SCHEMES",
+    "Broker",
+    "Delivery",
+    "Envelope",
+    "QueueSpec",
+    "broker_from_url",
+    "connect",
+]
 
 _BY_SCHEME = {
     "redis": "taskq.broker.redis:RedisBroker",
@@ -38,3 +50,17 @@ def broker_from_url(url: str, *, consumer_id: str, options: dict[str, Any] | Non
     module_name, cls_name = _BY_SCHEME[scheme].split(":")
     cls: type[Broker] = getattr(importlib.import_module(module_name), cls_name)
     return cls(url, consumer_id=consumer_id, options=options)
+
+
+def connect(conf: Settings, consumer_id: str) -> Broker:
+    """A new broker instance for the settings' broker URL and options; nothing
+    connects until it is used. Producers and workers each make their own."""
+    return broker_from_url(
+        broker_url_of(conf),
+        consumer_id=consumer_id,
+        options={
+            "lease_timeout": conf.worker_lease_timeout,
+            "connect_timeout": conf.broker_connection_timeout,
+            **conf.broker_transport_options,
+        },
+    )

@@ -37,7 +37,7 @@ from taskq.result import _value, exception_to_dict, states
 if TYPE_CHECKING:
     from taskq.app import App
     from taskq.backends.base import Backend
-    from taskq.task import Context
+    from taskq.context import Context
 
 log = logging.getLogger("taskq.canvas")
 
@@ -137,7 +137,7 @@ def _send_all(app: App, sigs: list[dict[str, Any]] | None, args: tuple[Any, ...]
 
 def _chord_part_succeeded(app: App, ctx: Context) -> None:
     assert ctx.chord is not None and ctx.group is not None
-    backend = app.require_backend()
+    backend = app.results.require()
     size = int(ctx.chord.get("chord_size") or 0)
     member = str(ctx.group_index) if ctx.group_index is not None else str(ctx.id)
     if backend.add_member(counter_key(ctx.group), member, backend.expires) < size:
@@ -204,7 +204,7 @@ def _fail_chord(
     app: App, info: Mapping[str, Any], group_id: str, *, failed_id: str, exc: BaseException
 ) -> None:
     """Fail the chord once: mark its body failed and run the body's errbacks."""
-    backend = app.require_backend()
+    backend = app.results.require()
     if backend.incr(done_key(group_id), backend.expires) != 1:
         return  # decided already: the body was sent, or another member failed first
     _decide_failure(app, info, ChordError(f"Dependency {failed_id} raised {exc!r}"))
@@ -247,6 +247,6 @@ def _failed_call(sig: Signature) -> _Failed:
 
 
 def _store_failure(app: App, task_ids: list[str], exc: BaseException) -> None:
-    backend = app.require_backend()
+    backend = app.results.require()
     for task_id in task_ids:
         backend.store(task_id, states.FAILURE, exception_to_dict(exc))

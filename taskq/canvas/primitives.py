@@ -387,29 +387,25 @@ def apply_chord(
 def _send_members(app: App, members: list[Signature], opts: Mapping[str, Any]) -> None:
     """Send a group's or a chord header's members, each with the call options ``opts``.
 
-    Task calls of ``app`` go out together through ``producer.send_many`` (on Redis,
+    Task calls of ``app`` go out together through ``Producer.send_many`` (on Redis,
     one pipeline a thousand messages; see there for its at-least-once retries).
     Workflows among the members (chains, chords, groups) and calls bound to another
     app are sent by their own ``apply_async``.
     """
-    from taskq import producer  # a higher layer, as the app's send_task is
-
     calls = []
     for member in members:
         if type(member) is Signature and member.app is app:
             calls.append(member)
         else:
             member.apply_async(**opts)
-    producer.send_many(app, (_prepare(app, call, opts) for call in calls))
+    app.producer.send_many(_prepare(app, call, opts) for call in calls)
 
 
 def _prepare(app: App, call: Signature, opts: Mapping[str, Any]) -> Outgoing:
     """What ``call.apply_async(**opts)`` would publish (``Signature.apply_async``)."""
-    from taskq import producer
-
     options = {**call["options"], **opts}
     task = app.tasks.get(call.task)
-    return producer.prepare(app, call.task, call["args"], call["kwargs"], options, task=task)
+    return app.producer.prepare(call.task, call["args"], call["kwargs"], options, task=task)
 
 
 def _flatten(header: group) -> list[Signature]:

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from taskq.errors import TimeoutError
-from taskq.result import AsyncResult, _value, states
+from taskq.result import AsyncResult, _value, states, task_key
 
 if TYPE_CHECKING:
     from taskq.app import App
@@ -72,9 +72,6 @@ class GroupResult(AsyncResult[list[Any]]):
         return self._read([r.id for r in self.leaves()])
 
     def _read(self, task_ids: list[str]) -> list[dict[str, Any] | None]:
-        # The backends sit above canvas in the import layers: import at use.
-        from taskq.backends.base import task_key
-
         backend = self.backend
         datas = backend.mget([task_key(task_id) for task_id in task_ids])
         return [backend.decode(data) if data is not None else None for data in datas]
@@ -200,7 +197,7 @@ class GroupResult(AsyncResult[list[Any]]):
     @classmethod
     def restore(cls, group_id: str, app: App) -> GroupResult | None:
         """The group saved under ``group_id``, or None when there is none."""
-        backend = app.require_backend()
+        backend = app.results.require()
         data = backend.get(group_key(group_id))
         if data is None:
             return None

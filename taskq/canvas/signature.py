@@ -11,7 +11,7 @@ turns a dict read from a message back into the right class.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from taskq.errors import ConfigurationError
 from taskq.message import new_id
@@ -170,11 +170,12 @@ class Signature(dict[str, Any]):
 
     def __or__(self, other: Signature) -> chain:  # type: ignore[override]  # not dict merge
         """``a | b``: a chain where ``b`` gets ``a``'s result."""
-        from taskq.canvas.primitives import chain
-
         if not isinstance(other, Signature):
             return NotImplemented
-        return chain(self, other, app=self.app or other.app)
+        # The chain class registers itself (``register_kind``): importing it here
+        # would make the two modules import each other.
+        make: Any = _KINDS["chain"]
+        return cast("chain", make(self, other, app=self.app or other.app))
 
     # -- ids, for workflows ----------------------------------------------------------
 
@@ -230,7 +231,8 @@ class Signature(dict[str, Any]):
         task = app.tasks.get(call.task)
         if task is not None:
             return task.apply_async(call.args, call.kwargs, **call.options)
-        return app.send_task(call.task, call.args, call.kwargs, **call.options)
+        task_id = app.producer.send_task(call.task, call.args, call.kwargs, call.options)
+        return AsyncResult(task_id, app=app)
 
 
 def signature(

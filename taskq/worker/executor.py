@@ -1,11 +1,17 @@
 """Running one task and recording what happened.
 
-``execute`` is ``begin`` (look up, expiry, STARTED, ``task_prerun``), ``trace``
-(call the task inside its request context and time limits, and classify the
-outcome: success, failure, retry, ignore, reject; never touches the broker) and
-``finish`` (``record`` stores the outcome, runs ``link``/``link_error`` callbacks
-and logs; ``announce`` fires the outcome's signals). The asyncio pool runs the
-same three steps with its own ``trace``. ``run_eager`` runs a task in-process.
+``Executor.execute`` is ``begin`` (look up, expiry, STARTED, ``task_prerun``),
+``trace`` (call the task inside its request context and time limits, and classify
+the outcome: success, failure, retry, ignore, reject; never touches the broker)
+and ``finish`` (``record`` stores the outcome, runs ``link``/``link_error``
+callbacks and logs; ``announce`` fires the outcome's signals). The asyncio pool
+runs the same three steps with its own ``trace``; ``run_eager`` runs a task
+in-process for ``Task.apply``.
+
+The executor is handed what it uses when it is made (the task registry, the
+settings, the result store, each task's ``Policy``) and sends workflow steps
+through the signatures' app (``taskq.canvas.hooks``). It sits below ``Task`` in
+the layers (tests/test_layers.py) because ``Task.apply`` runs through it.
 """
 
 from __future__ import annotations
@@ -13,15 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import enum
 import inspect
 import logging
 import os
 import time
 import traceback as tb_mod
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from taskq import canvas, signals
+from taskq.context import Context, current_request
 from taskq.errors import (
     BackendError,
     Ignore,
@@ -31,83 +40,258 @@ from taskq.errors import (
     TaskError,
     TaskRevokedError,
 )
-from taskq.result import exception_to_dict, states
-from taskq.task import Context, current_request, new_id
+from taskq.message import new_id
+from taskq.result import READY_STATES, State, exception_to_dict
 from taskq.worker.limits import enforced
+from taskq.worker.policy import Policies
 
 if TYPE_CHECKING:
     from taskq.app import App
+    from taskq.backends.store import ResultStore
+    from taskq.config import Settings
     from taskq.task import Task
 
 log = logging.getLogger("taskq.worker")
 
-IGNORED, REJECTED = "IGNORED", "REJECTED"
 _NO_LIMITS = contextlib.nullcontext()
-ACK, REQUEUE, DEAD_LETTER, WORKER_LOST = "ack", "requeue", "dead_letter", "worker_lost"
+
+
+class Action(enum.Enum):
+    """What the worker does with a message once its task ran (or could not)."""
+
+    ACK = "ack"
+    REQUEUE = "requeue"
+    DEAD_LETTER = "dead_letter"
+    #: The process running it died: redeliver (counting it) or record the failure.
+    WORKER_LOST = "worker_lost"
 
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """What the worker must do with a message once its task ran (or could not)."""
+    """An ``Action`` and, for dead letters and lost workers, why."""
 
-    action: str  # ACK, REQUEUE, DEAD_LETTER or WORKER_LOST
+    action: Action
     reason: str = ""
 
 
-def execute(app: App, ctx: Context, *, inline_hard_limit: bool = True) -> Outcome:
-    """Run the request described by ``ctx`` and record its state: the part of a
-    worker that runs where the task runs (a thread, or a prefork child).
+@dataclasses.dataclass
+class Traced:
+    """What one run of a task produced."""
 
-    ``ctx.soft_time_limit`` and ``ctx.time_limit`` are raised inside the task (see
-    ``limits.enforced``); a prefork child passes ``inline_hard_limit=False``
-    because its parent enforces the hard limit by killing it.
+    state: State
+    value: Any = None
+    traceback: str | None = None
+    runtime: float = 0.0
+    requeue: bool = False
+
+
+class Executor:
+    """Runs tasks and records their outcomes.
+
+    Args:
+        app: the app whose tasks run; its signatures send workflow steps.
+        policies: each task's resolved policy (``taskq.worker.policy``).
     """
-    task = begin(app, ctx)
-    if isinstance(task, Outcome):
+
+    def __init__(self, app: App, policies: Policies) -> None:
+        self.app = app
+        self.tasks: Mapping[str, Task[Any, Any]] = app.tasks
+        self.conf: Settings = app.conf
+        self.results: ResultStore = app.results
+        self.policies = policies
+
+    def reset_connections(self) -> None:
+        """Forget inherited connections (in a forked child): see ``App.reset_connections``."""
+        self.app.reset_connections()
+
+    def execute(self, ctx: Context, *, inline_hard_limit: bool = True) -> Outcome:
+        """Run the request described by ``ctx`` and record its state: the part of a
+        worker that runs where the task runs (a thread, or a prefork child).
+
+        ``ctx.soft_time_limit`` and ``ctx.time_limit`` are raised inside the task
+        (see ``limits.enforced``); a prefork child passes ``inline_hard_limit=False``
+        because its parent enforces the hard limit by killing it.
+        """
+        task = self.begin(ctx)
+        if isinstance(task, Outcome):
+            return task
+        hard = ctx.time_limit if inline_hard_limit else None
+        return self.finish(task, ctx, trace(task, ctx, (ctx.soft_time_limit, hard)))
+
+    def begin(self, ctx: Context) -> Task[Any, Any] | Outcome:
+        """Find the task and get it ready to run: an ``Outcome`` means "do not run"
+        (unregistered or expired, already recorded). Records STARTED when tracked and
+        fires ``task_prerun``."""
+        task = self.tasks.get(ctx.task or "")
+        if task is None:
+            log.error("Received unregistered task of type %r (id %s).", ctx.task, ctx.id)
+            error = NotRegistered(f"Task {ctx.task!r} is not registered on worker {ctx.hostname}.")
+            self.store(None, ctx, State.FAILURE, error)
+            return Outcome(Action.ACK)
+        if ctx.expires is not None and ctx.expires <= datetime.now(timezone.utc):
+            log.info("Task %s[%s] expired: not run", ctx.task, ctx.id)
+            self.store(task, ctx, State.REVOKED, TaskRevokedError("expired"))
+            signals.task_revoked.send(
+                task, request=ctx, terminated=False, signum=None, expired=True
+            )
+            return Outcome(Action.ACK)
+        if self.policies[task.name].track_started:
+            self.store(task, ctx, State.STARTED, {"pid": os.getpid(), "hostname": ctx.hostname})
+        signals.task_prerun.send(task, task_id=ctx.id, task=task, args=ctx.args, kwargs=ctx.kwargs)
         return task
-    hard = ctx.time_limit if inline_hard_limit else None
-    return finish(app, task, ctx, trace(task, ctx, (ctx.soft_time_limit, hard)))
 
+    def finish(self, task: Task[Any, Any], ctx: Context, traced: Traced) -> Outcome:
+        """Record what ``traced`` says, fire the outcome's signals and ``task_postrun``,
+        and say what to do with the message."""
+        self.record(task, ctx, traced)
+        announce(task, ctx, traced)
+        if traced.state == State.REJECTED:
+            if traced.requeue:
+                return Outcome(Action.REQUEUE)
+            return Outcome(Action.DEAD_LETTER, f"rejected by the task: {traced.value}")
+        return Outcome(Action.ACK)
 
-def begin(app: App, ctx: Context) -> Task[Any, Any] | Outcome:
-    """Find the task and get it ready to run: an ``Outcome`` means "do not run"
-    (unregistered or expired, already recorded). Records STARTED when tracked and
-    fires ``task_prerun``."""
-    task = app.tasks.get(ctx.task or "")
-    if task is None:
-        log.error("Received unregistered task of type %r (id %s).", ctx.task, ctx.id)
-        error = NotRegistered(f"Task {ctx.task!r} is not registered on worker {ctx.hostname}.")
-        store(app, None, ctx, states.FAILURE, error)
-        return Outcome(ACK)
-    if ctx.expires is not None and ctx.expires <= datetime.now(timezone.utc):
-        log.info("Task %s[%s] expired: not run", ctx.task, ctx.id)
-        store(app, task, ctx, states.REVOKED, TaskRevokedError("expired"))
-        signals.task_revoked.send(task, request=ctx, terminated=False, signum=None, expired=True)
-        return Outcome(ACK)
-    track = task.track_started if task.track_started is not None else app.conf.task_track_started
-    if track:
-        store(app, task, ctx, states.STARTED, {"pid": os.getpid(), "hostname": ctx.hostname})
-    signals.task_prerun.send(task, task_id=ctx.id, task=task, args=ctx.args, kwargs=ctx.kwargs)
-    return task
+    def record(self, task: Task[Any, Any], ctx: Context, traced: Traced) -> None:
+        """Store the outcome, run callbacks and log it (the worker's bookkeeping)."""
+        name, task_id = task.name, ctx.id
+        assert task_id is not None
+        if traced.state == State.SUCCESS:
+            if log.isEnabledFor(logging.INFO):  # _short() is a repr: not for nothing
+                log.info(
+                    "Task %s[%s] succeeded in %.6fs: %s",
+                    name,
+                    task_id,
+                    traced.runtime,
+                    _short(traced.value),
+                )
+            if not self.policies[name].ignores_result(ctx.ignore_result, self.conf):
+                self.store(task, ctx, State.SUCCESS, traced.value, runtime=traced.runtime)
+            if ctx.chain or ctx.callbacks or ctx.chord:  # else the workflow has nothing to do
+                canvas.on_success(self.app, ctx, traced.value)
+        elif traced.state == State.RETRY:
+            log.info("Task %s[%s] retry: %s", name, task_id, traced.value)
+            exc = (
+                traced.value.exc
+                if isinstance(traced.value, Retry) and traced.value.exc
+                else traced.value
+            )
+            self.store(task, ctx, State.RETRY, exc, traceback=traced.traceback)
+        elif traced.state == State.FAILURE:
+            log.error(
+                "Task %s[%s] raised unexpected: %r\n%s",
+                name,
+                task_id,
+                traced.value,
+                traced.traceback,
+            )
+            self.store(
+                task,
+                ctx,
+                State.FAILURE,
+                traced.value,
+                traceback=traced.traceback,
+                runtime=traced.runtime,
+            )
+            canvas.on_failure(self.app, ctx, traced.value)
+        elif traced.state == State.REJECTED:
+            log.warning(
+                "Task %s[%s] rejected itself (requeue=%s): %s",
+                name,
+                task_id,
+                traced.requeue,
+                traced.value,
+            )
 
+    def store(
+        self,
+        task: Task[Any, Any] | None,
+        ctx: Context,
+        state: State,
+        value: Any,
+        *,
+        traceback: str | None = None,
+        runtime: float | None = None,
+    ) -> None:
+        """Write a state to the result backend; a value the serializer refuses becomes
+        a FAILURE that says so. Backend errors are logged, never raised into the worker."""
+        backend = self.results.backend
+        if backend is None or ctx.id is None:
+            return
+        result = exception_to_dict(value) if isinstance(value, BaseException) else value
+        extra: dict[str, Any] = {"worker": ctx.hostname, "retries": ctx.retries}
+        if runtime is not None:
+            extra["runtime"] = runtime
+        if self.conf.result_extended:
+            extra.update(
+                name=ctx.task,
+                args=list(ctx.args),
+                kwargs=ctx.kwargs,
+                queue=ctx.delivery_info.get("routing_key"),
+            )
+        try:
+            try:
+                backend.store(ctx.id, state, result, traceback=traceback, extra=extra)
+            except (TypeError, ValueError) as exc:
+                error = TaskError(
+                    f"The return value of {ctx.task} could not be stored with the "
+                    f"{backend.serializer!r} result serializer: {exc}. Return plain data "
+                    "(dict, list, str, numbers) or pick another result_serializer."
+                )
+                backend.store(ctx.id, State.FAILURE, exception_to_dict(error), extra=extra)
+        except BackendError as exc:
+            log.error("Could not store %s for task %s: %s", state, ctx.id, exc)
 
-def finish(app: App, task: Task[Any, Any], ctx: Context, traced: Traced) -> Outcome:
-    """Record what ``traced`` says, fire the outcome's signals and ``task_postrun``,
-    and say what to do with the message."""
-    record(app, task, ctx, traced)
-    announce(task, ctx, traced)
-    if traced.state == REJECTED:
-        if traced.requeue:
-            return Outcome(REQUEUE)
-        return Outcome(DEAD_LETTER, f"rejected by the task: {traced.value}")
-    return Outcome(ACK)
+    def run_eager(
+        self,
+        task: Task[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """Run a task in-process as a worker would; retries run again at once.
+
+        Returns the result meta. Raises the task's exception when
+        ``task_eager_propagates`` is set.
+        """
+        parent = current_request.get()
+        ctx = Context(
+            id=options.get("task_id") or new_id(),
+            task=task.name,
+            args=args,
+            kwargs=kwargs,
+            hostname=f"eager@{os.uname().nodename}",
+            parent_id=parent.id if parent else None,
+            root_id=(parent.root_id or parent.id) if parent else None,
+            is_eager=True,
+            called_directly=False,
+        )
+        ctx.root_id = ctx.root_id or ctx.id
+        while True:
+            traced = trace(task, ctx)
+            if traced.state != State.RETRY:
+                break
+            ctx.retries += 1
+        if self.conf.task_store_eager_result:
+            self.record(task, ctx, traced)
+        if traced.state == State.FAILURE and self.conf.task_eager_propagates:
+            raise traced.value
+        if traced.state == State.SUCCESS:
+            ctx.callbacks = [dict(s) for s in _as_list(options.get("link"))]
+            canvas.on_success(self.app, ctx, traced.value)
+        value = traced.value
+        return {
+            "task_id": ctx.id,
+            "status": traced.state if traced.state in READY_STATES else State.SUCCESS,
+            "result": exception_to_dict(value) if isinstance(value, BaseException) else value,
+            "traceback": traced.traceback,
+        }
 
 
 def announce(task: Task[Any, Any], ctx: Context, traced: Traced) -> None:
     """Fire ``task_success`` / ``task_failure`` / ``task_retry``, then ``task_postrun``."""
-    if traced.state == states.SUCCESS:
+    if traced.state == State.SUCCESS:
         signals.task_success.send(task, result=traced.value)
-    elif traced.state == states.FAILURE:
+    elif traced.state == State.FAILURE:
         signals.task_failure.send(
             task,
             task_id=ctx.id,
@@ -116,7 +300,7 @@ def announce(task: Task[Any, Any], ctx: Context, traced: Traced) -> None:
             kwargs=ctx.kwargs,
             traceback=traced.traceback,
         )
-    elif traced.state == states.RETRY:
+    elif traced.state == State.RETRY:
         signals.task_retry.send(task, request=ctx, reason=traced.value)
     signals.task_postrun.send(
         task,
@@ -127,17 +311,6 @@ def announce(task: Task[Any, Any], ctx: Context, traced: Traced) -> None:
         retval=traced.value,
         state=traced.state,
     )
-
-
-@dataclasses.dataclass
-class Traced:
-    """What one run of a task produced."""
-
-    state: str
-    value: Any = None
-    traceback: str | None = None
-    runtime: float = 0.0
-    requeue: bool = False
 
 
 def trace(
@@ -154,7 +327,7 @@ def trace(
             value = task.run(*ctx.args, **ctx.kwargs)
             if value is not None and inspect.isawaitable(value):
                 value = asyncio.run(_await(value))
-        return Traced(states.SUCCESS, value, runtime=time.monotonic() - start)
+        return Traced(State.SUCCESS, value, runtime=time.monotonic() - start)
     except Exception as exc:
         return classify(task, ctx, exc, time.monotonic() - start)
     finally:
@@ -164,14 +337,14 @@ def trace(
 def classify(task: Task[Any, Any], ctx: Context, exc: Exception, runtime: float) -> Traced:
     """What an exception raised by a task means (call it inside ``except``)."""
     if isinstance(exc, Retry):
-        return Traced(states.RETRY, exc, runtime=runtime)
+        return Traced(State.RETRY, exc, runtime=runtime)
     if isinstance(exc, Ignore):
-        return Traced(IGNORED, runtime=runtime)
+        return Traced(State.IGNORED, runtime=runtime)
     if isinstance(exc, Reject):
-        return Traced(REJECTED, exc, requeue=exc.requeue, runtime=runtime)
+        return Traced(State.REJECTED, exc, requeue=exc.requeue, runtime=runtime)
     if task.autoretry_for and isinstance(exc, task.autoretry_for):
         return _autoretry(task, ctx, exc, runtime)
-    return Traced(states.FAILURE, exc, tb_mod.format_exc(), runtime)
+    return Traced(State.FAILURE, exc, tb_mod.format_exc(), runtime)
 
 
 async def _await(value: Any) -> Any:
@@ -184,155 +357,17 @@ def _autoretry(task: Task[Any, Any], ctx: Context, exc: Exception, runtime: floa
         options = {k: v for k, v in task.retry_kwargs.items() if k != "countdown"}
         task.retry(exc=exc, countdown=task.backoff_delay(ctx.retries), **options)
     except Retry as retry:
-        return Traced(states.RETRY, retry, runtime=runtime)
+        return Traced(State.RETRY, retry, runtime=runtime)
     except Exception as final:  # max retries exceeded: the original error, or ours
-        return Traced(states.FAILURE, final, tb_mod.format_exc(), runtime)
+        return Traced(State.FAILURE, final, tb_mod.format_exc(), runtime)
     finally:
         current_request.reset(token)
     raise AssertionError("Task.retry returned")  # pragma: no cover - retry always raises
 
 
-def record(app: App, task: Task[Any, Any], ctx: Context, traced: Traced) -> None:
-    """Store the outcome, run callbacks and log it (the worker's bookkeeping)."""
-    name, task_id = task.name, ctx.id
-    assert task_id is not None
-    if traced.state == states.SUCCESS:
-        if log.isEnabledFor(logging.INFO):  # _short() is a repr: not for nothing
-            log.info(
-                "Task %s[%s] succeeded in %.6fs: %s",
-                name,
-                task_id,
-                traced.runtime,
-                _short(traced.value),
-            )
-        if not _ignores_result(app, task, ctx):
-            store(app, task, ctx, states.SUCCESS, traced.value, runtime=traced.runtime)
-        if ctx.chain or ctx.callbacks or ctx.chord:  # else the workflow has nothing to do
-            canvas.on_success(app, ctx, traced.value)
-    elif traced.state == states.RETRY:
-        log.info("Task %s[%s] retry: %s", name, task_id, traced.value)
-        exc = (
-            traced.value.exc
-            if isinstance(traced.value, Retry) and traced.value.exc
-            else traced.value
-        )
-        store(app, task, ctx, states.RETRY, exc, traceback=traced.traceback)
-    elif traced.state == states.FAILURE:
-        log.error(
-            "Task %s[%s] raised unexpected: %r\n%s", name, task_id, traced.value, traced.traceback
-        )
-        store(
-            app,
-            task,
-            ctx,
-            states.FAILURE,
-            traced.value,
-            traceback=traced.traceback,
-            runtime=traced.runtime,
-        )
-        canvas.on_failure(app, ctx, traced.value)
-    elif traced.state == REJECTED:
-        log.warning(
-            "Task %s[%s] rejected itself (requeue=%s): %s",
-            name,
-            task_id,
-            traced.requeue,
-            traced.value,
-        )
-
-
-def store(
-    app: App,
-    task: Task[Any, Any] | None,
-    ctx: Context,
-    state: str,
-    value: Any,
-    *,
-    traceback: str | None = None,
-    runtime: float | None = None,
-) -> None:
-    """Write a state to the result backend; a value the serializer refuses becomes a
-    FAILURE that says so. Backend errors are logged, never raised into the worker."""
-    backend = app.backend
-    if backend is None or ctx.id is None:
-        return
-    result = exception_to_dict(value) if isinstance(value, BaseException) else value
-    extra: dict[str, Any] = {"worker": ctx.hostname, "retries": ctx.retries}
-    if runtime is not None:
-        extra["runtime"] = runtime
-    if app.conf.result_extended:
-        extra.update(
-            name=ctx.task,
-            args=list(ctx.args),
-            kwargs=ctx.kwargs,
-            queue=ctx.delivery_info.get("routing_key"),
-        )
-    try:
-        try:
-            backend.store(ctx.id, state, result, traceback=traceback, extra=extra)
-        except (TypeError, ValueError) as exc:
-            error = TaskError(
-                f"The return value of {ctx.task} could not be stored with the "
-                f"{backend.serializer!r} result serializer: {exc}. Return plain data "
-                "(dict, list, str, numbers) or pick another result_serializer."
-            )
-            backend.store(ctx.id, states.FAILURE, exception_to_dict(error), extra=extra)
-    except BackendError as exc:
-        log.error("Could not store %s for task %s: %s", state, ctx.id, exc)
-
-
-def _ignores_result(app: App, task: Task[Any, Any], ctx: Context) -> bool:
-    if task.ignore_result is not None:
-        return task.ignore_result or ctx.ignore_result
-    return ctx.ignore_result or app.conf.task_ignore_result
-
-
 def _short(value: Any, limit: int = 256) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def run_eager(
-    task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
-) -> dict[str, Any]:
-    """Run a task in-process as a worker would; retries run again at once.
-
-    Returns the result meta. Raises the task's exception when
-    ``task_eager_propagates`` is set.
-    """
-    app = task.app
-    parent = current_request.get()
-    ctx = Context(
-        id=options.get("task_id") or new_id(),
-        task=task.name,
-        args=args,
-        kwargs=kwargs,
-        hostname=f"eager@{os.uname().nodename}",
-        parent_id=parent.id if parent else None,
-        root_id=(parent.root_id or parent.id) if parent else None,
-        is_eager=True,
-        called_directly=False,
-    )
-    ctx.root_id = ctx.root_id or ctx.id
-    while True:
-        traced = trace(task, ctx)
-        if traced.state != states.RETRY:
-            break
-        ctx.retries += 1
-    if app.conf.task_store_eager_result:
-        record(app, task, ctx, traced)
-    if traced.state == states.FAILURE and app.conf.task_eager_propagates:
-        raise traced.value
-    if traced.state == states.SUCCESS:
-        ctx.callbacks = [dict(s) for s in _as_list(options.get("link"))]
-        canvas.on_success(app, ctx, traced.value)
-    value = traced.value
-    return {
-        "task_id": ctx.id,
-        "status": traced.state if traced.state in states.READY_STATES else states.SUCCESS,
-        "result": exception_to_dict(value) if isinstance(value, BaseException) else value,
-        "traceback": traced.traceback,
-    }
 
 
 def _as_list(value: Any) -> list[Any]:

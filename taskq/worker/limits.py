@@ -1,6 +1,7 @@
-"""Time limits: which apply to a request, and raising them inside a running task.
+"""Time limits: raising them inside a running task.
 
-Precedence, highest first: the message's ``timelimit`` header (set per call with
+Which limits apply is the task's ``Policy`` (``taskq.worker.policy``); precedence,
+highest first: the message's ``timelimit`` header (set per call with
 ``apply_async(time_limit=..., soft_time_limit=...)``), the task's option
 (``@app.task(time_limit=...)``), then the worker's ``--time-limit`` /
 ``--soft-time-limit``, then ``task_time_limit`` / ``task_soft_time_limit``.
@@ -33,45 +34,9 @@ from typing import TYPE_CHECKING, Any
 from taskq.errors import SoftTimeLimitExceeded, TaskqError, TimeLimitExceeded
 
 if TYPE_CHECKING:
-    from taskq.config import Settings
-    from taskq.message import TaskMessage
-    from taskq.task import Task
+    pass
 
 Limit = tuple[type[TaskqError], float]
-
-
-def resolve(
-    conf: Settings,
-    task: Task[Any, Any] | None,
-    message: TaskMessage,
-    worker_soft: float | None = None,
-    worker_hard: float | None = None,
-) -> tuple[float | None, float | None]:
-    """The ``(soft, hard)`` limits in seconds for ``message``; None means none."""
-    if (
-        message.time_limit is None
-        and message.soft_time_limit is None
-        and worker_hard is None
-        and worker_soft is None
-        and conf.task_time_limit is None
-        and conf.task_soft_time_limit is None
-        and (task is None or (task.time_limit is None and task.soft_time_limit is None))
-    ):
-        return None, None  # the common case, checked once per message
-
-    def first(*values: float | None) -> float | None:
-        return next((float(v) for v in values if v is not None and v > 0), None)
-
-    hard = first(
-        message.time_limit, task.time_limit if task else None, worker_hard, conf.task_time_limit
-    )
-    soft = first(
-        message.soft_time_limit,
-        task.soft_time_limit if task else None,
-        worker_soft,
-        conf.task_soft_time_limit,
-    )
-    return soft, hard
 
 
 def describe(kind: type[TaskqError], seconds: float) -> str:

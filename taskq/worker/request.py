@@ -12,8 +12,8 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+from taskq.context import Context
 from taskq.message import TaskMessage
-from taskq.task import Context
 
 if TYPE_CHECKING:
     from taskq.broker.base import Broker, Delivery

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -24,11 +25,17 @@ APP = "tests.faults.faultproj"
 
 
 def start_worker(
-    config: Config, *args: str, extra_env: dict[str, str] | None = None, ready: bool = True
+    config: Config,
+    *args: str,
+    extra_env: dict[str, str] | None = None,
+    ready: bool = True,
+    entry: str = "taskq.cli",
 ) -> proc.Proc:
-    """``taskq -A tests.faults.faultproj worker`` with ``config``; waits for "ready."."""
+    """``taskq -A tests.faults.faultproj worker`` with ``config``; waits for "ready.".
+    ``entry``: the module run with ``python -m`` (a test wrapper of the CLI)."""
     environ = proc.env({**config.env(), **(extra_env or {})})
-    worker = proc.Proc([*proc.TASKQ, "-A", APP, "worker", "-l", "info", *args], ROOT, environ)
+    command = [sys.executable, "-m", entry, "-A", APP, "worker", "-l", "info", *args]
+    worker = proc.Proc(command, ROOT, environ)
     if ready:
         worker.wait_for("ready.", timeout=30)
     return worker

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from taskq import App
-from taskq.backends.base import task_key
+from taskq.result import task_key
 from tests.faults.cluster import publish, start_worker, stop_all, wait_settled
 from tests.faults.faultproj import Config
 from tests.faults.ledger import Checker, Ledger

@@ -21,8 +21,8 @@ import redis
 
 from taskq.broker.base import Envelope
 from taskq.broker.redis import RedisBroker
-from taskq.broker.redis.fetch import CRASH_AFTER_FETCH_ENV
 from taskq.errors import BrokerError
+from tests.faults.cluster import ROOT
 from tests.faults.redis_server import PrivateRedis
 
 Q = "q"
@@ -114,10 +114,13 @@ def test_a_fetch_script_run_twice_loses_nothing(server: PrivateRedis) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_crash_hook_exits_between_fetch_and_bookkeeping(server: PrivateRedis) -> None:
-    """The documented test hook: the process dies right after the fetch script
-    returned; the messages it leased come back once its lease runs out."""
+def test_a_crash_between_fetch_and_bookkeeping_loses_nothing(server: PrivateRedis) -> None:
+    """The process dies right after the fetch script returned (the test hook in
+    tests.faults.crash_after_fetch); the messages it leased come back once its lease
+    runs out."""
     code = textwrap.dedent(f"""
+        from tests.faults import crash_after_fetch
+        crash_after_fetch.install()
         from taskq.broker.redis import RedisBroker
         broker = RedisBroker({server.url!r}, consumer_id="doomed", options={{"lease_timeout": 1}})
         broker.fetch(["{Q}"], 10, 1.0)
@@ -125,9 +128,14 @@ def test_crash_hook_exits_between_fetch_and_bookkeeping(server: PrivateRedis) ->
     """)
     broker = RedisBroker(server.url, consumer_id="rescuer", options={"lease_timeout": 1})
     publish(broker, 4)
-    env = {"PATH": "/usr/bin:/bin", CRASH_AFTER_FETCH_ENV: "1"}
+    env = {"PATH": "/usr/bin:/bin"}
     out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=20
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert out.returncode == 70, out
     assert "survived" not in out.stdout

@@ -16,7 +16,6 @@ import pytest
 
 from taskq import App
 from taskq.broker.redis import RedisBroker
-from taskq.broker.redis.fetch import CRASH_AFTER_FETCH_ENV
 from tests import servers
 from tests.faults.cluster import (
     AMQP_URL,
@@ -137,7 +136,7 @@ def test_3_crash_between_fetch_and_bookkeeping(
     config = make_config(broker_redis.url, lease=2.0)
     ids = publish(producer(config), ids_for("s3", unique, 30))
     doomed = start_worker(
-        config, "-P", "threads", "-c", "2", extra_env={CRASH_AFTER_FETCH_ENV: "1"}, ready=False
+        config, "-P", "threads", "-c", "2", ready=False, entry="tests.faults.crash_after_fetch"
     )
     assert doomed.popen.wait(30) == 70, doomed.output
     crashed_at = time.time()

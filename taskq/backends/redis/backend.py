@@ -22,12 +22,13 @@ from typing import Any, ClassVar, cast
 import redis
 from redis import exceptions as redis_errors
 
-from taskq.backends.base import READY_STATES, Backend, not_ready_error, task_key
+from taskq.backends.base import Backend, not_ready_error
 from taskq.backends.redis.listen import Connection, Listener, Watch
 from taskq.errors import BackendError
 from taskq.redisclient.client import connection_pool, millis, translate
 from taskq.redisclient.line import Line
 from taskq.redisclient.options import RedisOptions
+from taskq.result import READY_STATES, task_key
 from taskq.urls import mask_url
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -37,19 +36,13 @@ from taskq.broker.redis.options import BrokerOptions, Keys
 from taskq.broker.redis.settle import Lease, ack_args, ack_commands
 from taskq.redisclient.line import Line
 
-__all__ = ["CRASH_AFTER_FETCH_ENV", "Fetcher"]
+__all__ = ["Fetcher"]
 
 logger = logging.getLogger("taskq.broker.redis")
 
 _PROMOTE_EVERY = 0.5  # seconds between delayed-store checks when nothing is known due
 _PROMOTE_LIMIT = 500  # due messages moved per script call: a 3-7 ms pause of Redis here
 _PROMOTE_BUDGET = 0.05  # seconds one fetch may go on promoting while messages stay due
-
-#: Test hook (fault-injection suite only): when this environment variable is "1",
-#: the process exits with status 70 (``os._exit``, no cleanup) right after a fetch
-#: script that leased messages returns, before the client records anything, so the
-#: tests can prove a crash in that window loses nothing. Read once per broker.
-CRASH_AFTER_FETCH_ENV = "TASKQ_TEST_CRASH_AFTER_FETCH"
 
 
 @dataclasses.dataclass
@@ -91,7 +84,6 @@ class Fetcher:
         self._calls = 0  # fetch script calls: part of every tag
         self._unanswered = False  # the last call failed: reuse its tag prefix
         self._landed = False  # a landing list may hold messages no script adopted yet
-        self._crash_after_fetch = os.environ.get(CRASH_AFTER_FETCH_ENV) == "1"
         self._promoted_at = -math.inf  # monotonic time of the last promotion
         # Monotonic time the earliest delayed message is due. Publishing threads
         # lower it without a lock; a lost update delays promotion by at most 0.5 s.
@@ -246,8 +238,6 @@ class Fetcher:
         if call.adopt:
             self._landed = False
         _, payloads, _, next_due, seconds, micros, errors = reply
-        if payloads and self._crash_after_fetch:
-            os._exit(70)  # test hook, see CRASH_AFTER_FETCH_ENV
         if call.promote:
             server_now = int(seconds) + int(micros) / 1e6
             if next_due and float(next_due) <= server_now:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from taskq.app import App
+    from taskq.worker.executor import Executor
     from taskq.worker.pools.base import Done, Pool, PoolSettings
 
 __all__ = ["POOLS", "make_pool"]
@@ -21,7 +21,7 @@ __all__ = ["POOLS", "make_pool"]
 POOLS = ("prefork", "threads", "solo", "asyncio")
 
 
-def make_pool(name: str, settings: PoolSettings, app: App, done: Done) -> Pool:
+def make_pool(name: str, settings: PoolSettings, executor: Executor, done: Done) -> Pool:
     """The pool called ``name`` (one of ``POOLS``).
 
     Raises:
@@ -30,17 +30,17 @@ def make_pool(name: str, settings: PoolSettings, app: App, done: Done) -> Pool:
     if name == "solo":
         from taskq.worker.pools.solo import SoloPool
 
-        return SoloPool(app, done)
+        return SoloPool(executor, done)
     if name == "threads":
         from taskq.worker.pools.threads import ThreadPool
 
-        return ThreadPool(settings.concurrency, app, done)
+        return ThreadPool(settings.concurrency, executor, done)
     if name == "prefork":
         from taskq.worker.pools.prefork.pool import PreforkPool
 
-        return PreforkPool(app, done, settings)
+        return PreforkPool(executor, done, settings)
     if name == "asyncio":
         from taskq.worker.pools.asyncio import AsyncioPool
 
-        return AsyncioPool(settings.concurrency, app, done)
+        return AsyncioPool(settings.concurrency, executor, done)
     raise ValueError(f"Unknown pool {name!r}; choose one of {', '.join(POOLS)}.")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import enum
 import functools
 import inspect
 import logging
@@ -30,16 +31,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskq import signals
+from taskq.context import Context, current_request
 from taskq.errors import SoftTimeLimitExceeded, TaskqError, TaskRevokedError, TimeLimitExceeded
-from taskq.result import states
-from taskq.task import Context, Task, current_request
-from taskq.worker import executor
-from taskq.worker.executor import ACK, REQUEUE, Outcome, Traced, classify
+from taskq.result import State
+from taskq.worker.executor import Action, Executor, Outcome, Traced, classify
 from taskq.worker.limits import describe
 from taskq.worker.pools.base import QueuedPool
 
 if TYPE_CHECKING:
-    from taskq.app import App
+    from taskq.task import Task
     from taskq.worker.pools.base import Done
     from taskq.worker.request import Request
 
@@ -48,12 +48,21 @@ log = logging.getLogger("taskq.worker")
 T = TypeVar("T")
 
 
+class _Handled(enum.Enum):
+    """A request whose outcome needs no report from ``_run``."""
+
+    HANDLED = "handled"
+
+
+Handled = _Handled.HANDLED
+
+
 class AsyncioPool(QueuedPool):
     """One event loop in a thread; see the module docstring."""
 
-    def __init__(self, concurrency: int, app: App, done: Done) -> None:
+    def __init__(self, concurrency: int, executor: Executor, done: Done) -> None:
         self.concurrency = concurrency
-        self._app = app
+        self._executor = executor
         self._done = done
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="taskq-asyncio", daemon=True)
@@ -93,7 +102,7 @@ class AsyncioPool(QueuedPool):
     async def _run(self, request: Request) -> None:
         try:
             outcome = await self._outcome(request)
-            if isinstance(outcome, Outcome):
+            if outcome is not Handled:
                 await self._blocking(self._done, request, outcome)
         finally:
             self._finishing.discard(request)
@@ -102,66 +111,59 @@ class AsyncioPool(QueuedPool):
                 self._cond.notify_all()
             self._pump()
 
-    async def _outcome(self, request: Request) -> Outcome | bool | None:
-        """The outcome to report, or True when it was reported already (None: give
-        nothing back, a cold shutdown did)."""
+    async def _outcome(self, request: Request) -> Outcome | _Handled:
+        """The outcome to report, or ``Handled`` when there is none to report: the
+        reporter thread reported it already, or a cold shutdown gave it back."""
         ctx = request.context()
         try:
             if not request.acks_late:
                 await self._blocking(request.started)
-            task = self._app.tasks.get(request.name)
+            task = self._executor.tasks.get(request.name)
             if task is not None and inspect.iscoroutinefunction(task.fn):
                 return await self._run_coroutine(request, task, ctx)
-            call = functools.partial(executor.execute, self._app, ctx)
+            call = functools.partial(self._executor.execute, ctx)
             return await self._loop.run_in_executor(self._sync, call)
         except asyncio.CancelledError:
             if request in self._finishing:
-                return True  # cancelled after the task ran: _finish reports it
+                return Handled  # cancelled after the task ran: _finish reports it
             if self._stopping:
-                return None  # cold shutdown: the worker gave the request back
+                return Handled  # cold shutdown: the worker gave the request back
             return await self._blocking(self._terminated, request, ctx)
         except Exception:
             log.exception("Internal error running %r; giving it back", request)
-            return Outcome(REQUEUE)
+            return Outcome(Action.REQUEUE)
 
     async def _run_coroutine(
         self, request: Request, task: Task[Any, Any], ctx: Context
-    ) -> Outcome | bool:
+    ) -> Outcome | _Handled:
         # ``begin`` writes to the backend only to record STARTED or an expiry;
         # otherwise it runs here. Outcomes are recorded and reported by the reporter
         # thread in batches: a thread hop per task was most of this pool's cost.
-        track = (
-            task.track_started
-            if task.track_started is not None
-            else self._app.conf.task_track_started
-        )
-        if track or ctx.expires is not None:
-            begun = await self._blocking(executor.begin, self._app, ctx)
+        if self._executor.policies[task.name].track_started or ctx.expires is not None:
+            begun = await self._blocking(self._executor.begin, ctx)
         else:
-            begun = executor.begin(self._app, ctx)
+            begun = self._executor.begin(ctx)
         if isinstance(begun, Outcome):
             return begun
         traced = await trace_async(task, ctx)
         self._finishing.add(request)
         await self._reporter.report(functools.partial(self._finish, request, task, ctx, traced))
-        return True
+        return Handled
 
     def _finish(self, request: Request, task: Task[Any, Any], ctx: Context, traced: Traced) -> None:
         try:
-            self._done(request, executor.finish(self._app, task, ctx, traced))
+            self._done(request, self._executor.finish(task, ctx, traced))
         except Exception:
             log.exception("Internal error finishing %r; giving it back", request)
-            self._done(request, Outcome(REQUEUE))
+            self._done(request, Outcome(Action.REQUEUE))
 
     def _terminated(self, request: Request, ctx: Context) -> Outcome:
         signum = self._signum.pop(request, 0)
-        task = self._app.tasks.get(request.name)
+        task = self._executor.tasks.get(request.name)
         log.info("Task %s[%s] terminated (cancelled)", request.name, request.id)
-        executor.store(
-            self._app, task, ctx, states.REVOKED, TaskRevokedError("terminated (cancelled)")
-        )
+        self._executor.store(task, ctx, State.REVOKED, TaskRevokedError("terminated (cancelled)"))
         signals.task_revoked.send(task, request=ctx, terminated=True, signum=signum, expired=False)
-        return Outcome(ACK)
+        return Outcome(Action.ACK)
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._loop.run_in_executor(self._io, functools.partial(fn, *args))
@@ -171,7 +173,7 @@ class AsyncioPool(QueuedPool):
         with self._cond:
             for request, job in self._running.items():
                 if request.id == task_id:
-                    task = self._app.tasks.get(request.name)
+                    task = self._executor.tasks.get(request.name)
                     if task is None or not inspect.iscoroutinefunction(task.fn):
                         log.warning(
                             "Task %s was revoked with terminate=True, but it is a plain "
@@ -260,7 +262,7 @@ async def trace_async(task: Task[Any, Any], ctx: Context) -> Traced:
         value = await _limited(
             task.run(*ctx.args, **ctx.kwargs), ctx.soft_time_limit, ctx.time_limit
         )
-        return Traced(states.SUCCESS, value, runtime=time.monotonic() - start)
+        return Traced(State.SUCCESS, value, runtime=time.monotonic() - start)
     except Exception as exc:
         return classify(task, ctx, exc, time.monotonic() - start)
     finally:

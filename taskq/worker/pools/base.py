@@ -8,13 +8,10 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from taskq.worker.executor import REQUEUE, Outcome, execute
+from taskq.worker.executor import Action, Executor, Outcome
 from taskq.worker.request import Request
-
-if TYPE_CHECKING:
-    from taskq.app import App
 
 log = logging.getLogger("taskq.worker")
 
@@ -41,14 +38,14 @@ class PoolSettings:
     autoscale: tuple[int, int] | None = None
 
 
-def run_here(app: App, request: Request, done: Done) -> None:
+def run_here(executor: Executor, request: Request, done: Done) -> None:
     """Execute in this thread and report the outcome (solo and threads pools)."""
     try:
         request.started()
-        outcome = execute(app, request.context())
+        outcome = executor.execute(request.context())
     except Exception:
         log.exception("Internal error running %r; giving it back", request)
-        outcome = Outcome(REQUEUE)
+        outcome = Outcome(Action.REQUEUE)
     done(request, outcome)
 
 

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from taskq.worker.executor import Executor
 from taskq.worker.pools.base import Done, cannot_terminate, run_here
 from taskq.worker.request import Request
-
-if TYPE_CHECKING:
-    from taskq.app import App
 
 
 class SoloPool:
     """Runs each request inline, in the thread that submits it."""
 
-    def __init__(self, app: App, done: Done) -> None:
+    def __init__(self, executor: Executor, done: Done) -> None:
         self.concurrency = 1
-        self._app = app
+        self._executor = executor
         self._done = done
         self._current: Request | None = None
 
@@ -29,7 +25,7 @@ class SoloPool:
     def submit(self, request: Request) -> None:
         self._current = request
         try:
-            run_here(self._app, request, self._done)
+            run_here(self._executor, request, self._done)
         finally:
             self._current = None
 

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import TYPE_CHECKING
 
+from taskq.worker.executor import Executor
 from taskq.worker.pools.base import Done, QueuedPool, cannot_terminate, run_here
 from taskq.worker.request import Request
-
-if TYPE_CHECKING:
-    from taskq.app import App
 
 
 class ThreadPool(QueuedPool):
     """N daemon threads taking requests from a local FIFO."""
 
-    def __init__(self, concurrency: int, app: App, done: Done) -> None:
+    def __init__(self, concurrency: int, executor: Executor, done: Done) -> None:
         self.concurrency = concurrency
-        self._app = app
+        self._executor = executor
         self._done = done
         self._waiting: collections.deque[Request] = collections.deque()
         self._running: set[Request] = set()
@@ -50,7 +47,7 @@ class ThreadPool(QueuedPool):
                 request = self._waiting.popleft()
                 self._running.add(request)
             try:
-                run_here(self._app, request, self._done)
+                run_here(self._executor, request, self._done)
             finally:
                 with self._cond:
                     self._running.discard(request)

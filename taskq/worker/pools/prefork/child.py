@@ -11,11 +11,11 @@ in as few system calls as possible. Parent to child:
 
 Child to parent:
 
-* ``("done", seq, action, reason, runtime, rss_kib)`` after each task, written
+* ``Done(seq, action, reason, runtime, rss_kib)`` after each task, written
   before the next one starts, so the first request the parent has not heard
   about is the one that runs (or that was running when the child died) and the
   ones after it never started. ``rss_kib`` is 0 unless ``max_memory`` is set.
-* ``("back", [seq, ...])``: these were never started; the parent owns them again.
+* ``Back([seq, ...])``: these were never started; the parent owns them again.
 
 A child reads everything waiting on its socket before it starts each task, so a
 ``BACK`` overtakes the requests queued ahead of it. It never touches the
@@ -36,15 +36,12 @@ import socket
 import struct
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 from taskq import signals
+from taskq.context import Context
 from taskq.errors import SoftTimeLimitExceeded
-from taskq.task import Context
-from taskq.worker.executor import REQUEUE, Outcome, execute
-
-if TYPE_CHECKING:
-    from taskq.app import App
+from taskq.worker.executor import Action, Executor, Outcome
 
 log = logging.getLogger("taskq.worker")
 
@@ -57,6 +54,23 @@ _HEADER = struct.Struct("!I")
 _CHUNK = 1 << 16
 
 _running = False
+
+
+class Done(NamedTuple):
+    """Child to parent: the task sent as ``seq`` ended with ``action`` (and
+    ``reason``), after ``runtime`` seconds; ``rss_kib`` is 0 unless ``max_memory``."""
+
+    seq: int
+    action: Action
+    reason: str
+    runtime: float
+    rss_kib: int
+
+
+class Back(NamedTuple):
+    """Child to parent: these requests were never started; the parent owns them."""
+
+    seqs: list[int]
 
 
 class Wire:
@@ -121,12 +135,16 @@ class Wire:
 
 
 def child_main(
-    app: App, sock: socket.socket, name: str, inherited: Iterable[Any], max_memory: int | None
+    executor: Executor,
+    sock: socket.socket,
+    name: str,
+    inherited: Iterable[Any],
+    max_memory: int | None,
 ) -> None:
     """Run requests from ``sock`` until told to stop.
 
     Args:
-        app: the worker's app, inherited by fork.
+        executor: the worker's executor, inherited by fork.
         sock: this child's end of its socket pair with the parent.
         name: the process name shown in logs.
         inherited: pipe ends and file descriptors of the parent and of other
@@ -143,15 +161,15 @@ def child_main(
     signal.signal(signal.SIGQUIT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGUSR1, _soft_limit_now)
-    app.reset_connections()
+    executor.reset_connections()
     signals.worker_process_init.send(None, pid=os.getpid())
     try:
-        _serve(app, Wire(sock), max_memory)
+        _serve(executor, Wire(sock), max_memory)
     except (EOFError, OSError):
         return  # the parent is gone
 
 
-def _serve(app: App, wire: Wire, max_memory: int | None) -> None:
+def _serve(executor: Executor, wire: Wire, max_memory: int | None) -> None:
     queued: collections.deque[tuple[int, tuple[Any, ...]]] = collections.deque()
     full = False  # past max_memory: every request goes back
     while True:
@@ -167,10 +185,10 @@ def _serve(app: App, wire: Wire, max_memory: int | None) -> None:
             continue
         seq, fields = queued.popleft()
         start = time.monotonic()
-        outcome = _run(app, Context(*fields))
+        outcome = _run(executor, Context(*fields))
         runtime = time.monotonic() - start
         rss = rss_kib() if max_memory else 0
-        wire.send(("done", seq, outcome.action, outcome.reason, runtime, rss))
+        wire.send(Done(seq, outcome.action, outcome.reason, runtime, rss))
         if max_memory and rss > max_memory:
             full = True
             _give_back(wire, queued, BACK)
@@ -182,17 +200,17 @@ def _give_back(wire: Wire, queued: collections.deque[tuple[int, Any]], message: 
         seqs += [seq for seq, _ in message]
     queued.clear()
     if seqs:
-        wire.send(("back", seqs))
+        wire.send(Back(seqs))
 
 
-def _run(app: App, ctx: Context) -> Outcome:
+def _run(executor: Executor, ctx: Context) -> Outcome:
     global _running
     _running = True
     try:
-        return execute(app, ctx, inline_hard_limit=False)
+        return executor.execute(ctx, inline_hard_limit=False)
     except Exception:
         log.exception("Internal error running task %s[%s]; giving it back", ctx.task, ctx.id)
-        return Outcome(REQUEUE)
+        return Outcome(Action.REQUEUE)
     finally:
         _running = False
 

@@ -29,13 +29,11 @@ import billiard
 
 from taskq import signals
 from taskq.errors import TaskRevokedError, TimeLimitExceeded
-from taskq.result import states
-from taskq.worker import executor
-from taskq.worker.executor import ACK, WORKER_LOST, Outcome, Traced
+from taskq.result import State
+from taskq.worker.executor import Action, Executor, Outcome, Traced, announce
 from taskq.worker.pools.prefork.child import Wire, child_main
 
 if TYPE_CHECKING:
-    from taskq.app import App
     from taskq.worker.request import Request
 
 log = logging.getLogger("taskq.worker")
@@ -117,7 +115,11 @@ class Child:
 
 
 def start_child(
-    app: App, name: str, siblings: list[Wire], pool_fds: list[int], max_memory: int | None
+    executor: Executor,
+    name: str,
+    siblings: list[Wire],
+    pool_fds: list[int],
+    max_memory: int | None,
 ) -> Child:
     """Fork a child process running ``child_main`` on a new socket pair.
 
@@ -132,7 +134,7 @@ def start_child(
     inherited = [*siblings, parent_end, *pool_fds]
     process = billiard.get_context("fork").Process(
         target=child_main,
-        args=(app, child_end, name, inherited, max_memory),
+        args=(executor, child_end, name, inherited, max_memory),
         name=name,
         daemon=True,
     )
@@ -163,27 +165,27 @@ def enforce_deadlines(children: list[Child]) -> None:
         child.kill_for(request, TIMEOUT, signal.SIGKILL)
 
 
-def after_death(app: App, request: Request, child: Child) -> Outcome:
+def after_death(executor: Executor, request: Request, child: Child) -> Outcome:
     """The child running ``request`` exited: record why and say what to do."""
     ctx = request.context()
-    task = app.tasks.get(request.name)
+    task = executor.tasks.get(request.name)
     if child.killed == TIMEOUT:
         error = TimeLimitExceeded(f"time limit ({request.time_limit:g}s) exceeded")
         tb = "".join(traceback.format_exception_only(type(error), error))
-        traced = Traced(states.FAILURE, error, tb, runtime=request.time_limit or 0.0)
+        traced = Traced(State.FAILURE, error, tb, runtime=request.time_limit or 0.0)
         if task is None:
-            executor.store(app, None, ctx, states.FAILURE, error)
+            executor.store(None, ctx, State.FAILURE, error)
         else:
-            executor.record(app, task, ctx, traced)
-            executor.announce(task, ctx, traced)
-        return Outcome(ACK)
+            executor.record(task, ctx, traced)
+            announce(task, ctx, traced)
+        return Outcome(Action.ACK)
     if child.killed == TERMINATE:
         name = signal.Signals(child.signum).name
         log.info("Task %s[%s] terminated by %s", request.name, request.id, name)
         revoked = TaskRevokedError(f"terminated by {name}")
-        executor.store(app, task, ctx, states.REVOKED, revoked)
+        executor.store(task, ctx, State.REVOKED, revoked)
         signals.task_revoked.send(
             task, request=ctx, terminated=True, signum=child.signum, expired=False
         )
-        return Outcome(ACK)
-    return Outcome(WORKER_LOST, f"worker process {child.pid} {child.exit_status()}")
+        return Outcome(Action.ACK)
+    return Outcome(Action.WORKER_LOST, f"worker process {child.pid} {child.exit_status()}")

@@ -37,9 +37,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from taskq.worker.executor import ACK, DEAD_LETTER, REQUEUE, Outcome
+from taskq.worker.executor import Action, Executor, Outcome
 from taskq.worker.pools.base import QueuedPool
-from taskq.worker.pools.prefork.child import BACK, CONTEXT_FIELDS, PROTOCOL
+from taskq.worker.pools.prefork.child import BACK, CONTEXT_FIELDS, PROTOCOL, Done
 from taskq.worker.pools.prefork.children import (
     TERMINATE,
     Child,
@@ -50,15 +50,15 @@ from taskq.worker.pools.prefork.children import (
 from taskq.worker.pools.prefork.queue import RunTimes, held, may_queue, queueable
 
 if TYPE_CHECKING:
-    from taskq.app import App
-    from taskq.worker.pools.base import Done, PoolSettings
+    from taskq.worker.pools.base import Done as Finish
+    from taskq.worker.pools.base import PoolSettings
     from taskq.worker.request import Request
 
 log = logging.getLogger("taskq.worker")
 
 #: Seconds a pool above its autoscale minimum stays idle before it retires a child.
 AUTOSCALE_KEEPALIVE = 30.0
-_ACKED = Outcome(ACK)
+_ACKED = Outcome(Action.ACK)
 _fields = operator.attrgetter(*CONTEXT_FIELDS)
 
 #: What the dispatcher reports outside its lock: an outcome, or the child that died.
@@ -68,8 +68,8 @@ _Finished = list[tuple["Request", "Child | Outcome"]]
 class PreforkPool(QueuedPool):
     """N child processes fed from the parent's FIFO; see the module docstring."""
 
-    def __init__(self, app: App, done: Done, settings: PoolSettings) -> None:
-        self._app = app
+    def __init__(self, executor: Executor, done: Finish, settings: PoolSettings) -> None:
+        self._executor = executor
         self._done = done
         self._max_tasks = settings.max_tasks_per_child
         self._max_memory = settings.max_memory_per_child
@@ -84,7 +84,7 @@ class PreforkPool(QueuedPool):
         self._cond = threading.Condition(threading.Lock())
         self._stopping = False
         self._handing_back = False  # shutdown: what comes back goes to the worker
-        self._times = RunTimes(app)
+        self._times = RunTimes(executor.tasks)
         self._seq = itertools.count()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -254,10 +254,10 @@ class PreforkPool(QueuedPool):
         now = time.monotonic()
         for child, messages in inbox:
             for message in messages:
-                if message[0] == "done":
+                if isinstance(message, Done):
                     self._done_one(child, message, finished, now)
                 else:
-                    self._take_back(child, set(message[1]), finished)
+                    self._take_back(child, set(message.seqs), finished)
             if child.retiring and not child.sent and not child.told_to_exit:
                 child.told_to_exit = True
                 self._post(child, None)
@@ -358,21 +358,19 @@ class PreforkPool(QueuedPool):
             except Exception as exc:
                 request = child.remove({item[0]})[0]
                 reason = f"could not be sent to a child process: {exc!r}"
-                finished.append((request, Outcome(DEAD_LETTER, reason)))
+                finished.append((request, Outcome(Action.DEAD_LETTER, reason)))
             else:
                 kept.append(item)
         return kept
 
-    def _done_one(
-        self, child: Child, message: tuple[Any, ...], finished: _Finished, now: float
-    ) -> None:
-        _, seq, action, reason, runtime, rss = message
+    def _done_one(self, child: Child, message: Done, finished: _Finished, now: float) -> None:
+        seq, action, reason, runtime, rss = message
         if not child.sent or child.sent[0][0] != seq:
             log.error("Child %d reported a task it was not given (%s); ignored", child.pid, seq)
             return
         request = child.sent.popleft()[1]
         finished.append(
-            (request, _ACKED if action == ACK and not reason else Outcome(action, reason))
+            (request, _ACKED if action is Action.ACK and not reason else Outcome(action, reason))
         )
         child.tasks += 1
         self._times.learn(request.name, runtime)
@@ -405,7 +403,7 @@ class PreforkPool(QueuedPool):
         shutdown, hand them to the worker to give back)."""
         requests = child.remove(seqs)
         if self._handing_back:
-            finished.extend((r, Outcome(REQUEUE)) for r in requests)
+            finished.extend((r, Outcome(Action.REQUEUE)) for r in requests)
         else:
             self._waiting.extendleft(reversed(requests))
 
@@ -462,7 +460,7 @@ class PreforkPool(QueuedPool):
         siblings = [c.wire for c in self._children]
         try:
             child = start_child(
-                self._app, name, siblings, [self._wake_r, self._wake_w], self._max_memory
+                self._executor, name, siblings, [self._wake_r, self._wake_w], self._max_memory
             )
         except OSError as exc:
             log.error("Could not start a child process: %s; retrying in 1s", exc)
@@ -483,7 +481,10 @@ class PreforkPool(QueuedPool):
 
     def _report(self, request: Request, result: Child | Outcome) -> None:
         """Tell the worker how ``request`` ended (called without the lock)."""
-        outcome = result if isinstance(result, Outcome) else after_death(self._app, request, result)
+        if isinstance(result, Outcome):
+            outcome = result
+        else:
+            outcome = after_death(self._executor, request, result)
         try:
             self._done(request, outcome)
         except Exception:

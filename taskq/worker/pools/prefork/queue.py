@@ -14,10 +14,10 @@ child idle in between (see docs/worker.md for the bound).
 from __future__ import annotations
 
 import collections
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from taskq.app import App
     from taskq.worker.pools.prefork.children import Child
     from taskq.worker.request import Request
 
@@ -39,14 +39,14 @@ class RunTimes:
     """The last ``HISTORY`` run times of each registered task, and the slowest of
     them as its expected run time (``expected``; ``unknown`` for the others)."""
 
-    def __init__(self, app: App) -> None:
-        self._app = app
+    def __init__(self, tasks: Collection[str]) -> None:
+        self._tasks = tasks
         self._runs: dict[str, collections.deque[float]] = {}  # task name -> last run times
         self.expected: dict[str, float] = {}  # task name -> slowest of its last runs
         self.unknown = UNKNOWN if HISTORY else 0.0
 
     def learn(self, name: str, runtime: float) -> None:
-        if name not in self._app.tasks:  # a table of registered names only
+        if name not in self._tasks:  # a table of registered names only
             return
         runs = self._runs.get(name)
         if runs is None:

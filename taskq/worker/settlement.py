@@ -1,0 +1,146 @@
+"""Settlement: what happens to a message once its task ran, or could not run.
+
+The pool reports each request it ran with an ``Outcome`` (``settle``): ack,
+requeue, dead-letter, or "the process running it died" (``WORKER_LOST``), which
+redelivers it with a count in the ``x-taskq-worker-lost`` header (the poison
+guard: a task that kills its process every time ends in the dead-letter queue)
+or, with ``reject_on_worker_lost`` off, records the failure. ``finish_unrun``
+settles a request the worker decided not to run (revoked, poison) after
+recording why and failing its workflow.
+
+A request is settled once (``Request`` guards it); settle errors are logged and
+the message's lease returns it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from taskq import canvas, signals
+from taskq.errors import BackendError, BrokerError, TaskRevokedError, WorkerLostError
+from taskq.result import State
+from taskq.worker.executor import Action, Executor, Outcome
+from taskq.worker.policy import Policies
+from taskq.worker.request import Request
+from taskq.worker.window import Window
+
+if TYPE_CHECKING:
+    from taskq.broker.base import Broker
+
+__all__ = ["LOST_HEADER", "Settlement"]
+
+log = logging.getLogger("taskq.worker")
+
+#: Header counting how often the process running this message died (the poison guard).
+LOST_HEADER = "x-taskq-worker-lost"
+
+
+class Settlement:
+    """Settles requests for one worker; ``settle`` is the pools' ``done`` callback.
+
+    Args:
+        broker: the worker's broker (redelivery with a count goes through it).
+        executor: records outcomes the worker decides (revoked, lost, poison).
+        policies: each task's ``reject_on_worker_lost``.
+        window: told when a request is settled, so the consumer may fetch more.
+        parked: how many rate-limited requests wait (``Window.free`` reads it).
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        executor: Executor,
+        policies: Policies,
+        window: Window,
+        parked: Callable[[], int],
+    ) -> None:
+        self._broker = broker
+        self._executor = executor
+        self._policies = policies
+        self._window = window
+        self._parked = parked
+
+    def settle(self, request: Request, outcome: Outcome) -> None:
+        """What the pool calls once per request it ran. A request already settled
+        (acked at start, or given back by a cold shutdown) stays as it is."""
+        try:
+            if outcome.action is Action.ACK:
+                request.ack()
+            elif outcome.action is Action.REQUEUE:
+                request.requeue()
+            elif outcome.action is Action.DEAD_LETTER:
+                request.dead_letter(outcome.reason)
+            else:
+                self.worker_lost(request, outcome.reason)
+        except Exception:
+            log.exception("Could not settle %r; its lease will return it", request)
+        finally:
+            self._window.settled(self._parked())
+
+    def worker_lost(self, request: Request, reason: str) -> None:
+        """The process running the task died. Redeliver it (counting the attempt, so a
+        task that kills its process every time ends in the dead-letter queue) or, with
+        ``reject_on_worker_lost`` off, record the failure."""
+        log.error("Task %s[%s]: %s", request.name, request.id, reason)
+        if request.settled:  # acked when it started (acks_late off): it is lost
+            error = WorkerLostError(reason)
+            self._executor.store(None, request.context(), State.FAILURE, error)
+            return
+        if not self._policies[request.name].reject_on_worker_lost:
+            self.finish_unrun(request, WorkerLostError(reason), None)
+            return
+        env = request.delivery.envelope
+        headers = {**env.headers, LOST_HEADER: lost_count(env.headers) + 1}
+        try:
+            self._broker.publish(
+                dataclasses.replace(env, headers=headers),
+                request.delivery.queue,
+                priority=env.properties.get("priority"),
+            )
+        except BrokerError as exc:
+            # Give it back uncounted rather than leave it leased to this live worker.
+            log.warning("Could not redeliver %r with its count (%s); requeueing it", request, exc)
+            request.requeue()
+            return
+        request.ack()
+
+    def finish_unrun(
+        self,
+        request: Request,
+        exc: BaseException,
+        reason: str | None,
+        dead_letter: str | None = None,
+    ) -> None:
+        """Record why ``request`` did not run (REVOKED for a revoke, else FAILURE),
+        fail its workflow, then ack it (or dead-letter it with ``dead_letter``)."""
+        ctx = request.context()
+        revoked = isinstance(exc, TaskRevokedError)
+        state = State.REVOKED if revoked else State.FAILURE
+        self._executor.store(None, ctx, state, exc)
+        if revoked:
+            task = self._executor.tasks.get(request.name)
+            signals.task_revoked.send(
+                task, request=ctx, terminated=False, signum=None, expired=False
+            )
+        if reason:
+            log.info("Task %s[%s] %s: not run", request.name, request.id, reason)
+        try:
+            # A task that never ran still fails its workflow: errbacks run and its
+            # chord fails instead of waiting forever for it.
+            canvas.on_failure(self._executor.app, ctx, exc)
+        except (BackendError, BrokerError) as error:
+            log.warning("Could not report %r to its workflow (%s); giving it back", request, error)
+            request.requeue()
+            return
+        if dead_letter:
+            request.dead_letter(dead_letter)
+        else:
+            request.ack()
+
+
+def lost_count(headers: dict[str, Any]) -> int:
+    """How often the process running this message died, from its header."""
+    return int(headers.get(LOST_HEADER) or 0)
