@@ -83,6 +83,9 @@ class Worker:
             if opts.shutdown_timeout is not None
             else conf.worker_shutdown_timeout
         )
+        # Load the result backend now (it connects later): a backend whose extra is not
+        # installed stops start-up with its message, not a background thread (issue 11).
+        app.results.backend  # noqa: B018
         self.consumer_id = f"{self.hostname}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         self.broker: Broker = app.new_broker(self.consumer_id)
         self.executor = Executor(app, self.policies)
