@@ -323,7 +323,7 @@ def beat(ctx: click.Context, app_spec: str | None, loglevel: str, logfile: str |
     import signal as signals
     import threading
 
-    from taskq.beat import run_beat, scheduler_for
+    from taskq.beat import run_beat, scheduler_for, wait_for_broker
 
     _configure_logging(loglevel, logfile)
     app = _resolve_app(ctx, app_spec)
@@ -337,7 +337,13 @@ def beat(ctx: click.Context, app_spec: str | None, loglevel: str, logfile: str |
     stop = threading.Event()
     for sig in (signals.SIGTERM, signals.SIGINT):
         signals.signal(sig, lambda *_: stop.set())
-    run_beat(scheduler, stop)
+    try:
+        connected = wait_for_broker(app, stop)
+    except TaskqError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EX_UNAVAILABLE)
+    if connected:
+        run_beat(scheduler, stop)
 
 
 class JsonFormatter(logging.Formatter):

@@ -26,6 +26,7 @@ EMBEDDED_URL = "sqlite:///taskq.sqlite3"
 
 _NON_NEGATIVE = frozenset(
     {
+        "broker_connection_max_retries",
         "result_backend_max_retries",
         "result_backend_base_sleep_between_retries_ms",
         "result_backend_max_sleep_between_retries_ms",
@@ -54,6 +55,10 @@ class Settings:
     broker_url: str | None = None
     broker_transport_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     broker_connection_timeout: float | None = 4.0
+    # A worker or beat started while the broker is down waits for it (Celery's names
+    # and defaults; 0 or None retries forever). See broker/startup.py.
+    broker_connection_retry_on_startup: bool = True
+    broker_connection_max_retries: int | None = 100
     # Results
     result_backend: str | None = None
     result_backend_transport_options: dict[str, Any] = dataclasses.field(default_factory=dict)

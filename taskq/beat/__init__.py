@@ -14,6 +14,7 @@ from taskq.beat.scheduler import (
     run_beat,
     scheduler_for,
     start_beat_process,
+    wait_for_broker,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "run_beat",
     "scheduler_for",
     "start_beat_process",
+    "wait_for_broker",
 ]

@@ -33,7 +33,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 from taskq.beat.locks import BeatLock, LocalBeatLock, RedisBeatLock
-from taskq.errors import ConfigurationError, did_you_mean
+from taskq.broker.base import QueueSpec
+from taskq.broker.startup import connect_on_startup
+from taskq.errors import BrokerError, ConfigurationError, did_you_mean
 from taskq.schedules import Schedule, as_schedule
 
 if TYPE_CHECKING:
@@ -390,6 +392,26 @@ class Scheduler:
             logger.exception("Scheduler: sent %s but could not save its progress", entry.name)
 
 
+def wait_for_broker(app: App, stop: threading.Event) -> bool:
+    """Connect to the app's broker before the first tick, retrying while it is down
+    (``broker_connection_retry_on_startup``, ``broker_connection_max_retries``).
+
+    Declares the default queue, as the worker does, so that it is the first thing
+    that needs the broker. Returns False when ``stop`` was set while waiting.
+
+    Raises:
+        BrokerError: the broker stayed unreachable.
+    """
+    spec = QueueSpec(app.conf.task_default_queue, app.conf.task_queue_max_priority)
+    return connect_on_startup(
+        lambda: app.broker.declare([spec]),
+        url=app.broker_url,
+        conf=app.conf,
+        stop=stop,
+        who="beat",
+    )
+
+
 def run_beat(scheduler: Scheduler, stop: threading.Event) -> None:
     """Tick until ``stop`` is set, sleeping what each tick asks; then release the lock.
 
@@ -466,4 +488,11 @@ def _beat_child(app: App) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    run_beat(scheduler_for(app), stop)
+    scheduler = scheduler_for(app)
+    try:
+        connected = wait_for_broker(app, stop)
+    except BrokerError as exc:
+        logger.error("beat: %s", exc)
+        return
+    if connected:
+        run_beat(scheduler, stop)

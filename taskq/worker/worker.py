@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskq import signals
 from taskq.broker.base import QueueSpec
+from taskq.broker.startup import connect_on_startup
 from taskq.control import terminations
 from taskq.errors import BackendError, BrokerError
 from taskq.worker.consumer import Consumer
@@ -126,10 +127,24 @@ class Worker:
     # -- lifecycle -------------------------------------------------------------------
 
     def run(self, burst: bool = False) -> None:
-        """Consume until ``stop`` (or, with ``burst``, until the queues are empty)."""
-        self.broker.declare(
-            [QueueSpec(q, self.app.conf.task_queue_max_priority) for q in self.queues]
-        )
+        """Consume until ``stop`` (or, with ``burst``, until the queues are empty).
+
+        A broker that cannot be reached at start is waited for (see
+        ``taskq.broker.startup``); a stop while waiting returns at once.
+
+        Raises:
+            BrokerError: the broker stayed unreachable (``broker_connection_*``).
+        """
+        specs = [QueueSpec(q, self.app.conf.task_queue_max_priority) for q in self.queues]
+        if not connect_on_startup(
+            lambda: self.broker.declare(specs),
+            url=self.app.broker_url,
+            conf=self.app.conf,
+            stop=self._stopping,
+            who=self.hostname,
+        ):
+            self.broker.close()
+            return
         self.pool.start()
         for target, name in ((self._heartbeat, "heartbeat"), (self._watch_revokes, "control")):
             threading.Thread(target=target, name=f"taskq-{name}", daemon=True).start()
