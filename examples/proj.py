@@ -1,4 +1,4 @@
-"""The quickstart app: no broker configured, so taskq uses ./taskq.sqlite3."""
+"""The quickstart app: no broker configured, so taskq uses taskq.sqlite3 beside this file."""
 
 from taskq import App
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, TypeVar, overload
 
 from taskq.backends.store import ResultStore
 from taskq.broker import connect
 from taskq.canvas import Signature, register_builtins
-from taskq.config import Settings, backend_url_of, broker_url_of
+from taskq.config import EMBEDDED_FILE, Settings, backend_url_of, broker_url_of
 from taskq.control import Control
 from taskq.errors import ConfigurationError, NotRegistered, did_you_mean
 from taskq.producer import Producer
@@ -49,6 +51,8 @@ class App:
         **settings: Any,
     ) -> None:
         self.main = main
+        #: The folder of the module that created this App (see ``place_embedded``).
+        self.home = _creator_folder(self)
         self.conf = Settings()
         self.conf.update(settings)
         if broker is not None:
@@ -58,6 +62,7 @@ class App:
         if include:
             self.conf.include = [*self.conf.include, *include]
         self.conf.apply_env()
+        self.place_embedded()
         self.tasks: dict[str, Task[Any, Any]] = {}
         #: Sends task messages; owns the broker connection (opened on first send).
         self.producer = Producer(self.conf)
@@ -78,6 +83,21 @@ class App:
         the environment overrides."""
         self.conf.from_object(obj)
         self.conf.apply_env()
+        self.place_embedded()
+
+    def place_embedded(self) -> None:
+        """Make ``embedded_path`` absolute, relative to ``home``.
+
+        The embedded default's SQLite file is ``taskq.sqlite3`` in the folder of the
+        module that created the App (the working directory when it has no file, as
+        in a REPL), so a worker and a producer that import the same app module share
+        one file wherever each was started. ``embedded_path`` (or
+        ``TASKQ_EMBEDDED_PATH``) moves it; a relative value is relative to ``home``
+        too. ``App()`` and ``config_from_object`` call this; call it again after
+        setting ``app.conf.embedded_path`` to a relative path by hand.
+        """
+        path = os.path.join(self.home, self.conf.embedded_path or EMBEDDED_FILE)
+        self.conf.embedded_path = os.path.normpath(path)
 
     @property
     def broker_url(self) -> str:
@@ -240,3 +260,13 @@ class App:
         """Close the broker and backend connections."""
         self.producer.close()
         self.results.close()
+
+
+def _creator_folder(app: App) -> str:
+    """The absolute folder of the module whose code created ``app`` (skipping the
+    ``__init__`` of App subclasses), or the working directory when it has no file."""
+    frame = sys._getframe(2)  # the caller of App.__init__
+    while frame.f_back is not None and frame.f_locals.get("self") is app:
+        frame = frame.f_back  # a subclass's __init__ calling super().__init__
+    filename = frame.f_globals.get("__file__")
+    return os.path.dirname(os.path.abspath(filename)) if filename else os.getcwd()

@@ -19,10 +19,15 @@ from typing import Any
 from taskq.errors import ConfigurationError, did_you_mean
 
 #: Environment variables that override the matching setting.
-ENV_OVERRIDES = {"TASKQ_BROKER_URL": "broker_url", "TASKQ_RESULT_BACKEND": "result_backend"}
+ENV_OVERRIDES = {
+    "TASKQ_BROKER_URL": "broker_url",
+    "TASKQ_RESULT_BACKEND": "result_backend",
+    "TASKQ_EMBEDDED_PATH": "embedded_path",
+}
 
-#: Used when no broker is configured: broker and results share this SQLite file.
-EMBEDDED_URL = "sqlite:///taskq.sqlite3"
+#: When no broker is configured, broker and results share one SQLite file: this
+#: name, beside the module that created the App, unless ``embedded_path`` says.
+EMBEDDED_FILE = "taskq.sqlite3"
 
 _NON_NEGATIVE = frozenset(
     {
@@ -59,6 +64,9 @@ class Settings:
     # and defaults; 0 or None retries forever). See broker/startup.py.
     broker_connection_retry_on_startup: bool = True
     broker_connection_max_retries: int | None = 100
+    # The embedded default's SQLite file (no broker configured); relative paths are
+    # relative to the folder of the module that created the App (App.place_embedded).
+    embedded_path: str | None = None
     # Results
     result_backend: str | None = None
     result_backend_transport_options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -132,7 +140,8 @@ class Settings:
             object.__setattr__(self, name, value)
 
     def apply_env(self, environ: Mapping[str, str] = os.environ) -> None:
-        """Apply ``TASKQ_BROKER_URL`` and ``TASKQ_RESULT_BACKEND`` when set."""
+        """Apply ``TASKQ_BROKER_URL``, ``TASKQ_RESULT_BACKEND`` and
+        ``TASKQ_EMBEDDED_PATH`` when set."""
         for var, name in ENV_OVERRIDES.items():
             if environ.get(var):
                 setattr(self, name, environ[var])
@@ -162,9 +171,15 @@ class Settings:
         return dataclasses.asdict(self)
 
 
+def embedded_url_of(conf: Settings) -> str:
+    """The SQLite URL of the embedded default: ``embedded_path``, which an App makes
+    absolute (beside the module that created it, see ``App.place_embedded``)."""
+    return f"sqlite:///{conf.embedded_path or EMBEDDED_FILE}"
+
+
 def broker_url_of(conf: Settings) -> str:
     """The broker URL in use: the configured one or the embedded SQLite file."""
-    return conf.broker_url or EMBEDDED_URL
+    return conf.broker_url or embedded_url_of(conf)
 
 
 def backend_url_of(conf: Settings) -> str | None:
@@ -175,7 +190,7 @@ def backend_url_of(conf: Settings) -> str | None:
     """
     if conf.result_backend:
         return conf.result_backend
-    return EMBEDDED_URL if not conf.broker_url else None
+    return embedded_url_of(conf) if not conf.broker_url else None
 
 
 def _is_module_noise(obj: object, name: str) -> bool:

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import types
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from taskq import App, ConfigurationError
-from taskq.config import EMBEDDED_URL, Settings
+from taskq.config import Settings
 
 
 def test_unknown_setting_suggests_the_right_name() -> None:
@@ -68,8 +69,9 @@ def test_embedded_default_when_nothing_is_configured(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("TASKQ_BROKER_URL", raising=False)
     monkeypatch.delenv("TASKQ_RESULT_BACKEND", raising=False)
     app = App("t")
-    assert app.broker_url == EMBEDDED_URL
-    assert app.backend_url == EMBEDDED_URL
+    beside_this_module = f"sqlite:///{Path(__file__).parent / 'taskq.sqlite3'}"
+    assert app.broker_url == beside_this_module
+    assert app.backend_url == beside_this_module
 
 
 def test_configured_broker_without_backend_disables_results(

@@ -1,6 +1,6 @@
 """The embedded result backend: results in a local SQLite file.
 
-By default it shares ``./taskq.sqlite3`` with the embedded broker (its own ``kv``
+By default it shares ``taskq.sqlite3`` with the embedded broker (its own ``kv``
 table beside the broker's), opened with the same pragmas so that every process
 on the machine reads and writes results safely. ``wait_for`` polls.
 """
@@ -11,10 +11,11 @@ import json
 import sqlite3
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from taskq.backends.base import Backend
 from taskq.broker.sqlite import SqliteFile, sqlite_path
-from taskq.errors import BackendError, ConfigurationError
+from taskq.errors import BackendError, ConfigurationError, TimeoutError
 
 # Expired rows read as missing at once; they are deleted by a write at most this
 # often, in batches, so a cleanup never holds the write lock for long.
@@ -120,6 +121,20 @@ class SqliteBackend(Backend):
             )
             self._cleanup(conn, now)
         return len(members)
+
+    def wait_for(
+        self, task_id: str, timeout: float | None, interval: float = 0.1
+    ) -> dict[str, Any]:
+        """Poll until the task is ready; a timeout names the file that was read, since
+        a worker that uses another file (another folder, another setting) never
+        answers here."""
+        try:
+            return super().wait_for(task_id, timeout, interval)
+        except TimeoutError as exc:
+            raise TimeoutError(
+                f"{exc}: no worker stored its result in the SQLite file {self.path}. Is a "
+                "worker running with this same file? Its banner shows the file it uses."
+            ) from None
 
     def close(self) -> None:
         """Close this thread's connection (see ``SqliteFile.close``)."""
