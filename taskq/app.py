@@ -135,7 +135,9 @@ class App:
         ``autoretry_for``, ``retry_kwargs``, ``retry_backoff``, ``retry_backoff_max``,
         ``retry_jitter``, ``acks_late``, ``reject_on_worker_lost``, ``ignore_result``,
         ``track_started``, ``time_limit``, ``soft_time_limit``, ``rate_limit``,
-        ``expires``, ``serializer``. Registering never connects to anything.
+        ``expires``, ``serializer``, ``typing`` (default True: ``delay()`` and
+        ``apply_async()`` check the arguments against the function's signature and
+        raise ``TypeError`` before sending). Registering never connects to anything.
         """
         bind = bool(options.pop("bind", False))
         name: str | None = options.pop("name", None)
@@ -175,12 +177,19 @@ class App:
         try:
             return self.tasks[name]
         except KeyError:
-            hint = did_you_mean(name, self.tasks)
-            raise NotRegistered(
-                f"Task {name!r} is not registered.{hint} Registered: "
-                f"{', '.join(sorted(self.tasks)) or '(none)'}. Is its module imported "
-                "(App(include=[...]) or imports=[...])?"
-            ) from None
+            raise self.not_registered(name) from None
+
+    def not_registered(self, name: str) -> NotRegistered:
+        """The error for a task name this app does not know, saying what to check."""
+        known = sorted(task for task in self.tasks if not task.startswith("taskq."))
+        return NotRegistered(
+            f"Task {name!r} is not registered in app {self.main or '__main__'!r}."
+            f"{did_you_mean(name, known)} Registered: {', '.join(known) or '(none)'}. "
+            "Check that the module defining it is imported by this process (a worker "
+            "imports the -A module, then the modules in include=[...] and imports=[...]) "
+            "and that the name sent is the task's name (module path and function name, "
+            "e.g. 'proj.tasks.add', or the name= given to @app.task)."
+        )
 
     def send_task(
         self,

@@ -12,23 +12,39 @@ import logging
 import os
 import sys
 import traceback
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from taskq.app import App
-from taskq.errors import TaskqError
+from taskq.errors import ConfigurationError, TaskqError, TimeoutError
+from taskq.result import states
 from taskq.urls import mask_url
 from taskq.version import __version__
 
 EX_OK = 0
 EX_FAILURE = 1
+#: ``taskq result``: the task failed (FAILURE) / was revoked or expired (REVOKED).
+EX_TASK_FAILED = 3
+EX_TASK_REVOKED = 4
 EX_USAGE = 64
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
+#: ``taskq result --wait --timeout``: the task was not ready in time.
+EX_TEMPFAIL = 75
 
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+
+
+def _fail(exc: TaskqError) -> NoReturn:
+    """Stop on ``exc``: a configuration mistake is a usage error (exit 2), anything
+    else means a server could not be reached or refused (exit 69)."""
+    if isinstance(exc, ConfigurationError):
+        raise click.UsageError(str(exc)) from exc
+    click.echo(f"Error: {exc}", err=True)
+    sys.exit(EX_UNAVAILABLE)
 
 
 def find_app(spec: str) -> App:
@@ -207,6 +223,13 @@ def worker(
     except (TaskqError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo(banner(w))
+    if app.conf.worker_redirect_stdouts:  # after the banner, which is for the terminal
+        from taskq.worker.redirect import redirect_stdouts
+
+        try:
+            redirect_stdouts(app.conf.worker_redirect_stdouts_level)
+        except TaskqError as exc:
+            raise click.UsageError(str(exc)) from exc
     beat_process = None
     if embed_beat:
         from taskq.beat import start_beat_process
@@ -216,8 +239,7 @@ def worker(
     try:
         w.run()
     except TaskqError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(EX_UNAVAILABLE)
+        _fail(exc)
     finally:
         if beat_process is not None:
             beat_process.terminate()
@@ -229,8 +251,22 @@ def worker(
 @click.argument("name")
 @click.option("--args", "args_json", default="[]", help="Positional arguments as a JSON list.")
 @click.option("--kwargs", "kwargs_json", default="{}", help="Keyword arguments as a JSON object.")
-@click.option("--queue", default=None)
-@click.option("--countdown", type=float, default=None)
+@click.option(
+    "--queue", default=None, help="Queue to send to (default: its route, else task_default_queue)."
+)
+@click.option("--countdown", type=float, default=None, help="Run no sooner than SECONDS from now.")
+@click.option(
+    "--eta",
+    default=None,
+    help="Run no sooner than this ISO 8601 time (2026-05-01T09:00:00+00:00; "
+    "without an offset, in the app's timezone).",
+)
+@click.option(
+    "--expires",
+    default=None,
+    help="Seconds from now, or an ISO 8601 time, after which the task is not run (REVOKED).",
+)
+@click.option("--priority", type=click.IntRange(0, 255), default=None, help="Message priority.")
 @click.pass_context
 def call(
     ctx: click.Context,
@@ -240,22 +276,62 @@ def call(
     kwargs_json: str,
     queue: str | None,
     countdown: float | None,
+    eta: str | None,
+    expires: str | None,
+    priority: int | None,
 ) -> None:
-    """Send task NAME and print its id."""
+    """Send task NAME and print its id.
+
+    The name need not be registered in the -A app (a worker of another app may
+    know it): a warning says so. A registered task's arguments are checked against
+    its signature first, as delay() checks them.
+    """
     app = _resolve_app(ctx, app_spec)
     args = _json_arg("--args", args_json, list)
     kwargs = _json_arg("--kwargs", kwargs_json, dict)
-    options: dict[str, Any] = {}
-    if queue:
-        options["queue"] = queue
-    if countdown is not None:
-        options["countdown"] = countdown
+    options: dict[str, Any] = {
+        "queue": queue,
+        "countdown": countdown,
+        "eta": _time_arg("--eta", eta) if eta is not None else None,
+        "expires": _expires_arg(expires) if expires is not None else None,
+        "priority": priority,
+    }
+    task = app.tasks.get(name)
+    if task is None:
+        click.echo(
+            f"Warning: {app.not_registered(name)} Sending it anyway: a worker of another "
+            "app may know it.",
+            err=True,
+        )
+    elif task.typing:
+        try:
+            task.check_arguments(args, kwargs)
+        except TypeError as exc:
+            raise click.UsageError(str(exc)) from exc
     try:
-        result = app.send_task(name, args, kwargs, **options)
+        result = app.send_task(
+            name, args, kwargs, **{k: v for k, v in options.items() if v is not None}
+        )
     except TaskqError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(EX_UNAVAILABLE)
+        _fail(exc)
     click.echo(result.id)
+
+
+def _time_arg(flag: str, text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not an ISO 8601 time; write e.g. 2026-05-01T09:00:00+00:00",
+            param_hint=flag,
+        ) from None
+
+
+def _expires_arg(text: str) -> float | datetime:
+    try:
+        return float(text)
+    except ValueError:
+        return _time_arg("--expires", text)
 
 
 def _json_arg(flag: str, text: str, kind: type) -> Any:
@@ -274,22 +350,41 @@ def _json_arg(flag: str, text: str, kind: type) -> Any:
 @app_option
 @click.argument("task_id")
 @click.option("--wait", is_flag=True, help="Wait until the task is ready.")
-@click.option("--timeout", type=float, default=None)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --wait: give up after SECONDS (exit code 75).",
+)
 @click.pass_context
 def result(
     ctx: click.Context, app_spec: str | None, task_id: str, wait: bool, timeout: float | None
 ) -> None:
-    """Print the state and result of TASK_ID."""
+    """Print the state and result of TASK_ID as JSON.
+
+    Exit codes: 0 the task succeeded, or is not ready yet (without --wait); 3 it
+    failed (FAILURE); 4 it was revoked or expired (REVOKED); 75 --wait --timeout
+    passed before it was ready; 69 the result backend could not be reached.
+    """
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout applies to --wait: add --wait.")
     app = _resolve_app(ctx, app_spec)
     res = app.AsyncResult(task_id)
     try:
         if wait:
             res.get(timeout=timeout, propagate=False)
         meta = app.require_backend().meta(task_id)
-    except TaskqError as exc:
+    except TimeoutError as exc:
         click.echo(f"Error: {exc}", err=True)
-        sys.exit(EX_UNAVAILABLE)
+        sys.exit(EX_TEMPFAIL)
+    except TaskqError as exc:
+        _fail(exc)
     click.echo(json.dumps(meta, indent=2, default=str))
+    status = meta.get("status")
+    if status == states.FAILURE:
+        sys.exit(EX_TASK_FAILED)
+    if status == states.REVOKED:
+        sys.exit(EX_TASK_REVOKED)
 
 
 @main.command()
@@ -308,8 +403,7 @@ def purge(ctx: click.Context, app_spec: str | None, queues: str | None, force: b
     try:
         total = sum(app.broker.purge(name) for name in names)
     except TaskqError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(EX_UNAVAILABLE)
+        _fail(exc)
     click.echo(f"Purged {total} message(s) from {', '.join(names)}.")
 
 
@@ -340,8 +434,7 @@ def beat(ctx: click.Context, app_spec: str | None, loglevel: str, logfile: str |
     try:
         connected = wait_for_broker(app, stop)
     except TaskqError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(EX_UNAVAILABLE)
+        _fail(exc)
     if connected:
         run_beat(scheduler, stop)
 
@@ -395,8 +488,7 @@ def _dlq_call(ctx: click.Context, app_spec: str | None, action: Any) -> Any:
     try:
         return action(app.broker)
     except TaskqError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(EX_UNAVAILABLE)
+        _fail(exc)
     finally:
         app.close()
 

@@ -120,6 +120,9 @@ class Settings:
     # 45 s lease + at most one 15 s heartbeat of another worker: back within 60 s.
     worker_lease_timeout: float = 45.0
     worker_hostname: str | None = None
+    # print() in a task goes to the log with the task's name and id (Celery's names).
+    worker_redirect_stdouts: bool = True
+    worker_redirect_stdouts_level: str = "WARNING"
     # Beat
     beat_schedule: dict[str, Any] = dataclasses.field(default_factory=dict)
     beat_max_loop_interval: float = 5.0

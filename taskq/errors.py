@@ -40,6 +40,11 @@ class DecodeError(TaskqError):
     """A message or payload could not be decoded."""
 
 
+class EncodeError(TaskqError):
+    """A task's arguments could not be serialized; the message names the task and
+    the argument (``args[1]``, ``kwargs['when']``)."""
+
+
 class ContentDisallowed(DecodeError):
     """A message used a serializer that is not in ``accept_content``."""
 

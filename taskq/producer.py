@@ -19,11 +19,13 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 from zoneinfo import ZoneInfo
 
-from taskq import message, routing
+from kombu.exceptions import EncodeError as KombuEncodeError
+
+from taskq import message, routing, serialization
 from taskq.broker import connect
 from taskq.canvas import Signature
 from taskq.context import Context, current_request
-from taskq.errors import BrokerError, ConfigurationError, did_you_mean
+from taskq.errors import BrokerError, ConfigurationError, EncodeError, did_you_mean
 
 if TYPE_CHECKING:
     from taskq.broker.base import Broker, Envelope
@@ -152,7 +154,10 @@ class Producer:
             name, args, kwargs, options, task=task, retry_of=retry_of
         )
         serializer = merged.get("serializer") or self.conf.task_serializer
-        envelope = message.encode(msg, serializer, priority)
+        try:
+            envelope = message.encode(msg, serializer, priority)
+        except KombuEncodeError as exc:
+            raise _encode_error(name, msg.args, msg.kwargs, serializer, exc) from exc
         return Outgoing(msg.id, envelope, queue, priority, msg.eta, retry, retry_policy)
 
     def build(
@@ -419,3 +424,30 @@ def _signatures(value: Any) -> list[dict[str, Any]] | None:
         return None
     items = value if isinstance(value, (list, tuple)) else [value]
     return [dict(Signature.from_dict(item)) for item in items]
+
+
+def _encode_error(
+    name: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    serializer: str,
+    exc: Exception,
+) -> EncodeError:
+    """Which argument the serializer refused, found by encoding each on its own (only
+    after a failure, so sends that work pay nothing for it)."""
+    named = [(f"args[{i}]", value) for i, value in enumerate(args)]
+    named += [(f"kwargs[{key!r}]", value) for key, value in kwargs.items()]
+    for where, value in named:
+        try:
+            serialization.dumps(value, serializer)
+        except KombuEncodeError as refused:
+            return EncodeError(
+                f"Task {name!r}: {where} = {value!r:.80} cannot be serialized with "
+                f"{serializer}: {refused}. Send values {serializer} can encode (for json: "
+                "str, int, float, bool, None, and lists and dicts of them), convert it "
+                "first, or choose another serializer (serializer= on the task or the call)."
+            )
+    return EncodeError(
+        f"Task {name!r}: the message cannot be serialized with {serializer}: {exc}. "
+        "Check its headers and linked signatures."
+    )

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import random
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
+from taskq.arguments import checker
 from taskq.canvas import Signature, chunks, xmap, xstarmap
 from taskq.context import Context, current_request
 from taskq.errors import MaxRetriesExceededError, Retry
@@ -49,6 +52,8 @@ class TaskOptions:
     rate_limit: str | None = None
     expires: float | datetime | None = None
     serializer: str | None = None
+    # Check delay()/apply_async() arguments against the signature (Celery's name).
+    typing: bool = True
 
     @classmethod
     def field_names(cls) -> frozenset[str]:
@@ -111,6 +116,33 @@ class Task(TaskOptions, Generic[P, R]):
         """Send the task with these arguments; options go through ``apply_async``."""
         return self.apply_async(args, kwargs)
 
+    def check_arguments(
+        self, args: tuple[Any, ...] | list[Any] | None, kwargs: dict[str, Any] | None
+    ) -> None:
+        """Raise ``TypeError`` naming the task when the arguments do not fit its
+        signature (what ``apply_async`` does first unless ``typing=False``)."""
+        check = self._argument_checker
+        if check is None:
+            return
+        try:
+            check(*(args or ()), **(kwargs or {}))
+        except TypeError as exc:
+            parameters = [  # names and defaults; annotations may be unevaluated strings
+                p.replace(annotation=p.empty)
+                for p in inspect.signature(self.fn).parameters.values()
+            ]
+            shown = inspect.Signature(parameters[1:] if self.bind else parameters)
+            raise TypeError(
+                f"Task {self.name!r} takes {shown}, so it cannot be sent with args="
+                f"{tuple(args or ())!r}, kwargs={dict(kwargs or {})!r}: {exc}. Fix the call "
+                "(delay() takes the task's arguments; apply_async() takes args=(...), "
+                "kwargs={...}), or set typing=False on the task to send it unchecked."
+            ) from None
+
+    @functools.cached_property
+    def _argument_checker(self) -> Callable[..., None] | None:
+        return checker(self.fn, bound=self.bind)  # made at the first send, once
+
     def apply_async(
         self,
         args: tuple[Any, ...] | list[Any] | None = None,
@@ -132,7 +164,12 @@ class Task(TaskOptions, Generic[P, R]):
 
         Raises:
             BrokerError: the broker did not take the message after the retry policy.
+            TypeError: the arguments do not fit the task's signature (unless the
+                task has ``typing=False``).
+            EncodeError: an argument cannot be serialized; the message names it.
         """
+        if self.typing:
+            self.check_arguments(args, kwargs)
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
         task_id = self._producer.send_task(self.name, args, kwargs, options, task=self)
@@ -154,6 +191,8 @@ class Task(TaskOptions, Generic[P, R]):
         Raises:
             BrokerError: the broker did not take a chunk after the retry policy; the
                 chunks before it stay sent.
+            TypeError: an item does not fit the task's signature (unless
+                ``typing=False``); the chunks before its chunk stay sent, its own is not.
         """
         if self.app.conf.task_always_eager:
             return [self.apply(args) for args in items]
@@ -162,6 +201,8 @@ class Task(TaskOptions, Generic[P, R]):
 
         def prepared() -> Iterator[Outgoing]:
             for args in items:
+                if self.typing:
+                    self.check_arguments(args, None)
                 out = producer.prepare(self.name, args, None, {}, task=self)
                 ids.append(out.id)
                 yield out

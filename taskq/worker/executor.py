@@ -124,8 +124,9 @@ class Executor:
         fires ``task_prerun``."""
         task = self.tasks.get(ctx.task or "")
         if task is None:
-            log.error("Received unregistered task of type %r (id %s).", ctx.task, ctx.id)
-            error = NotRegistered(f"Task {ctx.task!r} is not registered on worker {ctx.hostname}.")
+            name = ctx.task or ""
+            error = NotRegistered(f"Worker {ctx.hostname}: {self.app.not_registered(name)}")
+            log.error("Received unregistered task %s[%s]. %s", ctx.task, ctx.id, error)
             self.store(None, ctx, State.FAILURE, error)
             return Outcome(Action.ACK)
         if ctx.expires is not None and ctx.expires <= datetime.now(timezone.utc):
