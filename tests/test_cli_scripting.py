@@ -19,8 +19,11 @@ import pytest
 from taskq.cli import EX_TASK_FAILED, EX_TASK_REVOKED, EX_TEMPFAIL
 from tests import proc
 
+pytestmark = pytest.mark.slow  # subprocesses, workers or servers: the full tier
+
 PROJ = """
 from taskq import App
+
 
 app = App("proj"{settings})
 

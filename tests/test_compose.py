@@ -26,6 +26,9 @@ import pytest
 from tests import proc, servers
 from tests.faults.redis_server import PrivateRedis
 
+pytestmark = pytest.mark.slow  # subprocesses, workers or servers: the full tier
+
+
 yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parent.parent

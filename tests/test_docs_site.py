@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocesses, workers or servers: the full tier
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

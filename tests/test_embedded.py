@@ -16,8 +16,11 @@ import pytest
 
 from tests import proc
 
+pytestmark = pytest.mark.slow  # subprocesses, workers or servers: the full tier
+
 PROJ = """
 from taskq import App
+
 
 app = App("proj"{settings})
 

@@ -15,6 +15,8 @@ from taskq.errors import TaskRevokedError
 from taskq.testing import running_worker
 from tests.test_contract import make_app
 
+pytestmark = pytest.mark.slow  # subprocesses, workers or servers: the full tier
+
 
 @pytest.fixture(params=["redis", "amqp+redis", "sqlite"])
 def app(request: pytest.FixtureRequest, unique: str, tmp_path: Path) -> Iterator[App]:

@@ -17,10 +17,13 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocesses, workers or servers: the full tier
+
 ROOT = Path(__file__).resolve().parent.parent
 
 USER_MODULE = """\
 from taskq import App
+
 
 app = App("user", broker="memory://")
 

@@ -123,6 +123,7 @@ def add(x, y):
 """
 
 
+@pytest.mark.slow
 def test_taskq_call_warns_about_a_name_the_app_does_not_know(tmp_path: Path) -> None:
     (tmp_path / "proj.py").write_text(PROJ)
     out = proc.run(tmp_path, proc.env(), "-A", "proj", "call", "proj.ad", "--args", "[1, 2]")
@@ -134,6 +135,7 @@ def test_taskq_call_warns_about_a_name_the_app_does_not_know(tmp_path: Path) -> 
     assert known.returncode == 0 and known.stderr == ""
 
 
+@pytest.mark.slow
 def test_a_worker_says_what_to_check_for_an_unregistered_task(app: App) -> None:
     @app.task(name="workertests.add")
     def add(x: int, y: int) -> int:

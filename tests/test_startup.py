@@ -16,6 +16,8 @@ import pytest
 from tests import proc
 from tests.faults.redis_server import PrivateRedis
 
+pytestmark = pytest.mark.slow  # subprocesses, workers or servers: the full tier
+
 PROJ = """
 from taskq import App
 
@@ -24,6 +26,7 @@ app = App(
     beat_schedule={"tick": {"task": "proj.tick", "schedule": 0.5}},
     {settings}
 )
+
 
 @app.task
 def tick():
