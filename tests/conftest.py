@@ -10,6 +10,7 @@ import redis
 from taskq import App
 from taskq.broker.redis import RedisBroker
 from tests import servers
+from tests.faults.proxy import RedisProxy
 from tests.worker_support import Gate, Ledger, redis_app
 
 
@@ -72,14 +73,22 @@ def raw(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
+def proxy(redis_url: str) -> Iterator[RedisProxy]:
+    """A fault-injecting proxy in front of the shared Redis (``tests.faults.proxy``)."""
+    with RedisProxy(redis_url) as proxy:
+        yield proxy
+
+
+@pytest.fixture
 def make_broker(redis_url: str, unique: str) -> Iterator[Callable[..., RedisBroker]]:
-    """``make_broker(name="c", **options)``: a RedisBroker with this test's key prefix
-    and consumer id ``<name>-<unique>``; closed, and the test's keys deleted, after."""
+    """``make_broker(name="c", url=None, **options)``: a RedisBroker with this test's
+    key prefix and consumer id ``<name>-<unique>``, on the shared Redis or at ``url``
+    (a ``proxy`` in front of it); closed, and the test's keys deleted, after."""
     brokers: list[RedisBroker] = []
 
-    def make(name: str = "c", **options: Any) -> RedisBroker:
+    def make(name: str = "c", url: str | None = None, **options: Any) -> RedisBroker:
         broker = RedisBroker(
-            redis_url,
+            url or redis_url,
             consumer_id=f"{name}-{unique}",
             options={"key_prefix": f"taskq-test-{unique}:", **options},
         )

@@ -10,17 +10,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
 from taskq.broker.base import Delivery, Envelope, QueueSpec
-from taskq.broker.envelope import MALFORMED_CONTENT_TYPE, PRIORITY_SEP, list_key
-from taskq.broker.redis import RedisBroker
+from taskq.broker.envelope import MALFORMED_CONTENT_TYPE, PRIORITY_SEP, encode_payload, list_key
+from taskq.broker.redis import RedisBroker, scripts
 from taskq.errors import BrokerError
+from tests.faults.proxy import RedisProxy, names, script_call
+from tests.faults.redis_server import PrivateRedis
+from tests.leases import connections, keys, lease_id, leased
 
 
 @dataclass
@@ -38,9 +41,11 @@ def env(redis_url: str, unique: str) -> Iterator[Env]:
     prefix = f"taskq-test-{unique}:"
     brokers: list[RedisBroker] = []
 
-    def make(name: str = "c", **options: Any) -> RedisBroker:
+    def make(name: str = "c", url: str | None = None, **options: Any) -> RedisBroker:
         broker = RedisBroker(
-            redis_url, consumer_id=f"{name}-{unique}", options={"key_prefix": prefix, **options}
+            url or redis_url,
+            consumer_id=f"{name}-{unique}",
+            options={"key_prefix": prefix, **options},
         )
         brokers.append(broker)
         return broker
@@ -83,7 +88,7 @@ def server_time(raw: redis.Redis) -> float:
 
 
 def wait_lease_expired(env: Env, broker: RedisBroker) -> None:
-    deadline = env.raw.zscore(f"{env.prefix}consumers", broker._lease_id)
+    deadline = env.raw.zscore(f"{env.prefix}consumers", lease_id(env.raw, broker))
     assert deadline is not None
     wait_until(lambda: server_time(env.raw) > deadline)
 
@@ -109,10 +114,10 @@ def test_round_trip_and_ack(env: Env) -> None:
     assert delivery.envelope.content_type == "application/json"
     assert delivery.envelope.headers == {"id": "1", "task": "t.add"}
     assert delivery.envelope.properties["correlation_id"] == "1"
-    assert env.raw.hlen(f"{env.prefix}inflight:{broker._lease_id}") == 1
+    assert leased(env.raw, broker) == 1
 
     broker.ack([delivery])
-    assert env.raw.hlen(f"{env.prefix}inflight:{broker._lease_id}") == 0
+    assert leased(env.raw, broker) == 0
     assert broker.fetch([env.queue], 10, 0) == []
 
 
@@ -150,15 +155,14 @@ def test_priority_property_used_when_no_argument(env: Env) -> None:
     assert env.raw.llen(list_key(env.queue, 7)) == 1
 
 
-def test_batch_fetch_is_one_script_call(env: Env) -> None:
-    broker = env.make()
+def test_batch_fetch_is_one_script_call(proxy: RedisProxy, env: Env) -> None:
+    broker = env.make(url=proxy.url)
     broker.publish_many([(message(n), env.queue, None) for n in range(10)])
-    line = broker._line
-    with mock.patch.object(line, "call_many", wraps=line.call_many) as spy:
+    env.raw.script_load(scripts.FETCH)  # as any earlier fetch on this server did
+    with proxy.recording() as sent:
         batch = broker.fetch([env.queue], 7, 0)
     assert len(batch) == 7
-    assert spy.call_count == 1
-    assert [command[0] for command in spy.call_args.args[0]] == ["EVALSHA"]
+    assert names(sent) == ["EVALSHA"] and script_call(scripts.FETCH)(sent[-1])
     assert ids(broker.fetch([env.queue], 7, 0)) == ["7", "8", "9"]
 
 
@@ -199,12 +203,7 @@ def test_blocking_fetch_returns_promptly(env: Env) -> None:
 
     thread = threading.Thread(target=consume)
     thread.start()
-    name = f"taskq:{broker._lease_id}".encode()
-    wait_until(
-        lambda: any(
-            c["name"] == name.decode() and c["cmd"] == "blmove" for c in env.raw.client_list()
-        )
-    )
+    wait_until(lambda: any(c["cmd"] == "blmove" for c in connections(env.raw, broker)))
     published_at = time.monotonic()
     producer.publish(message(1), env.queue)
     thread.join(10)
@@ -245,7 +244,7 @@ def test_requeue_puts_back_at_the_head(env: Env) -> None:
     again = broker.fetch([env.queue], 3, 0)
     assert ids(again) == ["0", "1", "2"]
     assert [d.delivery_count for d in again] == [1, 1, 1]
-    assert env.raw.hlen(f"{env.prefix}inflight:{broker._lease_id}") == 3
+    assert leased(env.raw, broker) == 3
 
 
 def test_purge_counts_every_priority_list(env: Env) -> None:
@@ -264,10 +263,11 @@ def test_dead_consumer_messages_come_back(env: Env) -> None:
     dead, live = env.make("dead", lease_timeout=1.0), env.make("live", lease_timeout=1.0)
     for n in range(3):
         dead.publish(message(n), env.queue)
-    leased = dead.fetch([env.queue], 2, 0)
+    taken = dead.fetch([env.queue], 2, 0)
+    dead_keys, dead_lease = keys(env.raw, dead), lease_id(env.raw, dead)
     # A BLMOVE whose fetch script never ran (the process died in between).
-    landing = f"{dead._keys.landing_prefix}{env.queue}"
-    env.raw.hset(dead._keys.landings, landing, env.queue)
+    landing = f"{dead_keys.landing_prefix}{env.queue}"
+    env.raw.hset(dead_keys.landings, landing, env.queue)
     env.raw.lmove(env.queue, landing, "RIGHT", "LEFT")
 
     live.heartbeat()
@@ -278,12 +278,12 @@ def test_dead_consumer_messages_come_back(env: Env) -> None:
     back = {d.envelope.headers["id"]: d for d in live.fetch([env.queue], 10, 0)}
     assert set(back) == {"0", "1", "2"}
     assert {n: d.delivery_count for n, d in back.items()} == {"0": 2, "1": 2, "2": 1}
-    assert not env.raw.exists(dead._keys.inflight, dead._keys.landings, landing)
-    assert env.raw.zscore(dead._keys.consumers, dead._lease_id) is None
+    assert not env.raw.exists(dead_keys.inflight, dead_keys.landings, landing)
+    assert env.raw.zscore(dead_keys.consumers, dead_lease) is None
 
     live.ack(list(back.values()))
     assert not env.raw.exists(f"{env.prefix}deliveries")  # counters go with the ack
-    dead.ack(leased)  # late ack of a lost lease: harmless
+    dead.ack(taken)  # late ack of a lost lease: harmless
     assert live.fetch([env.queue], 10, 0) == []
 
 
@@ -421,7 +421,7 @@ def test_dead_letter_list_requeue_purge(env: Env) -> None:
         broker.publish(message(n), env.queue)
     for delivery in broker.fetch([env.queue], 3, 0):
         broker.dead_letter(delivery, f"failed {delivery.envelope.headers['id']}")
-    assert env.raw.hlen(broker._keys.inflight) == 0
+    assert leased(env.raw, broker) == 0
 
     parked = broker.dead_letters()
     assert [p.reason for p in parked] == ["failed 0", "failed 1", "failed 2"]
@@ -487,8 +487,7 @@ def test_malformed_payload_is_delivered_and_dead_lettered(
 def test_recovers_after_connections_are_killed(env: Env) -> None:
     broker = env.make()
     broker.publish(message(1), env.queue)
-    name = f"taskq:{broker._lease_id}"
-    killed = [c for c in env.raw.client_list() if c["name"] == name]
+    killed = connections(env.raw, broker)
     assert killed
     for client in killed:
         env.raw.client_kill_filter(_id=client["id"])
@@ -496,20 +495,40 @@ def test_recovers_after_connections_are_killed(env: Env) -> None:
     assert ids(broker.fetch([env.queue], 10, 1.0)) == ["1", "2"]
 
 
-def test_reloads_scripts_redis_forgot(env: Env) -> None:
-    broker = env.make()
-    broker.publish(message(1), env.queue)
-    broker.publish(message(2), env.queue)
-    bogus = "0" * 40
-    fetcher = broker._fetcher
-    fetcher._script.sha = bogus  # as after a Redis restart: NOSCRIPT
-    assert ids(broker.fetch([env.queue], 1, 0)) == ["1"]
-    fetcher._script.sha = bogus
-    sources = {list_key(env.queue, step): env.queue for step in (0, 3, 6, 9)}
-    # The pipelined path (BLMOVE, then the script) on the broker's own connection.
-    call, reply = fetcher._fetch_once(broker._line, (env.queue,), sources, 10, 0.05, env.queue)
-    assert ids(fetcher._deliveries(call, reply)) == ["2"]
-    assert not env.raw.exists(f"{broker._keys.landing_prefix}{env.queue}")
+@pytest.mark.timeout(30)
+def test_reloads_scripts_redis_forgot(tmp_path: Path) -> None:
+    """After SCRIPT FLUSH (a restarted Redis forgets its scripts too) a fetch loads
+    the script again, on either path: the plain call, and BLMOVE then the script
+    in one round trip, whose message waits in the landing list for the reloaded
+    script to adopt. A private server: SCRIPT FLUSH would hit every user."""
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    raw = server.client()
+    # The BLMOVE blocks up to poll_interval: long enough to flush while it waits.
+    broker = RedisBroker(server.url, consumer_id="c", options={"poll_interval": 5.0})
+    try:
+        broker.publish_many([(message(n), "q", None) for n in (1, 2)])
+        first = broker.fetch(["q"], 1, 0)
+        raw.script_flush()
+        second = broker.fetch(["q"], 1, 0)
+        assert ids(first + second) == ["1", "2"]
+        broker.ack(first + second)
+
+        got: list[list[Delivery]] = []
+        consumer = threading.Thread(target=lambda: got.append(broker.fetch(["q"], 10, 10.0)))
+        consumer.start()
+        wait_until(lambda: any(c["cmd"] == "blmove" for c in connections(raw, broker)))
+        raw.script_flush()
+        raw.lpush("q", encode_payload(message(3), "q", 0))  # as a producer would
+        consumer.join(10)
+        assert ids(got[0]) == ["3"]
+        broker_keys = keys(raw, broker)
+        assert raw.hlen(broker_keys.inflight) == 1
+        assert not raw.exists(f"{broker_keys.landing_prefix}q")
+    finally:
+        broker.close()
+        raw.close()
+        server.stop()
 
 
 def test_wrong_type_queue_key_is_reported(env: Env) -> None:
@@ -526,7 +545,7 @@ def test_wrong_type_watched_key_leases_nothing(env: Env) -> None:
     env.raw.set(env.queue, "not a list")
     with pytest.raises(BrokerError, match="WRONGTYPE"):
         broker.fetch([env.queue], 10, 0.2)
-    assert env.raw.hlen(broker._keys.inflight) == 0
+    assert leased(env.raw, broker) == 0
 
 
 # -- kombu interop -----------------------------------------------------------------

@@ -13,8 +13,10 @@ import pytest
 import redis
 
 from taskq.broker.base import Delivery, Envelope
-from taskq.broker.redis import RedisBroker
+from taskq.broker.redis import RedisBroker, scripts
 from taskq.testing import running_worker
+from tests.faults.proxy import RedisProxy, script_call
+from tests.leases import keys, leased
 from tests.worker_support import redis_app
 
 
@@ -33,10 +35,6 @@ def publish(broker: RedisBroker, queue: str, count: int) -> None:
 
 def ids(deliveries: list[Delivery]) -> list[str]:
     return [str(d.envelope.headers["id"]) for d in deliveries]
-
-
-def leased(raw: redis.Redis, broker: RedisBroker) -> int:
-    return int(raw.hlen(broker._keys.inflight))
 
 
 def fetch(broker: RedisBroker, queue: str, count: int) -> list[Delivery]:
@@ -87,25 +85,27 @@ def test_close_gives_back_what_was_read_ahead(
     broker = make_broker("first")
     publish(broker, queue, 10)
     broker.ack(fetch(broker, queue, 4))
+    inflight = keys(raw, broker).inflight
     broker.close()
-    assert leased(raw, broker) == 0
+    assert raw.hlen(inflight) == 0
     other = make_broker("second")
     # At once, in order: given back at the head, not left for the lease to run out.
     assert ids(other.fetch([queue], 10, 0)) == [str(n) for n in range(4, 10)]
 
 
 def test_a_lost_read_ahead_reply_loses_and_duplicates_nothing(
-    make_broker: Callable[..., RedisBroker], raw: redis.Redis, queue: str
+    proxy: RedisProxy, make_broker: Callable[..., RedisBroker], raw: redis.Redis, queue: str
 ) -> None:
-    broker = make_broker()
+    broker = make_broker(url=proxy.url)
     publish(broker, queue, 20)
-    first = fetch(broker, queue, 5)
-    broker.ack(first)
-    seen = ids(first)
+    raw.script_load(scripts.FETCH)  # so that the first fetch is one call
     # The connection drops with the read-ahead's reply unread (its script ran): the
     # next fetch asks again under the same tags and gets those messages.
-    assert broker._fetcher._ahead is not None
-    broker._line._conn.disconnect()
+    lost = proxy.fault("lose reply", script_call(scripts.FETCH), after=1)
+    first = fetch(broker, queue, 5)
+    lost.wait()  # the first fetch's call went through; the read-ahead's reply did not
+    broker.ack(first)
+    seen = ids(first)
     for _ in range(10):
         got = fetch(broker, queue, 5)
         broker.ack(got)

@@ -29,12 +29,10 @@ def start_worker(
     *args: str,
     extra_env: dict[str, str] | None = None,
     ready: bool = True,
-    entry: str = "taskq.cli",
 ) -> proc.Proc:
-    """``taskq -A tests.faults.faultproj worker`` with ``config``; waits for "ready.".
-    ``entry``: the module run with ``python -m`` (a test wrapper of the CLI)."""
+    """``taskq -A tests.faults.faultproj worker`` with ``config``; waits for "ready."."""
     environ = proc.env({**config.env(), **(extra_env or {})})
-    command = [sys.executable, "-m", entry, "-A", APP, "worker", "-l", "info", *args]
+    command = [sys.executable, "-m", "taskq.cli", "-A", APP, "worker", "-l", "info", *args]
     worker = proc.Proc(command, ROOT, environ)
     if ready:
         worker.wait_for("ready.", timeout=30)

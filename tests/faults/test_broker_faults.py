@@ -1,13 +1,15 @@
-"""Faults inside one fetch, injected at the Redis broker's boundary (private redis-server).
+"""Faults inside one fetch, on a real connection (a private redis-server, a proxy).
 
 A fetch is a Lua script that moves messages from the queue lists into this
 consumer's in-flight hash. If its reply never reaches the client, or the client
 library re-sends it after a timeout (redis-py retries once on a connection or
-timeout error), the script runs but the worker never hears what it leased.
+timeout error), the script runs but the worker never hears what it leased. The
+proxy (``tests.faults.proxy``) between the broker and Redis makes both happen.
 """
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -17,23 +19,33 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from taskq.broker.base import Envelope
-from taskq.broker.redis import RedisBroker
+from taskq.broker.redis import RedisBroker, scripts
 from taskq.errors import BrokerError
 from tests.faults.cluster import ROOT
+from tests.faults.proxy import RedisProxy, script_call
 from tests.faults.redis_server import PrivateRedis
 
 Q = "q"
+FETCH = script_call(scripts.FETCH)
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[PrivateRedis]:
     private = PrivateRedis(tmp_path / "redis")
     private.start()
+    client = private.client()
+    client.script_load(scripts.FETCH)  # so that each fetch is one call of it
+    client.close()
     yield private
     private.stop()
+
+
+@pytest.fixture
+def proxy(server: PrivateRedis) -> Iterator[RedisProxy]:
+    with RedisProxy(server.url) as proxy:
+        yield proxy
 
 
 def envelope(n: int) -> Envelope:
@@ -57,37 +69,17 @@ def inflight(server: PrivateRedis) -> int:
         client.close()
 
 
-def misbehave(broker: RedisBroker, fault: str) -> None:
-    """Make the broker's next fetch script call misbehave once. The broker's own
-    connection is kept busy so that fetches take the pooled path, through the script
-    object (faults on the broker's own connection: test_a_lost_read_ahead_...)."""
-    assert broker._line.acquire()
-    broker._fetcher._script = Script(broker._fetcher._script, fault)  # type: ignore[assignment]
-
-
-class Script:
-    """Stands in for the broker's registered fetch script and misbehaves once."""
-
-    def __init__(self, real: Any, fault: str) -> None:
-        self.real, self.fault, self.sha = real, fault, real.sha
-
-    def __call__(self, keys: Any, args: Any) -> Any:
-        fault, self.fault = self.fault, ""
-        reply = self.real(keys, args)
-        if fault == "lost reply":
-            raise redis.ConnectionError("Connection reset by peer (injected after the script ran)")
-        if fault == "ran twice":
-            reply = self.real(keys, args)  # what redis-py's Retry does after a read timeout
-        return reply
-
-
 @pytest.mark.timeout(30)
-def test_a_lost_fetch_reply_is_recovered_by_the_next_fetch(server: PrivateRedis) -> None:
-    broker = RedisBroker(server.url, consumer_id="c", options={"lease_timeout": 60})
+def test_a_lost_fetch_reply_is_recovered_by_the_next_fetch(
+    server: PrivateRedis, proxy: RedisProxy
+) -> None:
+    broker = RedisBroker(proxy.url, consumer_id="c", options={"lease_timeout": 60})
     publish(broker, 3)
-    misbehave(broker, "lost reply")
+    # The reply of the call and of the broker's one re-send of it are lost.
+    lost = proxy.fault("lose reply", FETCH, times=2)
     with pytest.raises(BrokerError, match="unreachable"):
         broker.fetch([Q], 10, 0.1)
+    lost.wait()
     assert inflight(server) == 3  # leased to this live consumer, which does not know it
 
     got = broker.fetch([Q], 10, 0.1)
@@ -99,46 +91,54 @@ def test_a_lost_fetch_reply_is_recovered_by_the_next_fetch(server: PrivateRedis)
 
 
 @pytest.mark.timeout(30)
-def test_a_fetch_script_run_twice_loses_nothing(server: PrivateRedis) -> None:
-    broker = RedisBroker(server.url, consumer_id="c", options={"lease_timeout": 60})
+def test_a_fetch_script_run_twice_loses_nothing(server: PrivateRedis, proxy: RedisProxy) -> None:
+    options = {"lease_timeout": 60, "socket_timeout": 0.5}
+    broker = RedisBroker(proxy.url, consumer_id="c", options=options)
     publish(broker, 10)
-    misbehave(broker, "ran twice")
+    # Held past socket_timeout: the client re-sends the call and the script runs again.
+    held = proxy.fault("hold reply", FETCH)
     seen: list[str] = []
     for _ in range(5):
         got = broker.fetch([Q], 5, 0.1)
         seen += ids(got)
         broker.ack(got)
+    held.wait()
     assert sorted(seen, key=int) == [str(n) for n in range(10)]
     assert inflight(server) == 0
     broker.close()
 
 
 @pytest.mark.timeout(30)
-def test_a_crash_between_fetch_and_bookkeeping_loses_nothing(server: PrivateRedis) -> None:
-    """The process dies right after the fetch script returned (the test hook in
-    tests.faults.crash_after_fetch); the messages it leased come back once its lease
-    runs out."""
+def test_a_crash_between_fetch_and_bookkeeping_loses_nothing(
+    server: PrivateRedis, proxy: RedisProxy
+) -> None:
+    """The process is killed (SIGKILL) after its fetch script ran and before the
+    reply reached it (the proxy holds the reply back); the messages it leased come
+    back once its lease runs out."""
     code = textwrap.dedent(f"""
-        from tests.faults import crash_after_fetch
-        crash_after_fetch.install()
         from taskq.broker.redis import RedisBroker
-        broker = RedisBroker({server.url!r}, consumer_id="doomed", options={{"lease_timeout": 1}})
+        broker = RedisBroker({proxy.url!r}, consumer_id="doomed", options={{"lease_timeout": 1}})
         broker.fetch(["{Q}"], 10, 1.0)
         print("survived")
     """)
     broker = RedisBroker(server.url, consumer_id="rescuer", options={"lease_timeout": 1})
     publish(broker, 4)
-    env = {"PATH": "/usr/bin:/bin"}
-    out = subprocess.run(
+    held = proxy.fault("hold reply", FETCH)
+    doomed = subprocess.Popen(
         [sys.executable, "-c", code],
-        env=env,
+        env={"PATH": "/usr/bin:/bin"},
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=20,
     )
-    assert out.returncode == 70, out
-    assert "survived" not in out.stdout
+    try:
+        held.wait(timeout=20)  # the script ran: leased on the server, unknown to the process
+    finally:
+        doomed.kill()
+        out, err = doomed.communicate(timeout=10)
+    assert doomed.returncode == -signal.SIGKILL, err
+    assert "survived" not in out
     assert inflight(server) == 4
     deadline = time.monotonic() + 10
     seen: list[str] = []

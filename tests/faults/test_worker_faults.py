@@ -7,6 +7,7 @@ redis-server (or, for 2 and 4, RabbitMQ too) and checks the ledger (see
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from taskq import App
-from taskq.broker.redis import RedisBroker
+from taskq.broker.redis import RedisBroker, scripts
 from tests import servers
 from tests.faults.cluster import (
     AMQP_URL,
@@ -31,6 +32,7 @@ from tests.faults.cluster import (
 )
 from tests.faults.faultproj import Config
 from tests.faults.ledger import Checker, Ledger
+from tests.faults.proxy import RedisProxy, script_call
 from tests.faults.redis_server import PrivateRedis
 
 Producer = Callable[[Config], App]
@@ -133,12 +135,27 @@ def test_3_crash_between_fetch_and_bookkeeping(
     producer: Producer,
     unique: str,
 ) -> None:
+    """The worker is killed (SIGKILL) after its first fetch script leased messages
+    and before the reply reached it: a proxy between it and Redis holds the reply."""
     config = make_config(broker_redis.url, lease=2.0)
     ids = publish(producer(config), ids_for("s3", unique, 30))
-    doomed = start_worker(
-        config, "-P", "threads", "-c", "2", ready=False, entry="tests.faults.crash_after_fetch"
-    )
-    assert doomed.popen.wait(30) == 70, doomed.output
+    client = broker_redis.client()
+    client.script_load(scripts.FETCH)  # so that the first fetch is one call of it
+    client.close()
+    with RedisProxy(broker_redis.url) as proxy:
+        held_reply = proxy.fault("hold reply", script_call(scripts.FETCH))
+        doomed = start_worker(
+            dataclasses.replace(config, broker_url=proxy.url),
+            "-P",
+            "threads",
+            "-c",
+            "2",
+            ready=False,
+        )
+        try:
+            held_reply.wait(timeout=30)
+        finally:
+            kill(doomed)
     crashed_at = time.time()
     held = [i for got in leases(broker_redis).values() for i in got]
     assert held and not ledger.events()  # leased, never started
