@@ -71,8 +71,6 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
-from functools import partial
 from typing import Any
 
 import redis
@@ -88,12 +86,9 @@ from taskq.broker.envelope import (
 from taskq.broker.redis import scripts
 from taskq.broker.redis.dlq import DeadLetterList
 from taskq.broker.redis.fetch import Fetcher
-from taskq.broker.redis.options import BrokerOptions, Keys
+from taskq.broker.redis.options import BrokerOptions
+from taskq.broker.redis.session import Session
 from taskq.broker.redis.settle import Settler
-from taskq.errors import BrokerError
-from taskq.redisclient.client import connection_pool, translate
-from taskq.redisclient.line import Line
-from taskq.urls import mask_url
 
 __all__ = ["RedisBroker"]
 
@@ -126,36 +121,19 @@ class RedisBroker(Broker):
     def __init__(self, url: str, *, consumer_id: str, options: dict[str, Any] | None = None):
         super().__init__(url, consumer_id=consumer_id, options=options)
         self.settings = BrokerOptions.from_mapping(self.options)
-        self._safe_url = mask_url(url)
-        session = uuid.uuid4().hex[:16]
-        self._lease_id = f"{consumer_id}.{session}"
-        self._tag_base = session
-        self._keys = Keys.make(self.settings.key_prefix, self._lease_id)
-        self._pool = connection_pool(url, self.settings, f"taskq:{self._lease_id}")
-        self._client = redis.Redis(connection_pool=self._pool)
-        self._line = Line(self._client)  # publish and fetch (see taskq.redisclient.line)
+        session = Session(url, consumer_id, self.settings)
+        self._session = session
+        # Taken out once: publishing reads them on every call.
+        self._keys = session.keys
+        self._client = session.client
+        self._line = session.line  # publish and fetch (see taskq.redisclient.line)
+        self._translate = session.translate
         self._reap_script = self._client.register_script(scripts.REAP)
-        log_errors = partial(self._script_errors, raise_=False)
-        self._dlq = DeadLetterList(self._client, self._keys.dlq, self._translate, log_errors)
-        self._settler = Settler(
-            self._client, self._keys, self._translate, log_errors, self.settings.ack_delay
-        )
-        self._acks = self._settler.acks
-        self._fetcher = Fetcher(
-            self._client,
-            self._line,
-            self._keys,
-            self.settings,
-            self._lease_id,
-            session,
-            self._acks,
-            self._script_errors,
-        )
+        self._dlq = DeadLetterList(session)
+        self._settler = Settler(session)
+        self._fetcher = Fetcher(session, self._settler.acks)
         self._rotation = 0  # fetch calls: which queue goes first
         self._sources: dict[tuple[str, ...], dict[str, str]] = {}  # list key -> queue
-
-    def _translate(self, doing: str) -> AbstractContextManager[None]:
-        return translate(BrokerError, f"Redis at {self._safe_url}", doing, "broker_url")
 
     # -- publishing -----------------------------------------------------------------
 
@@ -258,15 +236,6 @@ class RedisBroker(Broker):
             self._sources[ordered] = sources
         return sources
 
-    def _script_errors(self, doing: str, errors: list[bytes], *, raise_: bool) -> None:
-        text = "; ".join(error.decode("utf-8", "replace") for error in errors)
-        if raise_:
-            raise BrokerError(
-                f"Redis at {self._safe_url} refused to {doing}: {text}. A queue key holds "
-                "something other than a list; delete or rename it."
-            )
-        logger.error("Redis broker could not %s some lists: %s", doing, text)
-
     # -- settling (taskq.broker.redis.settle) ---------------------------------------
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
@@ -306,7 +275,7 @@ class RedisBroker(Broker):
         keys = [self._keys.consumers, self._keys.deliveries]
         args: list[str | float] = [
             self.settings.key_prefix,
-            self._lease_id,
+            self._session.lease_id,
             self.settings.lease_timeout,
             _REAP_LIMIT,
         ]
@@ -315,7 +284,7 @@ class RedisBroker(Broker):
         if restored:
             logger.info("Returned %d messages of expired consumers to their queues", restored)
         if errors:
-            self._script_errors("return messages of expired consumers", errors, raise_=False)
+            self._session.log_refused("return messages of expired consumers", errors)
         self._settler.retry_deferred()
 
     # -- dead letters -----------------------------------------------------------------
@@ -344,5 +313,4 @@ class RedisBroker(Broker):
         leased until the lease runs out."""
         self.give_back_read_ahead()
         self._settler.close()
-        self._line.close()
-        self._pool.disconnect()
+        self._session.close()

@@ -10,15 +10,13 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from typing import Any, cast
-
-import redis
 
 from taskq.broker.base import DeadLetter
 from taskq.broker.envelope import decode_payload, malformed
 from taskq.broker.redis.scripts import REQUEUE_DEAD
+from taskq.broker.redis.session import Session
 
 __all__ = ["DeadLetterList", "dead_letter_entry"]
 
@@ -42,34 +40,24 @@ def dead_letter_entry(tag: str, queue: str, source: str, payload: bytes, reason:
 
 
 class DeadLetterList:
-    """Listing, requeueing and purging the list ``key``.
+    """Listing, requeueing and purging the dead-letter list (``<key_prefix>dlq``).
 
     Args:
-        client: the broker's client.
-        key: the list (``<key_prefix>dlq``).
-        translate: ``translate(doing)``, the broker's error translation.
-        script_errors: ``script_errors(doing, errors)`` reports lists a requeue
-            could not write to.
+        session: the broker's session (client, keys, error reporting).
     """
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        key: str,
-        translate: Callable[[str], AbstractContextManager[None]],
-        script_errors: Callable[[str, list[bytes]], None],
-    ) -> None:
+    def __init__(self, session: Session) -> None:
+        client = session.client
+        self._session = session
         self._client = client
-        self._key = key
-        self._translate = translate
-        self._script_errors = script_errors
+        self._key = session.keys.dlq
         self._requeue_script = client.register_script(REQUEUE_DEAD)
 
     def list(self, limit: int) -> list[DeadLetter]:
         """Parked messages, oldest first."""
         if limit < 1:
             return []
-        with self._translate("list dead letters"):
+        with self._session.translate("list dead letters"):
             entries = cast(list[bytes], self._client.lrange(self._key, 0, limit - 1))
         return [_dead_letter_from(raw) for raw in entries]
 
@@ -78,7 +66,7 @@ class DeadLetterList:
         wanted = None if ids is None else set(ids)
         tried: set[str] = set()
         moved, offset = 0, 0
-        with self._translate("requeue dead letters"):
+        with self._session.translate("requeue dead letters"):
             while wanted is None or wanted - tried:
                 end = offset + _PAGE - 1
                 page = cast(list[bytes], self._client.lrange(self._key, offset, end))
@@ -96,12 +84,12 @@ class DeadLetterList:
                 moved += count
                 offset += len(page) - count
                 if errors:
-                    self._script_errors("requeue dead letters", errors)
+                    self._session.log_refused("requeue dead letters", errors)
         return moved
 
     def purge(self) -> int:
         """Delete every parked message; return how many."""
-        with self._translate("purge dead letters"):
+        with self._session.translate("purge dead letters"):
             pipe = self._client.pipeline(transaction=True)
             pipe.llen(self._key)
             pipe.delete(self._key)

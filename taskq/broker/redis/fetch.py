@@ -32,7 +32,7 @@ from taskq.broker.base import Delivery
 from taskq.broker.envelope import decode_payload, queue_of
 from taskq.broker.redis import scripts
 from taskq.broker.redis.acks import Held, PendingAcks
-from taskq.broker.redis.options import BrokerOptions, Keys
+from taskq.broker.redis.session import Session
 from taskq.broker.redis.settle import Lease, ack_args, ack_commands
 from taskq.redisclient.line import Line
 
@@ -60,25 +60,18 @@ class _Call:
 class Fetcher:
     """Leases messages for one broker; see the module docstring."""
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        line: Line,
-        keys: Keys,
-        settings: BrokerOptions,
-        lease_id: str,
-        tag_base: str,
-        acks: PendingAcks,
-        on_errors: Callable[..., None],
-    ) -> None:
+    def __init__(self, session: Session, acks: PendingAcks) -> None:
+        """Lease for ``session``'s consumer; held ``acks`` go with each fetch."""
+        client = session.client
+        self._session = session
+        # Taken out once: the fetch path reads them on every call.
         self._client = client
-        self._line = line
-        self._keys = keys
-        self._settings = settings
-        self._lease_id = lease_id
-        self._tag_base = tag_base
+        self._line = session.line
+        self._keys = session.keys
+        self._settings = session.settings
+        self._lease_id = session.lease_id
+        self._tag_base = session.tag_base
         self._acks = acks
-        self._on_errors = on_errors
         self._script = client.register_script(scripts.FETCH)
         self._promote_script = client.register_script(scripts.PROMOTE)
         self._calls = 0  # fetch script calls: part of every tag
@@ -250,7 +243,9 @@ class Fetcher:
                 time.monotonic() + float(next_due) - server_now if next_due else math.inf
             )
         if errors:
-            self._on_errors("fetch", errors, raise_=not payloads)
+            if not payloads:
+                raise self._session.refused("fetch", errors)
+            self._session.log_refused("fetch", errors)
 
     def _promote_backlog(self) -> tuple[Any, float, list[bytes]]:
         """Promote due messages until none is due or ``_PROMOTE_BUDGET`` is spent;

@@ -16,16 +16,14 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
-
-import redis
 
 from taskq.broker.base import Delivery
 from taskq.broker.redis import scripts
 from taskq.broker.redis.acks import Held, PendingAcks
 from taskq.broker.redis.dlq import dead_letter_entry
 from taskq.broker.redis.options import Keys
+from taskq.broker.redis.session import Session
 from taskq.errors import BrokerError
 from taskq.redisclient.client import unreachable
 
@@ -48,31 +46,19 @@ class Settler:
     """Ack, requeue and dead-letter the messages one consumer leased.
 
     Args:
-        client: the broker's client.
-        keys: the consumer's keys.
-        translate: ``translate(doing)``, the broker's error translation.
-        script_errors: ``script_errors(doing, errors)`` logs lists a script could
-            not write to.
-        ack_delay: see ``BrokerOptions.ack_delay``.
+        session: the broker's session (client, keys, options, error reporting).
     """
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        keys: Keys,
-        translate: Callable[[str], AbstractContextManager[None]],
-        script_errors: Callable[[str, list[bytes]], None],
-        ack_delay: float,
-    ) -> None:
+    def __init__(self, session: Session) -> None:
+        client = session.client
+        self._session = session
         self._client = client
-        self._keys = keys
-        self._translate = translate
-        self._script_errors = script_errors
-        self._ack_delay = ack_delay
+        self._keys = session.keys
+        self._ack_delay = session.settings.ack_delay
         self._requeue_script = client.register_script(scripts.REQUEUE)
         self._dead_letter_script = client.register_script(scripts.DEAD_LETTER)
         #: Acks held for the next fetch (``ack_soon``).
-        self.acks = PendingAcks(self._send_acks, ack_delay, ACK_LIMIT)
+        self.acks = PendingAcks(self._send_acks, self._ack_delay, ACK_LIMIT)
         # Settling that failed because Redis was unreachable: (retry, what), in order.
         self._deferred: list[tuple[Callable[[], None], str]] = []
         self._deferred_lock = threading.Lock()
@@ -94,7 +80,7 @@ class Settler:
     def _send_acks(self, tags: list[str], counters: list[str]) -> None:
         if not tags:
             return
-        with self._translate(f"acknowledge {len(tags)} messages"):
+        with self._session.translate(f"acknowledge {len(tags)} messages"):
             if not counters:
                 self._client.hdel(self._keys.inflight, *tags)
                 return
@@ -123,10 +109,10 @@ class Settler:
         if not deliveries:
             return
         tags = [d.tag for d in reversed(deliveries)]
-        with self._translate(f"requeue {len(tags)} messages"):
+        with self._session.translate(f"requeue {len(tags)} messages"):
             _, errors = self._requeue_script([self._keys.inflight], tags)
         if errors:
-            self._script_errors("requeue messages (they stay leased)", errors)
+            self._session.log_refused("requeue messages (they stay leased)", errors)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move the message to the dead-letter list (see ``RedisBroker.dead_letter``)."""
@@ -139,7 +125,7 @@ class Settler:
         entry = dead_letter_entry(delivery.tag, delivery.queue, lease.source, lease.payload, reason)
         counter = _counter_field(lease.payload) if delivery.delivery_count > 1 else ""
         keys = [self._keys.inflight, self._keys.dlq, self._keys.deliveries]
-        with self._translate(f"dead-letter message {delivery.tag}"):
+        with self._session.translate(f"dead-letter message {delivery.tag}"):
             moved = self._dead_letter_script(keys, [delivery.tag, entry, counter])
         if not moved:
             logger.warning(
