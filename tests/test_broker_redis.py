@@ -495,6 +495,7 @@ def test_recovers_after_connections_are_killed(env: Env) -> None:
     assert ids(broker.fetch([env.queue], 10, 1.0)) == ["1", "2"]
 
 
+@pytest.mark.slow  # a redis-server of its own: the full tier
 @pytest.mark.timeout(30)
 def test_reloads_scripts_redis_forgot(tmp_path: Path) -> None:
     """After SCRIPT FLUSH (a restarted Redis forgets its scripts too) a fetch loads
