@@ -40,9 +40,14 @@ class DecodeError(TaskqError):
     """A message or payload could not be decoded."""
 
 
-class EncodeError(TaskqError):
-    """A task's arguments could not be serialized; the message names the task and
-    the argument (``args[1]``, ``kwargs['when']``)."""
+class EncodeError(TaskqError, ValueError):
+    """A value could not be serialized; the message names the task and the argument
+    (``args[1]``, ``kwargs['when']``) or the value, and what to do."""
+
+
+class SecurityError(DecodeError):
+    """A message or result is not signed (or sealed) by a key this process trusts,
+    or its signature does not match: it was forged or altered (``taskq.security``)."""
 
 
 class ContentDisallowed(DecodeError):

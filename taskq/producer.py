@@ -19,8 +19,6 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 from zoneinfo import ZoneInfo
 
-from kombu.exceptions import EncodeError as KombuEncodeError
-
 from taskq import message, routing, serialization
 from taskq.broker import connect
 from taskq.canvas import Signature
@@ -156,7 +154,7 @@ class Producer:
         serializer = merged.get("serializer") or self.conf.task_serializer
         try:
             envelope = message.encode(msg, serializer, priority)
-        except KombuEncodeError as exc:
+        except EncodeError as exc:
             raise _encode_error(name, msg.args, msg.kwargs, serializer, exc) from exc
         return Outgoing(msg.id, envelope, queue, priority, msg.eta, retry, retry_policy)
 
@@ -440,7 +438,7 @@ def _encode_error(
     for where, value in named:
         try:
             serialization.dumps(value, serializer)
-        except KombuEncodeError as refused:
+        except EncodeError as refused:
             return EncodeError(
                 f"Task {name!r}: {where} = {value!r:.80} cannot be serialized with "
                 f"{serializer}: {refused}. Send values {serializer} can encode (for json: "

@@ -306,7 +306,8 @@ class Task(TaskOptions, Generic[P, R]):
         if not backoff:
             return float(self.retry_kwargs.get("countdown", self.default_retry_delay))
         factor = 1.0 if backoff is True else float(backoff)
-        delay = min(self.retry_backoff_max, factor * (2.0**retries))
+        # Capped exponent: a retries count from the wire may be large (2.0**1100 overflows).
+        delay = min(self.retry_backoff_max, factor * (2.0 ** min(retries, 64)))
         if self.retry_jitter:
             delay = random.uniform(0, delay)  # noqa: S311 - jitter, not security
         return delay
