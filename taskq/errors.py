@@ -59,7 +59,31 @@ class TimeoutError(TaskqError):  # noqa: A001 - mirrors celery.exceptions.Timeou
 
 
 class TaskError(TaskqError):
-    """A task failed with an exception that could not be rebuilt locally."""
+    """A task failed with an exception that is not rebuilt here (its class is not
+    loaded in this process, is no ``Exception``, or could not be built), or a stored
+    result could not be stored or read.
+
+    Attributes:
+        exc_type: the original exception's type name, when known.
+        exc_module: the module that defined it, when known.
+        exc_args: the arguments it was raised with, as stored.
+        traceback: the task's traceback text, when the result has one.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        exc_type: str | None = None,
+        exc_module: str | None = None,
+        exc_args: tuple[Any, ...] = (),
+        traceback: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.exc_type = exc_type
+        self.exc_module = exc_module
+        self.exc_args = exc_args
+        self.traceback = traceback
 
 
 class MaxRetriesExceededError(TaskqError):

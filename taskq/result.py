@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-import importlib
+import sys
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -79,38 +79,59 @@ def exception_to_dict(exc: BaseException) -> dict[str, Any]:
     }
 
 
-def exception_from_dict(data: Any) -> BaseException:
+def exception_from_dict(data: Any, traceback: str | None = None) -> BaseException:
     """Rebuild an exception from ``exception_to_dict`` output.
 
-    The original type is used when its module imports and it is an exception
-    class; otherwise a ``TaskError`` naming the type carries the message.
+    A stored result is data anyone with write access to the backend can forge
+    (issue 12), so rebuilding imports nothing and raises nothing it should not: the
+    original class is used only when its module is already loaded in this process
+    and it is an ``Exception`` subclass (never ``SystemExit``, ``KeyboardInterrupt``
+    or ``GeneratorExit``) that builds and prints from the stored arguments. Anything
+    else comes back as ``TaskError`` carrying the type name, module, arguments and
+    ``traceback``.
     """
     if not isinstance(data, dict) or "exc_type" not in data:
-        return TaskError(repr(data))
+        return TaskError(f"unreadable error result: {_short(data)}", traceback=traceback)
     type_name = str(data["exc_type"])
     module_name = str(data.get("exc_module") or "builtins")
     raw = data.get("exc_message", ())
     args = tuple(raw) if isinstance(raw, (list, tuple)) else (raw,)
-    cls = _find_exception_class(module_name, type_name)
+    cls = _loaded_exception_class(module_name, type_name)
     if cls is not None:
         try:
-            return cls(*args)
-        except Exception:  # the class needs other arguments; fall back below
+            exc = cls(*args)
+            str(exc)  # a class that cannot print these arguments is no use to the caller
+            return exc
+        except Exception:  # it needs other arguments; fall back below
             pass
-    message = ", ".join(str(a) for a in args)
-    return TaskError(f"{module_name}.{type_name}: {message}")
+    message = ", ".join(_short(a) for a in args)
+    return TaskError(
+        f"{module_name}.{type_name}: {message}",
+        exc_type=type_name,
+        exc_module=module_name,
+        exc_args=args,
+        traceback=traceback,
+    )
 
 
-def _find_exception_class(module_name: str, type_name: str) -> type[BaseException] | None:
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in type_name.split("."):
-            obj = getattr(obj, part)
-    except Exception:
-        return None
-    if isinstance(obj, type) and issubclass(obj, BaseException):
+def _loaded_exception_class(module_name: str, type_name: str) -> type[Exception] | None:
+    """The ``Exception`` subclass ``module_name.type_name`` when its module is already
+    imported. Looks only in namespaces (``vars``), so no import, module
+    ``__getattr__`` or descriptor runs."""
+    obj: Any = sys.modules.get(module_name)
+    for part in type_name.split("."):
+        try:
+            obj = vars(obj).get(part)
+        except TypeError:  # no namespace
+            return None
+    if isinstance(obj, type) and issubclass(obj, Exception):
         return obj
     return None
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _jsonable_args(args: tuple[Any, ...]) -> list[Any]:
@@ -261,10 +282,12 @@ class EagerResult(AsyncResult[R]):
 def _value(meta: dict[str, Any]) -> Any:
     status = meta.get("status")
     result = meta.get("result")
+    traceback = meta.get("traceback")
+    traceback = traceback if isinstance(traceback, str) else None
     if status == states.REVOKED:
         if isinstance(result, dict) and "exc_type" in result:
-            return exception_from_dict(result)
+            return exception_from_dict(result, traceback)
         return TaskRevokedError(f"task {meta.get('task_id')} was revoked")
     if status in states.EXCEPTION_STATES:
-        return exception_from_dict(result)
+        return exception_from_dict(result, traceback)
     return result
