@@ -49,9 +49,7 @@ for _open, _close in ((b"[", b"]"), (b"{", b"}")):
 # One pass over the text answers both questions cheaply: digits become "d" (19 in a
 # row may be an integer past 64 bits, which orjson returns as a float), brackets
 # stay, everything else becomes ".".
-_SHAPE = bytes(
-    ord("d") if 48 <= b <= 57 else b if b in b"[]{}" else ord(".") for b in range(256)
-)
+_SHAPE = bytes(ord("d") if 48 <= b <= 57 else b if b in b"[]{}" else ord(".") for b in range(256))
 _LONG_NUMBER = b"d" * 19
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from taskq import App, BrokerError, NotRegistered, states
+from taskq.broker import dlq
 from taskq.broker.base import Envelope
 from taskq.errors import TaskError
 from taskq.testing import running_worker
@@ -47,6 +48,8 @@ def make_app(combo: str, unique: str, tmp_path: Path, **settings: Any) -> App:
             **settings,
         )
     servers.require("amqp")
+    # A dead-letter queue of the test's own (deleted afterwards): the default is shared.
+    settings.setdefault("broker_transport_options", {"dead_letter_queue": f"dq-{unique}"})
     return App("contract", broker=servers.AMQP_URL, backend=servers.REDIS_URL, **settings)
 
 
@@ -191,6 +194,31 @@ def test_unknown_task_fails_with_not_registered_and_worker_goes_on(app: App, poo
         with pytest.raises(NotRegistered, match="contract.no_such_task"):
             result.get(timeout=10)
         assert t.add.delay(1, 1).get(timeout=10) == 2
+
+
+def test_an_unknown_task_is_kept_and_reruns_once_deployed_and_requeued(
+    app: App, pool: str
+) -> None:
+    """Issue 12, item 9: dead-lettered with reason NotRegistered (not acked and
+    dropped), the failure recorded at once, and a requeue after the code is
+    deployed runs it and replaces the result."""
+    Tasks(app)
+    with running_worker(app, pool=pool):
+        result = app.send_task("contract.later", [41])
+        with pytest.raises(NotRegistered, match="contract.later"):
+            result.get(timeout=10)
+    parked = [p for p in dlq.parked(app.broker, 1000) if p.task_id == result.id]
+    assert [p.reason.partition(":")[0] for p in parked] == ["NotRegistered"]
+    app.task(name="contract.later")(_plus_one)  # the code is deployed
+    assert dlq.requeue(app.broker, [parked[0].id]) == 1
+    with running_worker(app, pool=pool):
+        wait_until(lambda: app.AsyncResult(result.id).state == states.SUCCESS, 15, "rerun")
+    assert app.AsyncResult(result.id).get(timeout=1) == 42
+    assert not [p for p in dlq.parked(app.broker, 1000) if p.task_id == result.id]
+
+
+def _plus_one(x: int) -> int:
+    return x + 1
 
 
 @pytest.mark.parametrize(

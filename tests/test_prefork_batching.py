@@ -15,12 +15,12 @@ import pytest
 
 from taskq import App, states
 from taskq.errors import TaskRevokedError, TimeLimitExceeded
+from taskq.message import LOST_HEADER
 from taskq.task import Task
 from taskq.testing import running_worker
 from taskq.worker.pools.prefork import pool as prefork
 from taskq.worker.pools.prefork import queue as prefork_queue
 from taskq.worker.pools.prefork.child import rss_kib
-from taskq.worker.settlement import LOST_HEADER
 from tests.waiting import wait_until
 from tests.worker_support import Gate, Ledger
 

@@ -14,15 +14,15 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from taskq.errors import BackendError, BrokerError, DecodeError, TaskRevokedError, WorkerLostError
-from taskq.message import decode
+from taskq.message import decode, worker_lost_count
 from taskq.worker.holding import Holding
 from taskq.worker.policy import Policies
 from taskq.worker.request import Request
-from taskq.worker.settlement import Settlement, lost_count
+from taskq.worker.settlement import Settlement
 from taskq.worker.timing import Clock, Timing
 from taskq.worker.window import Window
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from taskq.backends.store import ResultStore
     from taskq.broker.base import Broker, Delivery
     from taskq.config import Settings
+    from taskq.task import Task
 
 __all__ = ["Consumer"]
 
@@ -40,6 +41,8 @@ class Consumer:
     """Feeds the pool from the broker; see the module docstring.
 
     Args:
+        tasks: the task registry (a message for a task not in it is kept in the
+            dead-letter queue: ``Settlement.not_registered``).
         submit: hands a request to the pool (``Pool.submit``).
     """
 
@@ -49,6 +52,7 @@ class Consumer:
         broker: Broker,
         queues: Sequence[str],
         conf: Settings,
+        tasks: Mapping[str, Task[Any, Any]],
         results: ResultStore,
         policies: Policies,
         hostname: str,
@@ -62,6 +66,7 @@ class Consumer:
         self.broker = broker
         self.queues = list(queues)
         self._conf = conf
+        self._tasks = tasks
         self._results = results
         self._policies = policies
         self._hostname = hostname
@@ -119,39 +124,63 @@ class Consumer:
                 log.error("Could not return %d message(s): %s", len(deliveries), exc)
 
     def _accept(self, deliveries: list[Delivery]) -> None:
-        requests = [r for r in map(self._decode, deliveries) if r is not None]
+        requests = [r for r in map(self._received, deliveries) if r is not None]
         revoked = self._revoked([r.id for r in requests])
         now = self._clock.time()
         ready = []
         for request in requests:
-            if request.id in revoked:
-                error = TaskRevokedError(f"task {request.id} was revoked")
-                self._settlement.finish_unrun(request, error, "revoked")
-                continue
-            eta = request.message.eta
-            if eta is not None and eta.timestamp() > now:
-                self._hold(request, eta.timestamp())
-            elif self._holding.admit(request):
-                ready.append(request)
+            try:
+                if self._place(request, request.id in revoked, now):
+                    ready.append(request)
+            except Exception as exc:  # one message never ends the worker (issue 12)
+                self._settlement.escaped(request.delivery, exc, "accepting it")
         self._start_all(ready)
 
-    def _decode(self, delivery: Delivery) -> Request | None:
+    def _place(self, request: Request, revoked: bool, now: float) -> bool:
+        """Settle (revoked), hold (ETA, rate limit) or admit one request: True when it
+        may start now."""
+        if revoked:
+            error = TaskRevokedError(f"task {request.id} was revoked")
+            self._settlement.finish_unrun(request, error, "revoked")
+            return False
+        eta = request.message.eta
+        if eta is not None and eta.timestamp() > now:
+            self._hold(request, eta.timestamp())
+            return False
+        return self._holding.admit(request)
+
+    def _received(self, delivery: Delivery) -> Request | None:
+        """The request for ``delivery``, or None when it was settled here: dead-lettered
+        (undecodable, delivered too often, unknown task) or failed unrun."""
         try:
-            message = decode(delivery.envelope, self._conf.accept_content)
+            return self._decode(delivery)
+        except Exception as exc:  # one message never ends the worker (issue 12)
+            self._settlement.escaped(delivery, exc, "reading it")
+            return None
+
+    def _decode(self, delivery: Delivery) -> Request | None:
+        envelope = delivery.envelope
+        limit = self._conf.task_max_delivery_attempts
+        try:
+            # Counted before decoding: a message that ends its process while being
+            # read must reach the dead-letter queue as surely as one that does so running.
+            attempts = delivery.delivery_count + worker_lost_count(envelope.headers)
+            message = decode(envelope, self._conf.accept_content)
         except DecodeError as exc:
             log.error("Malformed message in %r: %s", delivery.queue, exc)
             self.broker.dead_letter(delivery, f"malformed: {exc}")
             return None
-        policy = self._policies[message.task]
         request = Request(delivery, message, self.broker, self._hostname)
-        request.acks_late = policy.acks_late
-        request.soft_time_limit, request.time_limit = policy.limits_for(message)
-        limit = self._conf.task_max_delivery_attempts
-        attempts = delivery.delivery_count + lost_count(delivery.envelope.headers)
         if attempts > limit:
             reason = f"delivered {attempts} times and its process died each time (limit {limit})"
             self._settlement.finish_unrun(request, WorkerLostError(reason), None, reason)
             return None
+        if message.task not in self._tasks:
+            self._settlement.not_registered(request)
+            return None
+        policy = self._policies[message.task]
+        request.acks_late = policy.acks_late
+        request.soft_time_limit, request.time_limit = policy.limits_for(message)
         log.info("Task %s[%s] received", message.task, message.id)
         return request
 

@@ -33,6 +33,7 @@ from taskq import canvas, signals
 from taskq.context import Context, current_request
 from taskq.errors import (
     BackendError,
+    BrokerError,
     Ignore,
     NotRegistered,
     Reject,
@@ -64,6 +65,8 @@ class Action(enum.Enum):
     DEAD_LETTER = "dead_letter"
     #: The process running it died: redeliver (counting it) or record the failure.
     WORKER_LOST = "worker_lost"
+    #: Not run: the message is no longer leased to this worker (``Request.may_run``).
+    GONE = "gone"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +75,19 @@ class Outcome:
 
     action: Action
     reason: str = ""
+
+
+def internal_error(request: object, exc: Exception) -> Outcome:
+    """What to do with a message whose handling raised outside the task (a bug, or
+    data in it that nothing checked). A broker or backend that could not be reached
+    may be back soon: give the message back. Anything else would fail again on every
+    delivery and never be counted (the process lived), so it goes to the dead-letter
+    queue with the exception as the reason (issue 12)."""
+    if isinstance(exc, (BrokerError, BackendError)):
+        log.error("Could not finish %r (%s); giving it back", request, exc)
+        return Outcome(Action.REQUEUE)
+    log.error("Internal error handling %r; dead-lettering it", request, exc_info=exc)
+    return Outcome(Action.DEAD_LETTER, f"internal error: {exc!r}"[:1000])
 
 
 @dataclasses.dataclass
@@ -123,12 +139,12 @@ class Executor:
         (unregistered or expired, already recorded). Records STARTED when tracked and
         fires ``task_prerun``."""
         task = self.tasks.get(ctx.task or "")
-        if task is None:
+        if task is None:  # the consumer checks first; kept for a pool's own callers
             name = ctx.task or ""
             error = NotRegistered(f"Worker {ctx.hostname}: {self.app.not_registered(name)}")
             log.error("Received unregistered task %s[%s]. %s", ctx.task, ctx.id, error)
             self.store(None, ctx, State.FAILURE, error)
-            return Outcome(Action.ACK)
+            return Outcome(Action.DEAD_LETTER, f"NotRegistered: {error}")
         if ctx.expires is not None and ctx.expires <= datetime.now(timezone.utc):
             log.info("Task %s[%s] expired: not run", ctx.task, ctx.id)
             self.store(task, ctx, State.REVOKED, TaskRevokedError("expired"))

@@ -17,10 +17,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from taskq import canvas, signals
-from taskq.errors import BackendError, BrokerError, TaskRevokedError, WorkerLostError
+from taskq.errors import (
+    BackendError,
+    BrokerError,
+    NotRegistered,
+    TaskRevokedError,
+    WorkerLostError,
+)
+from taskq.message import LOST_HEADER, worker_lost_count
 from taskq.result import State
 from taskq.worker.executor import Action, Executor, Outcome
 from taskq.worker.policy import Policies
@@ -28,14 +35,11 @@ from taskq.worker.request import Request
 from taskq.worker.window import Window
 
 if TYPE_CHECKING:
-    from taskq.broker.base import Broker
+    from taskq.broker.base import Broker, Delivery
 
 __all__ = ["LOST_HEADER", "Settlement"]
 
 log = logging.getLogger("taskq.worker")
-
-#: Header counting how often the process running this message died (the poison guard).
-LOST_HEADER = "x-taskq-worker-lost"
 
 
 class Settlement:
@@ -73,6 +77,8 @@ class Settlement:
                 request.requeue()
             elif outcome.action is Action.DEAD_LETTER:
                 request.dead_letter(outcome.reason)
+            elif outcome.action is Action.GONE:
+                pass  # not run: it is back in its queue already (Request.may_run)
             else:
                 self.worker_lost(request, outcome.reason)
         except Exception:
@@ -93,7 +99,7 @@ class Settlement:
             self.finish_unrun(request, WorkerLostError(reason), None)
             return
         env = request.delivery.envelope
-        headers = {**env.headers, LOST_HEADER: lost_count(env.headers) + 1}
+        headers = {**env.headers, LOST_HEADER: worker_lost_count(env.headers) + 1}
         try:
             self._broker.publish(
                 dataclasses.replace(env, headers=headers),
@@ -106,6 +112,29 @@ class Settlement:
             request.requeue()
             return
         request.ack()
+
+    def not_registered(self, request: Request) -> None:
+        """A task this worker does not have: record the failure, so a caller waiting on
+        it learns at once, and park the message in the dead-letter queue, so that
+        ``taskq dlq requeue`` runs it once the code is deployed (the new outcome then
+        replaces this failure). Its workflow is not failed: the message is kept."""
+        known = self._executor.app.not_registered(request.name)
+        error = NotRegistered(
+            f"Worker {request.hostname}: {known} Once it is deployed, requeue the message: "
+            "taskq dlq requeue."
+        )
+        log.error("Received unregistered task %s[%s]. %s", request.name, request.id, error)
+        self._executor.store(None, request.context(), State.FAILURE, error)
+        request.dead_letter(f"NotRegistered: {error}")
+
+    def escaped(self, delivery: Delivery, exc: Exception, doing: str) -> None:
+        """Something no check foresaw went wrong with one message: dead-letter it with
+        the exception as the reason, so it neither ends the worker nor comes back."""
+        log.exception("Internal error %s; dead-lettering message %s", doing, delivery.tag)
+        try:
+            self._broker.dead_letter(delivery, f"internal error {doing}: {exc!r}"[:1000])
+        except Exception:
+            log.exception("Could not dead-letter message %s; its lease returns it", delivery.tag)
 
     def finish_unrun(
         self,
@@ -139,8 +168,3 @@ class Settlement:
             request.dead_letter(dead_letter)
         else:
             request.ack()
-
-
-def lost_count(headers: dict[str, Any]) -> int:
-    """How often the process running this message died, from its header."""
-    return int(headers.get(LOST_HEADER) or 0)

@@ -108,6 +108,7 @@ class Worker:
             broker=self.broker,
             queues=self.queues,
             conf=conf,
+            tasks=app.tasks,
             results=app.results,
             policies=self.policies,
             hostname=self.hostname,

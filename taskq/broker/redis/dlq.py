@@ -62,16 +62,22 @@ class DeadLetterList:
         return [_dead_letter_from(raw) for raw in entries]
 
     def requeue(self, ids: Sequence[str] | None) -> int:
-        """LPUSH parked messages back onto their lists (all when ``ids`` is None)."""
+        """LPUSH parked messages back onto their lists (all when ``ids`` is None).
+
+        Only the entries parked when it began are looked at: one a running worker
+        dead-letters again meanwhile joins the end of the list and waits for the next
+        call, rather than bouncing between its queue and here (issue 12)."""
         wanted = None if ids is None else set(ids)
         tried: set[str] = set()
         moved, offset = 0, 0
         with self._session.translate("requeue dead letters"):
-            while wanted is None or wanted - tried:
-                end = offset + _PAGE - 1
+            left = int(self._client.llen(self._key))  # entries to look at
+            while left > 0 and (wanted is None or wanted - tried):
+                end = offset + min(_PAGE, left) - 1
                 page = cast(list[bytes], self._client.lrange(self._key, offset, end))
                 if not page:
                     break
+                left -= len(page)
                 args: list[Any] = []
                 for raw in page:
                     parsed = _parse(raw)

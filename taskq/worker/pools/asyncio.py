@@ -34,7 +34,7 @@ from taskq import signals
 from taskq.context import Context, current_request
 from taskq.errors import SoftTimeLimitExceeded, TaskqError, TaskRevokedError, TimeLimitExceeded
 from taskq.result import State
-from taskq.worker.executor import Action, Executor, Outcome, Traced, classify
+from taskq.worker.executor import Action, Executor, Outcome, Traced, classify, internal_error
 from taskq.worker.limits import describe
 from taskq.worker.pools.base import QueuedPool
 
@@ -129,9 +129,8 @@ class AsyncioPool(QueuedPool):
             if self._stopping:
                 return Handled  # cold shutdown: the worker gave the request back
             return await self._blocking(self._terminated, request, ctx)
-        except Exception:
-            log.exception("Internal error running %r; giving it back", request)
-            return Outcome(Action.REQUEUE)
+        except Exception as exc:
+            return internal_error(request, exc)
 
     async def _run_coroutine(
         self, request: Request, task: Task[Any, Any], ctx: Context
@@ -153,9 +152,8 @@ class AsyncioPool(QueuedPool):
     def _finish(self, request: Request, task: Task[Any, Any], ctx: Context, traced: Traced) -> None:
         try:
             self._done(request, self._executor.finish(task, ctx, traced))
-        except Exception:
-            log.exception("Internal error finishing %r; giving it back", request)
-            self._done(request, Outcome(Action.REQUEUE))
+        except Exception as exc:
+            self._done(request, internal_error(request, exc))
 
     def _terminated(self, request: Request, ctx: Context) -> Outcome:
         signum = self._signum.pop(request, 0)

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Collection
 from typing import Protocol
 
-from taskq.worker.executor import Action, Executor, Outcome
+from taskq.worker.executor import Executor, Outcome, internal_error
 from taskq.worker.request import Request
 
 log = logging.getLogger("taskq.worker")
@@ -43,9 +43,8 @@ def run_here(executor: Executor, request: Request, done: Done) -> None:
     try:
         request.started()
         outcome = executor.execute(request.context())
-    except Exception:
-        log.exception("Internal error running %r; giving it back", request)
-        outcome = Outcome(Action.REQUEUE)
+    except Exception as exc:
+        outcome = internal_error(request, exc)
     done(request, outcome)
 
 

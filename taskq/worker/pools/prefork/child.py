@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 from taskq import signals
 from taskq.context import Context
 from taskq.errors import SoftTimeLimitExceeded
-from taskq.worker.executor import Action, Executor, Outcome
+from taskq.worker.executor import Action, Executor, Outcome, internal_error
 
 log = logging.getLogger("taskq.worker")
 
@@ -208,9 +208,8 @@ def _run(executor: Executor, ctx: Context) -> Outcome:
     _running = True
     try:
         return executor.execute(ctx, inline_hard_limit=False)
-    except Exception:
-        log.exception("Internal error running task %s[%s]; giving it back", ctx.task, ctx.id)
-        return Outcome(Action.REQUEUE)
+    except Exception as exc:
+        return internal_error(f"task {ctx.task}[{ctx.id}]", exc)
     finally:
         _running = False
 
