@@ -15,6 +15,7 @@ from taskq.control import Control
 from taskq.errors import ConfigurationError, NotRegistered, did_you_mean
 from taskq.producer import Producer
 from taskq.result import AsyncResult
+from taskq.security import Security
 from taskq.task import P, Task, TaskOptions
 from taskq.urls import mask_url
 
@@ -64,10 +65,12 @@ class App:
         self.conf.apply_env()
         self.place_embedded()
         self.tasks: dict[str, Task[Any, Any]] = {}
+        #: Signs (and encrypts) messages and results when ``security_keys`` is set.
+        self.security = Security(self.conf)
         #: Sends task messages; owns the broker connection (opened on first send).
-        self.producer = Producer(self.conf)
+        self.producer = Producer(self.conf, self.security)
         #: The result backend, opened on first use.
-        self.results = ResultStore(self.conf)
+        self.results = ResultStore(self.conf, self.security)
         #: Remote control of workers (``revoke``).
         self.control = Control(self.results, self.conf)
         self._periodic: dict[str, dict[str, Any]] = {}

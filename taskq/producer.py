@@ -28,6 +28,7 @@ from taskq.errors import BrokerError, ConfigurationError, EncodeError, did_you_m
 if TYPE_CHECKING:
     from taskq.broker.base import Broker, Envelope
     from taskq.config import Settings
+    from taskq.security import Security
     from taskq.task import Task
 
 log = logging.getLogger("taskq.producer")
@@ -75,8 +76,9 @@ class Producer:
     threads share the broker connection, which each broker makes safe.
     """
 
-    def __init__(self, conf: Settings) -> None:
+    def __init__(self, conf: Settings, security: Security | None = None) -> None:
         self.conf = conf
+        self.security = security
         self._broker: Broker | None = None
         self._lock = threading.Lock()
         self._routes: routing.RouteCache | None = None
@@ -156,6 +158,9 @@ class Producer:
             envelope = message.encode(msg, serializer, priority)
         except EncodeError as exc:
             raise _encode_error(name, msg.args, msg.kwargs, serializer, exc) from exc
+        sealer = self.security.sealer if self.security is not None else None
+        if sealer is not None:
+            envelope = sealer.seal(envelope)
         return Outgoing(msg.id, envelope, queue, priority, msg.eta, retry, retry_policy)
 
     def build(

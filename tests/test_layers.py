@@ -23,6 +23,7 @@ LAYERS = [
     ["errors", "version", "urls"],
     ["config", "serialization", "solar", "signals", "arguments"],
     ["message", "routing", "schedules", "context"],
+    ["security"],
     ["result", "canvas"],
     ["redisclient"],
     ["broker", "backends"],

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskq.backends.base import Backend, StoreRetry
 from taskq.errors import ConfigurationError, did_you_mean
 from taskq.urls import mask_url
+
+if TYPE_CHECKING:
+    from taskq.security import Sealer
 
 __all__ = ["KNOWN_SCHEMES", "backend_from_url"]
 
@@ -38,6 +41,7 @@ def backend_from_url(
     accept: Sequence[str] = ("json",),
     options: dict[str, Any] | None = None,
     store_retry: StoreRetry | None = None,
+    sealer: Sealer | None = None,
 ) -> Backend:
     """Build the result backend for ``url``; the arguments are ``Backend``'s.
 
@@ -67,6 +71,7 @@ def backend_from_url(
         accept=accept,
         options=options,
         store_retry=store_retry,
+        sealer=sealer,
     )
 
 

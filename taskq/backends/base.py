@@ -25,15 +25,22 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from taskq import serialization
-from taskq.errors import BackendError, TimeoutError
+from taskq.errors import BackendError, SecurityError, TimeoutError
 from taskq.result import READY_STATES, State, task_key
 
 if TYPE_CHECKING:
     from taskq.config import Settings
+    from taskq.security import Sealer
 
 log = logging.getLogger("taskq.backends")
 
 REVOKED_KEY_PREFIX = "taskq-revoked-"
+
+
+def _mapping(meta: Any) -> dict[str, Any]:
+    if not isinstance(meta, dict):
+        raise TypeError(f"result meta must be a mapping, got {type(meta).__name__}")
+    return meta
 
 
 def not_ready_error(task_id: str, timeout: float | None) -> TimeoutError:
@@ -98,6 +105,8 @@ class Backend(abc.ABC):
         accept: content types accepted when reading (``result_accept_content``).
         options: backend-specific options (``result_backend_transport_options``).
         store_retry: how ``store`` retries a ready state the backend could not take.
+        sealer: signs (and encrypts) what is stored and refuses what is not signed
+            (``taskq.security``; None: results are plain).
     """
 
     #: True when ``wait_for`` is woken by the backend instead of polling.
@@ -112,9 +121,11 @@ class Backend(abc.ABC):
         accept: Sequence[str] = ("json",),
         options: dict[str, Any] | None = None,
         store_retry: StoreRetry | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
         self.url = url
         self.store_retry = store_retry or StoreRetry()
+        self.sealer = sealer
         self.expires = expires
         self.serializer = serializer
         self.accept = tuple(accept)
@@ -191,13 +202,25 @@ class Backend(abc.ABC):
     # -- task state ------------------------------------------------------------------
 
     def encode(self, meta: dict[str, Any]) -> bytes:
-        return serialization.dumps(meta, self.serializer)[2]
+        """``meta`` as stored: serialized, and sealed when a ``sealer`` is set."""
+        content_type, encoding, data = serialization.dumps(meta, self.serializer)
+        if self.sealer is not None:
+            return self.sealer.seal_result(data, content_type, encoding)
+        return data
 
     def decode(self, data: bytes) -> dict[str, Any]:
-        meta = serialization.loads_any(data, self.serializer, self.accept)
-        if not isinstance(meta, dict):
-            raise TypeError(f"result meta must be a mapping, got {type(meta).__name__}")
-        return meta
+        """Stored bytes back to meta.
+
+        Raises:
+            SecurityError: a ``sealer`` is set and the data is not sealed by a trusted
+                key (forged, or written without the keys).
+            DecodeError: the data is not valid for the serializer.
+        """
+        if self.sealer is not None:
+            data, content_type, encoding = self.sealer.open_result(data)
+            if content_type is not None and encoding is not None:
+                return _mapping(serialization.loads(data, content_type, encoding, self.accept))
+        return _mapping(serialization.loads_any(data, self.serializer, self.accept))
 
     def store(
         self,
@@ -294,7 +317,14 @@ class Backend(abc.ABC):
                 "traceback": None,
                 "task_id": task_id,
             }
-        return self.decode(data)
+        meta = self.decode(data)
+        if self.sealer is not None and meta.get("task_id") != task_id:
+            # A genuine result of another task copied under this one's key.
+            raise SecurityError(
+                f"the result stored for task {task_id} is signed but belongs to task "
+                f"{meta.get('task_id')!r}: it was copied there. Refused."
+            )
+        return meta
 
     def forget(self, task_id: str) -> None:
         self.delete(task_key(task_id))

@@ -18,6 +18,7 @@ from taskq.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from taskq.config import Settings
+    from taskq.security import Security
 
 __all__ = ["ResultStore"]
 
@@ -25,8 +26,9 @@ __all__ = ["ResultStore"]
 class ResultStore:
     """The result backend for ``conf``'s ``result_backend``, built on first use."""
 
-    def __init__(self, conf: Settings) -> None:
+    def __init__(self, conf: Settings, security: Security | None = None) -> None:
         self.conf = conf
+        self.security = security
         self._backend: Backend | None = None
         self._lock = threading.Lock()
         self._inherited: list[Backend] = []  # see reset
@@ -49,6 +51,7 @@ class ResultStore:
                     accept=conf.result_accept_content or conf.accept_content,
                     options=conf.result_backend_transport_options,
                     store_retry=StoreRetry.from_settings(conf),
+                    sealer=self.security.sealer if self.security is not None else None,
                 )
             return self._backend
 

@@ -17,7 +17,14 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from taskq.errors import BackendError, BrokerError, DecodeError, TaskRevokedError, WorkerLostError
+from taskq.errors import (
+    BackendError,
+    BrokerError,
+    DecodeError,
+    SecurityError,
+    TaskRevokedError,
+    WorkerLostError,
+)
 from taskq.message import decode, worker_lost_count
 from taskq.worker.holding import Holding
 from taskq.worker.policy import Policies
@@ -30,6 +37,7 @@ if TYPE_CHECKING:
     from taskq.backends.store import ResultStore
     from taskq.broker.base import Broker, Delivery
     from taskq.config import Settings
+    from taskq.security import Sealer
     from taskq.task import Task
 
 __all__ = ["Consumer"]
@@ -44,6 +52,7 @@ class Consumer:
         tasks: the task registry (a message for a task not in it is kept in the
             dead-letter queue: ``Settlement.not_registered``).
         submit: hands a request to the pool (``Pool.submit``).
+        sealer: opens signed messages and refuses the others (``taskq.security``).
     """
 
     def __init__(
@@ -62,6 +71,7 @@ class Consumer:
         submit: Callable[[Request], None],
         timing: Timing,
         clock: Clock,
+        sealer: Sealer | None = None,
     ) -> None:
         self.broker = broker
         self.queues = list(queues)
@@ -76,6 +86,7 @@ class Consumer:
         self._submit = submit
         self._timing = timing
         self._clock = clock
+        self._sealer = sealer
 
     def run(self, stopping: threading.Event, burst: bool = False) -> None:
         """Consume until ``stopping`` is set (or, with ``burst``, until the queues and
@@ -165,12 +176,15 @@ class Consumer:
             # Counted before decoding: a message that ends its process while being
             # read must reach the dead-letter queue as surely as one that does so running.
             attempts = delivery.delivery_count + worker_lost_count(envelope.headers)
+            if self._sealer is not None:
+                envelope = self._sealer.open(envelope)
             message = decode(envelope, self._conf.accept_content)
         except DecodeError as exc:
-            log.error("Malformed message in %r: %s", delivery.queue, exc)
-            self.broker.dead_letter(delivery, f"malformed: {exc}")
+            what = "refused" if isinstance(exc, SecurityError) else "malformed"
+            log.error("Message in %r %s: %s", delivery.queue, what, exc)
+            self.broker.dead_letter(delivery, f"{what}: {exc}")
             return None
-        request = Request(delivery, message, self.broker, self._hostname)
+        request = Request(delivery, message, self.broker, self._hostname, envelope.headers)
         if attempts > limit:
             reason = f"delivered {attempts} times and its process died each time (limit {limit})"
             self._settlement.finish_unrun(request, WorkerLostError(reason), None, reason)

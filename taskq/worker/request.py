@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from taskq.context import Context
 from taskq.message import TaskMessage
@@ -24,9 +24,19 @@ log = logging.getLogger("taskq.worker")
 class Request:
     """A task message leased to this worker."""
 
-    def __init__(self, delivery: Delivery, message: TaskMessage, broker: Broker, hostname: str):
+    def __init__(
+        self,
+        delivery: Delivery,
+        message: TaskMessage,
+        broker: Broker,
+        hostname: str,
+        headers: dict[str, Any] | None = None,
+    ):
         self.delivery = delivery
         self.message = message
+        #: The message's headers as its producer sent them: inside the seal of a
+        #: signed message (``taskq.security``), else the delivery's.
+        self.headers = delivery.envelope.headers if headers is None else headers
         self.broker = broker
         self.hostname = hostname
         #: False: ack when the task starts rather than when it is done.
@@ -78,7 +88,7 @@ class Request:
             errbacks=m.errbacks,
             chain=m.chain,
             chord=m.chord,
-            headers=dict(self.delivery.envelope.headers),
+            headers=dict(self.headers),
             called_directly=False,
         )
 

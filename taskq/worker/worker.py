@@ -118,6 +118,8 @@ class Worker:
             submit=self.pool.submit,
             timing=timing,
             clock=clock,
+            # Built now, so unusable keys stop start-up rather than fail every message.
+            sealer=app.security.sealer,
         )
         self.ready = threading.Event()
         self._stopping = threading.Event()

@@ -14,9 +14,10 @@ from taskq.broker.base import Broker, Delivery, QueueSpec
 from taskq.errors import BrokerError
 from taskq.message import Envelope
 from tests import servers
-from tests.faults.cluster import AMQP_URL, delete_amqp, run_cli
+from tests.faults.cluster import AMQP_URL, delete_amqp, run_cli, start_worker, stop_all
 from tests.faults.faultproj import Config, make_app
 from tests.faults.redis_server import PrivateRedis
+from tests.waiting import wait_until
 
 
 @pytest.fixture(params=["redis", "sqlite", "amqp"])
@@ -92,6 +93,36 @@ def test_list_requeue_and_purge(config: Config) -> None:
     assert run_cli(config, "dlq", "list").stdout.strip() == "The dead-letter queue is empty."
     broker.close()
     app.close()
+
+
+@pytest.mark.timeout(90)
+def test_requeue_all_moves_each_parked_message_once_while_a_worker_refuses_them(
+    config: Config,
+) -> None:
+    """Issue 12, item 10: with a worker running that dead-letters every requeued
+    message again, ``requeue --all`` moves the messages parked when it began, once
+    each (RabbitMQ bounced one 59 times for as long as the command ran)."""
+    count = 30
+    app = make_app(config)
+    broker = app.new_broker("cli-bounce")
+    broker.declare([QueueSpec(config.queue)])
+    for n in range(count):
+        headers = {"id": f"bad-{n}", "task": "faults.work"}
+        broker.publish(Envelope(b"{not json", "application/json", headers=headers), config.queue)
+    worker = start_worker(config, "-P", "solo")
+    try:
+        wait_until(lambda: len(dlq.parked(broker, 1000)) == count, 30, f"{count} parked")
+        requeued = run_cli(config, "dlq", "requeue", "--all")
+        assert requeued.stdout.strip() == f"Requeued {count} message(s).", requeued.stderr
+        wait_until(lambda: len(dlq.parked(broker, 1000)) == count, 30, "parked again, once each")
+        assert sorted(p.task_id or "" for p in dlq.parked(broker, 1000)) == sorted(
+            f"bad-{n}" for n in range(count)
+        )
+        assert worker.popen.poll() is None
+    finally:
+        stop_all([worker])
+        broker.close()
+        app.close()
 
 
 def test_an_unreachable_broker_exits_69(make_config: Callable[..., Config]) -> None:
