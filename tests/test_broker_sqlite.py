@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -366,3 +368,34 @@ def test_wal_switch_is_retried_when_locked() -> None:
     conn = _LockedTwice()
     _enable_wal(conn)  # type: ignore[arg-type]
     assert conn.calls == 3
+
+
+def test_the_embedded_files_are_private_whatever_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12, item 5: they hold task arguments and results; they were 0644."""
+    from taskq import App
+
+    monkeypatch.chdir(tmp_path)
+    old = os.umask(0o022)
+    try:
+        app = App("private")  # no broker: the embedded default ./taskq.sqlite3
+        app.task(name="private.add")(lambda x, y: x + y)
+        app.send_task("private.add", [1, 2])
+        app.require_backend().store("some-id", "SUCCESS", 3)
+    finally:
+        os.umask(old)
+    files = sorted(p.name for p in tmp_path.iterdir())  # while open: -wal and -shm exist
+    assert files == ["taskq.sqlite3", "taskq.sqlite3-shm", "taskq.sqlite3-wal"]
+    assert {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in files} == {
+        name: 0o600 for name in files
+    }
+    app.close()
+
+
+def test_an_existing_file_keeps_its_mode(tmp_path: Path) -> None:
+    path = tmp_path / "shared.sqlite3"
+    path.touch(0o640)
+    path.chmod(0o640)
+    SqliteBroker(f"sqlite:///{path}", consumer_id="c").declare([])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640

@@ -124,6 +124,7 @@ class SqliteFile:
                 f"SQLite {self._role} file {self.path}: the directory {directory} does not "
                 f"exist. Create it (mkdir -p {directory}) or use a URL in an existing directory."
             )
+        _create_private(self.path)
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
         try:
             _enable_wal(conn)
@@ -169,6 +170,20 @@ class SqliteFile:
         self._local.conn = None
         if conn is not None and self._local.pid == os.getpid():
             conn.close()
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` readable and writable by its owner only (0600, whatever the
+    umask), unless it exists: it holds task arguments and results (issue 12).
+    SQLite gives the ``-wal`` and ``-shm`` files it creates the database file's mode."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError:
+        return  # sqlite3.connect reports it, with the file's path and advice
+    os.fchmod(fd, 0o600)  # the umask may have taken bits O_CREAT asked for; keep none
+    os.close(fd)
 
 
 def _enable_wal(conn: sqlite3.Connection) -> None:
