@@ -46,6 +46,7 @@ _DURATIONS = frozenset(
         "worker_shutdown_timeout",
         "worker_lease_timeout",
         "broker_connection_timeout",
+        "broker_publish_timeout",
         "beat_max_loop_interval",
         "beat_lease_timeout",
     }
@@ -67,6 +68,8 @@ class Settings:
     # The embedded default's SQLite file (no broker configured); relative paths are
     # relative to the folder of the module that created the App (App.place_embedded).
     embedded_path: str | None = None
+    # The longest delay() blocks, retries included, whatever the server does.
+    broker_publish_timeout: float = 5.0
     # Results
     result_backend: str | None = None
     result_backend_transport_options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -264,6 +267,11 @@ def _duration(name: str, value: Any) -> float | None:
     if isinstance(value, timedelta):
         value = value.total_seconds()
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        if name == "broker_publish_timeout" and not 0 < value <= 3600:
+            raise ConfigurationError(
+                f"Setting 'broker_publish_timeout' must be more than 0 and at most 3600 "
+                f"seconds, got {value!r}."
+            )
         if name == "result_expires" and value == 0:
             return None  # Celery: 0 means results never expire
         return float(value)

@@ -11,6 +11,7 @@ keyword arguments, never inside the options.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -302,24 +303,38 @@ class Producer:
         retry_policy: Mapping[str, Any] | None,
     ) -> None:
         """Call ``send`` until it returns, pausing between attempts as the publish retry
-        policy says; raise ``BrokerError`` naming ``what()`` when the policy is spent."""
+        policy says; raise ``BrokerError`` naming ``what()`` when the policy is spent or
+        ``broker_publish_timeout`` would pass.
+
+        The brokers bound one attempt to half of that deadline (their socket timeouts
+        are derived from it), and another attempt starts only while that much is left,
+        so a call returns or raises within the deadline whatever the server does: a
+        server that never answers, one that speaks TLS to a plain client (issue 12).
+        """
         broker = self.broker
+        limit = self.conf.broker_publish_timeout
+        started = time.monotonic()
         try:
             send(broker)
             return
         except BrokerError as exc:
             failure = exc
-        pauses = self._pauses(retry, retry_policy)  # read only now: most publishes succeed
-        for pause in pauses:
+        attempts = 1
+        for pause in self._pauses(retry, retry_policy):  # read only now: most succeed
+            if time.monotonic() + pause + limit / 2 > started + limit:
+                break
             log.warning("publish failed (%s); retrying in %.2fs", failure, pause)
             time.sleep(pause)
+            attempts += 1
             try:
                 send(broker)
                 return
             except BrokerError as exc:
                 failure = exc
         raise BrokerError(
-            f"Could not publish {what()} after {len(pauses) + 1} attempt(s): {failure}"
+            f"Could not publish {what()} after {attempts} attempt(s) in "
+            f"{time.monotonic() - started:.1f} s (broker_publish_timeout is {limit:g} s): "
+            f"{failure}"
         ) from failure
 
     def _pauses(self, retry: bool | None, retry_policy: Mapping[str, Any] | None) -> list[float]:
@@ -396,9 +411,8 @@ def _eta(countdown: Any, eta: Any, now: datetime, timezone_name: str) -> datetim
     if countdown is not None and eta is not None:
         raise ConfigurationError("Give countdown or eta, not both.")
     if countdown is not None:
-        if isinstance(countdown, timedelta):
-            countdown = countdown.total_seconds()
-        return now + timedelta(seconds=float(countdown)) if float(countdown) > 0 else None
+        seconds = _seconds("countdown", countdown)
+        return now + timedelta(seconds=seconds) if seconds > 0 else None
     if eta is None:
         return None
     if not isinstance(eta, datetime):
@@ -413,13 +427,33 @@ def _expires(expires: Any, now: datetime, timezone_name: str) -> datetime | None
         return None
     if isinstance(expires, datetime):
         return expires if expires.tzinfo else expires.replace(tzinfo=ZoneInfo(timezone_name))
-    if isinstance(expires, timedelta):
-        return now + expires
-    if isinstance(expires, (int, float)):
-        return now + timedelta(seconds=float(expires))
+    if isinstance(expires, (int, float, timedelta)):
+        return now + timedelta(seconds=_seconds("expires", expires))
     raise ConfigurationError(
         f"expires must be seconds, a timedelta or a datetime, got {expires!r}."
     )
+
+
+#: The longest countdown or expiry accepted: 100 years, far inside what datetime holds.
+MAX_DELAY = 100 * 365 * 86400.0
+
+
+def _seconds(option: str, value: Any) -> float:
+    """``value`` (seconds or a timedelta) as float seconds, finite and in range."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{option} must be seconds or a timedelta, got {value!r}.")
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for a float
+        seconds = math.inf
+    if not -MAX_DELAY <= seconds <= MAX_DELAY:  # also NaN and infinities
+        raise ConfigurationError(
+            f"{option}={value!r:.40} is not a usable number of seconds: give a finite number "
+            f"within {MAX_DELAY:.0f} (100 years), or an eta/expires datetime."
+        )
+    return seconds
 
 
 def _signatures(value: Any) -> list[dict[str, Any]] | None:

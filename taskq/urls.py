@@ -29,7 +29,11 @@ def mask_url(url: str) -> str:
     'amqp://guest:***@host:5672//'
     >>> mask_url("redis://host:6379/0")
     'redis://host:6379/0'
+
+    A failover list (kombu's ``amqp://a//;amqp://b//``) is masked URL by URL.
     """
+    if ";" in url:
+        return ";".join(mask_url(part) for part in url.split(";"))
     try:
         parts = urlsplit(url)
         password = parts.password

@@ -196,9 +196,7 @@ def test_unknown_task_fails_with_not_registered_and_worker_goes_on(app: App, poo
         assert t.add.delay(1, 1).get(timeout=10) == 2
 
 
-def test_an_unknown_task_is_kept_and_reruns_once_deployed_and_requeued(
-    app: App, pool: str
-) -> None:
+def test_an_unknown_task_is_kept_and_reruns_once_deployed_and_requeued(app: App, pool: str) -> None:
     """Issue 12, item 9: dead-lettered with reason NotRegistered (not acked and
     dropped), the failure recorded at once, and a requeue after the code is
     deployed runs it and replaces the result."""

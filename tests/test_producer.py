@@ -14,7 +14,7 @@ from kombu import serialization as kombu_ser
 
 from taskq import App
 from taskq.context import Context, current_request
-from taskq.errors import EncodeError
+from taskq.errors import ConfigurationError, EncodeError
 from taskq.message import FIELD_NAMES, TaskMessage, encode, new_id
 
 
@@ -143,3 +143,22 @@ def test_delay_many_runs_in_place_when_eager() -> None:
         return x + y
 
     assert [r.get() for r in add.delay_many([(1, 2), [3, 4]])] == [3, 7]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"countdown": 1e300},
+        {"countdown": float("nan")},
+        {"countdown": float("inf")},
+        {"countdown": 10**400},
+        {"expires": float("nan")},
+        {"expires": 1e300},
+        {"countdown": "5"},
+    ],
+)
+def test_unusable_countdowns_and_expiries_are_clear_errors(options: dict[str, Any]) -> None:
+    """Issue 12, item 8: 1e300 raised a raw OverflowError and NaN ran the task at once."""
+    app = App("t", broker="memory://")
+    with pytest.raises(ConfigurationError, match="(countdown|expires)"):
+        app.producer.build("t.x", (), {}, dict(options))

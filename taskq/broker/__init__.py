@@ -34,6 +34,15 @@ _BY_SCHEME = {
 }
 KNOWN_SCHEMES = tuple(_BY_SCHEME)
 
+#: URL forms people try that taskq does not take, and what to do instead.
+_UNSUPPORTED = {
+    "sentinel": "Redis Sentinel is not supported: give the current primary's redis:// URL",
+    "redis+sentinel": "Redis Sentinel is not supported: give the current primary's redis:// URL",
+    "redis+socket": "Redis over a Unix socket is not supported as a broker: use redis://host:port",
+    "unix": "Redis over a Unix socket is not supported as a broker: use redis://host:port",
+    "librabbitmq": "use amqp:// (py-amqp)",
+}
+
 
 def broker_from_url(url: str, *, consumer_id: str, options: dict[str, Any] | None = None) -> Broker:
     """The broker for ``url``.
@@ -42,6 +51,11 @@ def broker_from_url(url: str, *, consumer_id: str, options: dict[str, Any] | Non
         ConfigurationError: the URL has no scheme or an unknown one.
     """
     scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme in _UNSUPPORTED:
+        raise ConfigurationError(
+            f"Broker URL {mask_url(url)!r}: {_UNSUPPORTED[scheme]}. "
+            f"Supported schemes: {', '.join(KNOWN_SCHEMES)}."
+        )
     if scheme not in _BY_SCHEME:
         raise ConfigurationError(
             f"Unknown broker URL {mask_url(url)!r}.{did_you_mean(scheme, _BY_SCHEME)} "
@@ -61,6 +75,7 @@ def connect(conf: Settings, consumer_id: str) -> Broker:
         options={
             "lease_timeout": conf.worker_lease_timeout,
             "connect_timeout": conf.broker_connection_timeout,
+            "publish_timeout": conf.broker_publish_timeout,
             **conf.broker_transport_options,
         },
     )

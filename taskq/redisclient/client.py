@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -40,6 +40,7 @@ def connection_pool(
             f"Unsupported Redis URL scheme {scheme!r} in {mask_url(url)!r}. "
             "Use redis://host:port/db, rediss:// for TLS, or unix:///path/to/socket."
         )
+    _check_form(url)
     kwargs: dict[str, Any] = {
         "socket_timeout": options.socket_timeout,
         "socket_connect_timeout": options.socket_connect_timeout,
@@ -51,15 +52,52 @@ def connection_pool(
         kwargs["client_name"] = client_name
     try:
         if options.max_connections is None:
-            return redis.ConnectionPool.from_url(url, **kwargs)
-        return redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=options.max_connections,
-            timeout=options.socket_timeout,
-            **kwargs,
-        )
+            pool = redis.ConnectionPool.from_url(url, **kwargs)
+        else:
+            pool = redis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=options.max_connections,
+                timeout=options.socket_timeout,
+                **kwargs,
+            )
     except ValueError as exc:
         raise ConfigurationError(f"Invalid Redis URL {mask_url(url)!r}: {exc}") from exc
+    _check_options(url, pool)
+    return pool
+
+
+def _check_form(url: str) -> None:
+    """Refuse URL forms redis-py would misread or fail on only when connecting."""
+    parts = urlsplit(url)
+    if "," in parts.netloc:
+        raise ConfigurationError(
+            f"Redis URL {mask_url(url)!r} names several hosts. taskq talks to one Redis "
+            "server (no Sentinel or Cluster): give the current primary's redis://host:port/db."
+        )
+    database = parts.path.strip("/") if parts.scheme != "unix" else ""
+    if database and not database.isdigit():
+        raise ConfigurationError(
+            f"Redis URL {mask_url(url)!r}: the path must be a database number "
+            f"(redis://host:6379/0), got {database!r}."
+        )
+
+
+def _check_options(url: str, pool: redis.ConnectionPool) -> None:
+    """Build one connection (it does not connect) so that a query option redis-py does
+    not take fails now, named, rather than as a TypeError at the first command."""
+    try:
+        pool.connection_class(**pool.connection_kwargs)
+    except (TypeError, ValueError, redis.RedisError) as exc:
+        options = sorted(k for k, _ in parse_qsl(urlsplit(url).query))
+        hint = (
+            " For TLS use a rediss:// URL (ssl=true is not a Redis URL option)."
+            if any(name.lower() == "ssl" for name in options)
+            else ""
+        )
+        raise ConfigurationError(
+            f"Redis URL {mask_url(url)!r} has an option redis-py cannot use "
+            f"({', '.join(options) or 'none given'}): {exc}.{hint}"
+        ) from exc
 
 
 @contextmanager
@@ -75,30 +113,43 @@ def translate(error: type[TaskqError], server: str, doing: str, setting: str) ->
     try:
         yield
     except redis.RedisError as exc:
+        tls = "rediss://" in server
         raise error(
-            f"{server} could not {doing}: {_why(exc)} ({exc}). {_hint(exc, setting)}"
+            f"{server} could not {doing}: {_why(exc, tls)} ({exc}). {_hint(exc, setting, tls)}"
         ) from exc
 
 
-def _why(exc: redis.RedisError) -> str:
+def _why(exc: redis.RedisError, tls: bool) -> str:
+    text = str(exc)
     if isinstance(exc, redis.AuthenticationError):
         return "it rejected the credentials"
-    if isinstance(exc, redis.ConnectionError) and "No connection available" in str(exc):
+    if isinstance(exc, redis.ConnectionError) and "No connection available" in text:
         return "every pooled connection is in use"
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+    if tls and ("SSL" in text or "connecting" in text):
+        return "the TLS handshake did not complete (a rediss:// URL for a server without TLS?)"
+    if isinstance(exc, redis.TimeoutError) or "Timeout" in text:
+        return "it did not answer in time"
+    if isinstance(exc, redis.ConnectionError) and not tls and "closed by server" in text:
+        return "it closed the connection (a server that requires TLS, reached with redis://?)"
+    if isinstance(exc, redis.ConnectionError):
         return "it is unreachable"
     return "it refused"
 
 
-def _hint(exc: redis.RedisError, setting: str) -> str:
+def _hint(exc: redis.RedisError, setting: str, tls: bool = False) -> str:
     if isinstance(exc, redis.AuthenticationError):
         return f"Check the user and password in {setting}."
     if isinstance(exc, redis.ConnectionError) and "No connection available" in str(exc):
         return f"Raise max_connections in the transport options of {setting}."
+    if tls and isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return (
+            f"Check that this server speaks TLS on that port, or use redis:// in {setting} "
+            "for a plain-text one."
+        )
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
         return (
-            f"Check that Redis is running and that {setting} is right (socket_timeout "
-            "and socket_connect_timeout are transport options)."
+            f"Check that Redis is running and answering, and that {setting} is right "
+            "(socket_timeout and socket_connect_timeout are transport options)."
         )
     if isinstance(exc, redis.ResponseError) and "WRONGTYPE" in str(exc):
         return "Something else stores other data under these keys; set a distinct key_prefix."

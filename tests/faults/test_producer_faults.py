@@ -3,7 +3,10 @@ per ``task_publish_retry_policy``, and otherwise raises ``BrokerError``."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -98,3 +101,74 @@ def test_a_redis_publish_that_returned_survives_kill_9(tmp_path: Path) -> None:
     finally:
         app.close()
         server.stop()
+
+
+# -- issue 12, item 6: one publish deadline bounds delay() whatever the server does -------
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A TCP port that accepts connections and never says a word."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                held.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join(5)
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def publish_within(url: str, deadline: float, **settings: object) -> tuple[float, str]:
+    """Send one task; return how long ``delay()`` took to raise, and the error."""
+    app = App("deadline", broker=url, backend=None, broker_publish_timeout=deadline, **settings)
+    task = app.task(name="deadline.t")(lambda: None)
+    started = time.monotonic()
+    with pytest.raises(BrokerError) as raised:
+        task.delay()
+    took = time.monotonic() - started
+    app.close()
+    return took, str(raised.value)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("scheme", ["redis", "amqp"])
+def test_a_server_that_never_answers_fails_delay_within_the_deadline(
+    silent_port: int, scheme: str
+) -> None:
+    url = (
+        f"redis://127.0.0.1:{silent_port}/0"
+        if scheme == "redis"
+        else (f"amqp://guest:guest@127.0.0.1:{silent_port}//")
+    )
+    took, error = publish_within(url, 2.0)
+    assert took < 2.0 + 0.5, f"delay() blocked {took:.1f} s (it blocked 240 s before issue 12)"
+    assert "did not answer in time" in error and "broker_publish_timeout is 2 s" in error
+
+
+@pytest.mark.timeout(30)
+def test_rediss_against_a_plain_redis_fails_within_the_deadline_naming_tls() -> None:
+    servers.require("redis")
+    took, error = publish_within("rediss://127.0.0.1:6379/0", 2.0)
+    assert took < 2.5, f"delay() blocked {took:.1f} s (it blocked 65 s before issue 12)"
+    assert "TLS handshake did not complete" in error and "use redis://" in error
+
+
+@pytest.mark.timeout(30)
+def test_amqp_tls_against_a_plain_port_names_tls() -> None:
+    servers.require("amqp")
+    took, error = publish_within(AMQP_URL + "?ssl=true", 2.0)
+    assert took < 2.5
+    assert "TLS handshake failed" in error

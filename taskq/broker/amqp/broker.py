@@ -73,8 +73,14 @@ class KombuBroker(Broker):
 
     def __init__(self, url: str, *, consumer_id: str, options: dict[str, Any] | None = None):
         super().__init__(url, consumer_id=consumer_id, options=options)
-        self._connect_timeout = float(self.options.pop("connect_timeout", None) or 4.0)
-        self._confirm_timeout = float(self.options.pop("confirm_timeout", None) or 10.0)
+        # A publish attempt (a connect tried twice, a reply or the confirm) takes at
+        # most half of broker_publish_timeout, so delay() ends within it (producer).
+        self.publish_timeout = float(self.options.pop("publish_timeout", None) or 5.0)
+        quarter = self.publish_timeout / 4
+        connect = float(self.options.pop("connect_timeout", None) or 4.0)
+        self._connect_timeout = min(connect, quarter / 2)
+        self._confirm_timeout = float(self.options.pop("confirm_timeout", None) or quarter)
+        self._reply_timeout = quarter  # a publishing connection's reads and writes
         self.dead_letter_queue = str(self.options.pop("dead_letter_queue", DEAD_LETTER_QUEUE))
         self.options.pop("lease_timeout", None)
         # RabbitMQ keeps ETA messages in its delay levels (see taskq.broker.amqp.delay).
@@ -129,17 +135,21 @@ class KombuBroker(Broker):
         with self._publish_lock:
             self._guard(declare_all)
 
-    def _connection(self) -> kombu.Connection:
+    def _connection(self, publishing: bool = False) -> kombu.Connection:
+        options = self._transport_options
+        if publishing and self._confirms:
+            # py-amqp waits forever for a reply (a queue.declare-ok) unless told.
+            timeouts = {"read_timeout": self._reply_timeout, "write_timeout": self._reply_timeout}
+            options = {**timeouts, **options}
         return kombu.Connection(
-            self.url,
-            connect_timeout=self._connect_timeout,
-            transport_options=self._transport_options,
+            self.url, connect_timeout=self._connect_timeout, transport_options=options
         )
 
     def _channel(self) -> Any:
         if self._publish_conn is None:
-            self._publish_conn = self._connection()
-            self._publish_conn.ensure_connection(max_retries=1)
+            self._publish_conn = self._connection(publishing=True)
+            # A second try at once: kombu's default pause (2 s) would pass the deadline.
+            self._publish_conn.ensure_connection(max_retries=1, interval_start=0)
             self._producer = kombu.Producer(self._publish_conn.channel())
         assert self._producer is not None
         return self._producer.channel
@@ -156,6 +166,18 @@ class KombuBroker(Broker):
                     f"Broker {mask_url(self.url)} refused the message (negative publisher "
                     "confirm): the queue may be full with overflow=reject-publish, or the "
                     "broker failed to store it. Check the queue's limits and policies."
+                ) from exc
+            if "SSL" in str(exc):
+                raise BrokerError(
+                    f"Broker {mask_url(self.url)}: the TLS handshake failed ({exc!r}). The URL "
+                    "asks for TLS (amqps:// or ssl=...) and the port speaks plain AMQP, or the "
+                    "certificate options do not match the server's: check both."
+                ) from exc
+            if "timed out" in str(exc):
+                raise BrokerError(
+                    f"Broker {mask_url(self.url)} did not answer in time ({exc!r}): it accepts "
+                    "connections but says nothing. Is that port RabbitMQ's, and does the URL "
+                    "match its TLS setting (amqps:// for a TLS port, amqp:// for a plain one)?"
                 ) from exc
             raise BrokerError(
                 f"Broker {mask_url(self.url)} failed: {exc!r}. Is it running and reachable?"

@@ -22,12 +22,20 @@ class BrokerOptions(RedisOptions):
             not block on.
         ack_delay: longest a worker's acknowledgement waits to share a round trip
             with the next fetch (``Broker.ack_soon``); 0 sends each at once.
+        publish_timeout: the app's ``broker_publish_timeout``. Unless given,
+            ``socket_timeout`` is a quarter of it and ``socket_connect_timeout`` an
+            eighth (a command is tried twice, each connect twice), so one publish
+            attempt takes at most half of it and a server that never answers, or
+            never completes a TLS handshake, is detected within the deadline.
     """
 
+    socket_timeout: float | None = 1.25
+    socket_connect_timeout: float | None = 0.625
     key_prefix: str = "taskq:"
     lease_timeout: float = 45.0
     poll_interval: float = 0.25
     ack_delay: float = 0.1
+    publish_timeout: float = 5.0
 
     what: ClassVar[str] = "Redis broker option"
     may_be_zero: ClassVar[frozenset[str]] = frozenset({"ack_delay"})
@@ -41,8 +49,10 @@ class BrokerOptions(RedisOptions):
         """See ``RedisOptions.from_mapping``; ``connect_timeout``, the name every
         broker accepts (``taskq.broker.base.Broker``), means ``socket_connect_timeout``."""
         options = dict(options)
-        if "connect_timeout" in options:
-            options.setdefault("socket_connect_timeout", options.pop("connect_timeout"))
+        quarter = float(options.get("publish_timeout") or cls.publish_timeout) / 4
+        connect = options.pop("connect_timeout", None)
+        options.setdefault("socket_connect_timeout", min(connect or quarter, quarter / 2))
+        options.setdefault("socket_timeout", quarter)
         return super().from_mapping(options)
 
 

@@ -291,8 +291,12 @@ class SqliteBroker(Broker):
         self, url: str, *, consumer_id: str, options: dict[str, Any] | None = None
     ) -> None:
         super().__init__(url, consumer_id=consumer_id, options=options)
-        # The app passes connect_timeout to every broker; a local file has no connect step.
-        unknown = sorted(set(self.options) - {"lease_timeout", "poll_interval", "connect_timeout"})
+        # The app passes connect_timeout and publish_timeout to every broker; a local
+        # file has no connect step, and a write waits BUSY_TIMEOUT at most.
+        unknown = sorted(
+            set(self.options)
+            - {"lease_timeout", "poll_interval", "connect_timeout", "publish_timeout"}
+        )
         if unknown:
             raise ConfigurationError(
                 f"Unknown SQLite broker option {unknown[0]!r}."
