@@ -184,6 +184,14 @@ class Broker(abc.ABC):
         """Delete every parked message; return how many."""
         raise NotImplementedError(f"{type(self).__name__} has no dead-letter queue")
 
+    def still_leased(self, delivery: Delivery) -> bool:
+        """Whether ``delivery`` is still leased to this consumer, so that running it
+        now cannot duplicate a run elsewhere. The worker asks just before it starts a
+        message. Lease-based transports answer False when this consumer's lease
+        lapsed (it was paused longer than ``lease_timeout``) and the message went back
+        to its queue; checking costs a round trip only then. Default: True."""
+        return True
+
     def give_back_read_ahead(self) -> None:  # noqa: B027 - optional hook
         """Requeue at once what ``fetch(read_ahead=True)`` leased and did not hand
         over yet (the worker calls it when it stops fetching). Default: nothing is

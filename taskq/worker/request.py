@@ -103,6 +103,28 @@ class Request:
     def settled(self) -> bool:
         return self._settled
 
+    def may_run(self) -> bool:
+        """Whether the message is still leased to this worker, so running it cannot
+        duplicate a run elsewhere (``Broker.still_leased``: a clock read unless the
+        worker's lease may have lapsed, say after a SIGSTOP longer than the lease).
+        When it is not, the message is back in its queue for another worker: this
+        request is settled without a word to the broker and must not run.
+
+        Raises:
+            BrokerError: the lease had to be checked and the broker did not answer.
+        """
+        if self.broker.still_leased(self.delivery):
+            return True
+        with self._lock:
+            self._settled = True
+        log.warning(
+            "Not running %s[%s]: this worker's lease lapsed after it was fetched and it "
+            "went back to its queue (another worker runs it)",
+            self.name,
+            self.id,
+        )
+        return False
+
     def started(self) -> None:
         """The pool is about to run it: ack now unless ``acks_late``. This ack is sent
         before the task runs (at most once: a crash must not run it again)."""

@@ -34,6 +34,7 @@ from tests.faults.faultproj import Config
 from tests.faults.ledger import Checker, Ledger
 from tests.faults.proxy import RedisProxy, script_call
 from tests.faults.redis_server import PrivateRedis
+from tests.waiting import wait_until
 
 Producer = Callable[[Config], App]
 MakeConfig = Callable[..., Config]
@@ -376,3 +377,46 @@ def test_4_rabbitmq_sigterm_returns_unstarted_tasks_at_once(
     )  # fmt: skip
     assert not report.lost and not report.duplicated and report.restarts == 0
     assert len(started_on_b) == 4 and handover < 2.0  # not after A's 3 s tasks
+
+
+@pytest.mark.timeout(90)
+def test_12_a_worker_paused_past_its_lease_does_not_run_what_it_prefetched(
+    make_config: MakeConfig,
+    broker_redis: PrivateRedis,
+    ledger: Ledger,
+    producer: Producer,
+    unique: str,
+) -> None:
+    """Issue 12, item 11: worker A is stopped (SIGSTOP) with one task running and six
+    prefetched, longer than its lease; B takes them all over. When A resumes it
+    finishes the running one (at-least-once allows that run twice) and gives the
+    six up instead of running them again (2 of 7 such ran twice before)."""
+    lease = 2.0
+    config = make_config(broker_redis.url, lease=lease)
+    app = producer(config)
+    [long_id] = publish(app, [f"s12-long-{unique}"], seconds=1.0)
+    ids = publish(app, ids_for("s12", unique, 6), seconds=0.05)
+    a = start_worker(
+        config, "-P", "threads", "-c", "1", "--prefetch-multiplier", "8", "-n", f"a-{unique}@%h"
+    )
+    b = None
+    try:
+        ledger.wait(lambda ev: any(e.event == "start" for e in ev), 20, "A running the long task")
+        held = next(got for lease_id, got in leases(broker_redis).items() if "a-" in lease_id)
+        assert set(ids) <= set(held), f"A prefetched {held}"
+        os.kill(a.popen.pid, signal.SIGSTOP)
+        b = start_worker(config, "-P", "threads", "-c", "4", "-n", f"b-{unique}@%h")
+        ledger.wait_done([long_id, *ids], 30, "B ran everything A held")
+        os.kill(a.popen.pid, signal.SIGCONT)
+        wait_until(lambda: a.output.count("Not running") >= len(ids), 20, "A gave up its six")
+        wait_settled(broker_redis, 10)
+        assert a.popen.poll() is None
+    finally:
+        if a.popen.poll() is None:
+            os.kill(a.popen.pid, signal.SIGCONT)
+        stop_all([w for w in (a, b) if w is not None])
+    report = Checker(ledger, "12 worker paused past its lease").report(
+        [long_id, *ids], lease=f"{lease:g}s", prefetched=len(ids)
+    )
+    assert not report.lost and not report.unexpected
+    assert {i: ledger.done()[i] for i in ids} == {i: 1 for i in ids}

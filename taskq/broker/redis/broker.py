@@ -88,7 +88,7 @@ from taskq.broker.redis.dlq import DeadLetterList
 from taskq.broker.redis.fetch import Fetcher
 from taskq.broker.redis.options import BrokerOptions
 from taskq.broker.redis.session import Session
-from taskq.broker.redis.settle import Settler
+from taskq.broker.redis.settle import Settler, lease_of
 
 __all__ = ["RedisBroker"]
 
@@ -129,6 +129,7 @@ class RedisBroker(Broker):
         self._line = session.line  # publish and fetch (see taskq.redisclient.line)
         self._translate = session.translate
         self._reap_script = self._client.register_script(scripts.REAP)
+        self._still_leased_script = self._client.register_script(scripts.STILL_LEASED)
         self._dlq = DeadLetterList(session)
         self._settler = Settler(session)
         self._fetcher = Fetcher(session, self._settler.acks)
@@ -279,13 +280,41 @@ class RedisBroker(Broker):
             self.settings.lease_timeout,
             _REAP_LIMIT,
         ]
+        sent_at = time.monotonic()
         with self._translate("renew the consumer lease"):
             restored, errors = self._reap_script(keys, args)
+        self._session.clock.renewed(sent_at)
         if restored:
             logger.info("Returned %d messages of expired consumers to their queues", restored)
         if errors:
             self._session.log_refused("return messages of expired consumers", errors)
         self._settler.retry_deferred()
+
+    def still_leased(self, delivery: Delivery) -> bool:
+        """See ``Broker.still_leased``: a clock read unless this consumer's renewals
+        had a gap since the message was leased (``taskq.broker.lease``); then one
+        script that checks the tag is still in this consumer's in-flight hash, and
+        renews the lease if so.
+
+        Raises:
+            BrokerError: the check was needed and Redis could not answer it.
+        """
+        lease = lease_of(delivery)
+        clock = self._session.clock
+        if not clock.in_doubt(lease.leased_at):
+            return True
+        keys = [self._keys.inflight, self._keys.consumers]
+        args: list[str | float] = [
+            self._session.lease_id,
+            self.settings.lease_timeout,
+            delivery.tag,
+        ]
+        sent_at = time.monotonic()
+        with self._translate("check a lease"):
+            (held,) = self._still_leased_script(keys, args)
+        if held:
+            clock.renewed(sent_at)
+        return bool(held)
 
     # -- dead letters -----------------------------------------------------------------
 

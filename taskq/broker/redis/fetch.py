@@ -55,6 +55,7 @@ class _Call:
     max_count: int
     promote: bool
     adopt: bool
+    sent_at: float  # monotonic: when this call (which renews the lease) was sent
 
 
 class Fetcher:
@@ -171,6 +172,7 @@ class Fetcher:
             max_count,
             promote=self._promote_due(time.monotonic() + wait),
             adopt=blocking or self._landed,
+            sent_at=time.monotonic(),
         )
 
     def _keys_args(self, call: _Call) -> tuple[list[str], list[Any]]:
@@ -228,6 +230,7 @@ class Fetcher:
 
     def _answered(self, call: _Call, reply: list[Any]) -> None:
         self._unanswered = False
+        self._session.clock.renewed(call.sent_at)
         if call.adopt:
             self._landed = False
         _, payloads, _, next_due, seconds, micros, errors = reply
@@ -389,7 +392,7 @@ class Fetcher:
                         queue,
                         f"{call.tag_prefix}{n}",
                         1 + int(reaped[n]) if n in reaped else 1,
-                        Lease(source, payload),
+                        Lease(source, payload, call.sent_at),
                     )
                 )
         return deliveries

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-__all__ = ["DEAD_LETTER", "FETCH", "PROMOTE", "REAP", "REQUEUE", "REQUEUE_DEAD"]
+__all__ = ["DEAD_LETTER", "FETCH", "PROMOTE", "REAP", "REQUEUE", "REQUEUE_DEAD", "STILL_LEASED"]
 
 
 def _read(name: str) -> str:
@@ -46,3 +46,5 @@ REQUEUE = _HELPERS + _read("requeue")
 DEAD_LETTER = _read("dead_letter")
 #: Put parked messages back on their lists.
 REQUEUE_DEAD = _HELPERS + _read("requeue_dead")
+#: Check messages are still leased to this consumer (after its lease may have lapsed).
+STILL_LEASED = _HELPERS + _read("still_leased")

@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager
 
 import redis
 
+from taskq.broker.lease import LeaseClock
 from taskq.broker.redis.options import BrokerOptions, Keys
 from taskq.errors import BrokerError
 from taskq.redisclient.client import connection_pool, translate
@@ -44,6 +45,7 @@ class Session:
         keys: taskq's own key names for this consumer (``Keys``).
         client: the pooled redis-py client.
         line: the broker's own connection for publish and fetch (``Line``).
+        clock: when the lease was last renewed, by any part (``LeaseClock``).
 
     Raises:
         ConfigurationError: the URL is not a Redis URL, or is invalid.
@@ -58,6 +60,7 @@ class Session:
         self._pool = connection_pool(url, settings, f"taskq:{self.lease_id}")
         self.client = redis.Redis(connection_pool=self._pool)
         self.line = Line(self.client)
+        self.clock = LeaseClock(settings.lease_timeout)
 
     def translate(self, doing: str) -> AbstractContextManager[None]:
         """Raise redis-py errors inside the block as ``BrokerError`` saying what

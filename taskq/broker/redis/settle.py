@@ -40,6 +40,7 @@ class Lease(NamedTuple):
 
     source: str  # the list the message came from (its priority list)
     payload: bytes
+    leased_at: float = 0.0  # monotonic send time of the call that leased it
 
 
 class Settler:

@@ -29,6 +29,7 @@ from urllib.parse import unquote, urlsplit
 
 from taskq.broker.base import Broker, DeadLetter, Delivery, Envelope, QueueSpec
 from taskq.broker.envelope import decode_payload, encode_payload
+from taskq.broker.lease import LeaseClock
 from taskq.errors import BrokerError, ConfigurationError, TaskqError, did_you_mean
 
 __all__ = [
@@ -307,6 +308,7 @@ class SqliteBroker(Broker):
         self.poll_interval = _seconds(self.options, "poll_interval", 0.05)
         self.path = sqlite_path(url)
         self._db = SqliteFile(self.path, _SCHEMA, BrokerError, "broker")
+        self._clock = LeaseClock(self.lease_timeout)
 
     def declare(self, queues: Sequence[QueueSpec]) -> None:
         """Queues need no declaring here; this creates the file and tables."""
@@ -358,6 +360,7 @@ class SqliteBroker(Broker):
             ).fetchone()
         if found is None:
             return []
+        sent_at = time.monotonic()
         with self._db.writing("fetch") as conn:
             now = time.time()
             params: list[Any] = [self.consumer_id]
@@ -366,6 +369,8 @@ class SqliteBroker(Broker):
             rows = conn.execute(_lease_sql(len(queues)), (*params, max_count)).fetchall()
             if rows:
                 conn.execute(_RENEW, (self.consumer_id, now + self.lease_timeout))
+        if rows:
+            self._clock.renewed(sent_at)
         rows.sort(key=lambda row: (-row[2], row[0]))
         return [
             Delivery(
@@ -373,7 +378,7 @@ class SqliteBroker(Broker):
                 queue=queue,
                 tag=f"{message_id}.{next(_TAGS)}",
                 delivery_count=deliveries,
-                raw=payload,
+                raw=sent_at,  # when it was leased (see still_leased)
             )
             for message_id, queue, _priority, payload, deliveries in rows
         ]
@@ -405,7 +410,27 @@ class SqliteBroker(Broker):
             )
             conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
 
+    def still_leased(self, delivery: Delivery) -> bool:
+        """See ``Broker.still_leased``: a clock read unless this consumer's renewals
+        had a gap since the message was leased (``taskq.broker.lease``); then a
+        look at the row, renewing the lease when it is still this consumer's."""
+        leased_at = delivery.raw if isinstance(delivery.raw, float) else 0.0
+        if not self._clock.in_doubt(leased_at):
+            return True
+        sent_at = time.monotonic()
+        with self._db.writing("check a lease") as conn:
+            held = conn.execute(
+                "SELECT 1 FROM messages WHERE id = ? AND consumer = ?",
+                (_message_id(delivery), self.consumer_id),
+            ).fetchone()
+            if held:
+                conn.execute(_RENEW, (self.consumer_id, time.time() + self.lease_timeout))
+        if held:
+            self._clock.renewed(sent_at)
+        return held is not None
+
     def heartbeat(self) -> None:
+        sent_at = time.monotonic()
         with self._db.writing("heartbeat") as conn:
             now = time.time()
             conn.execute(_RENEW, (self.consumer_id, now + self.lease_timeout))
@@ -417,6 +442,7 @@ class SqliteBroker(Broker):
                 (now,),
             )
             conn.execute("DELETE FROM consumers WHERE lease_until < ?", (now,))
+        self._clock.renewed(sent_at)
 
     def purge(self, queue: str) -> int:
         """Delete the waiting and delayed messages of ``queue``; leased ones stay."""

@@ -116,6 +116,9 @@ class AsyncioPool(QueuedPool):
         reporter thread reported it already, or a cold shutdown gave it back."""
         ctx = request.context()
         try:
+            # A clock read; a broker round trip only after a lapsed lease.
+            if not request.may_run():
+                return Outcome(Action.GONE)
             if not request.acks_late:
                 await self._blocking(request.started)
             task = self._executor.tasks.get(request.name)

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Collection
 from typing import Protocol
 
-from taskq.worker.executor import Executor, Outcome, internal_error
+from taskq.worker.executor import Action, Executor, Outcome, internal_error
 from taskq.worker.request import Request
 
 log = logging.getLogger("taskq.worker")
@@ -41,6 +41,9 @@ class PoolSettings:
 def run_here(executor: Executor, request: Request, done: Done) -> None:
     """Execute in this thread and report the outcome (solo and threads pools)."""
     try:
+        if not request.may_run():
+            done(request, Outcome(Action.GONE))
+            return
         request.started()
         outcome = executor.execute(request.context())
     except Exception as exc:

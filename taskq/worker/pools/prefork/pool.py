@@ -37,7 +37,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from taskq.worker.executor import Action, Executor, Outcome
+from taskq.worker.executor import Action, Executor, Outcome, internal_error
 from taskq.worker.pools.base import QueuedPool
 from taskq.worker.pools.prefork.child import BACK, CONTEXT_FIELDS, PROTOCOL, Done
 from taskq.worker.pools.prefork.children import (
@@ -302,7 +302,7 @@ class PreforkPool(QueuedPool):
             if not waiting:
                 break
             if not child.sent and not child.retiring:
-                self._hand(child, waiting.popleft(), batches, now)
+                self._hand(child, waiting.popleft(), batches, now, finished)
         if waiting and not self._handing_back:
             max_tasks = self._max_tasks
             open_ = sorted((c for c in self._children if may_queue(c, now, max_tasks)), key=held)
@@ -311,7 +311,7 @@ class PreforkPool(QueuedPool):
                     if not waiting or not queueable(waiting[0]):
                         open_.clear()
                         break
-                    self._hand(child, waiting.popleft(), batches, now)
+                    self._hand(child, waiting.popleft(), batches, now, finished)
                     if not may_queue(child, now, max_tasks):
                         open_.remove(child)
         for child, batch in batches.items():
@@ -323,7 +323,15 @@ class PreforkPool(QueuedPool):
         request: Request,
         batches: dict[Child, list[tuple[int, tuple[Any, ...]]]],
         now: float,
+        finished: _Finished,
     ) -> None:
+        try:
+            if not request.may_run():
+                finished.append((request, Outcome(Action.GONE)))
+                return
+        except Exception as exc:
+            finished.append((request, internal_error(request, exc)))
+            return
         try:
             request.started()
         except Exception:
