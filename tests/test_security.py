@@ -178,6 +178,7 @@ def apps(request: pytest.FixtureRequest, unique: str, tmp_path: Path) -> Iterato
     worker_app.close()
 
 
+@pytest.mark.slow
 def test_signed_and_encrypted_tasks_run_on_every_broker_with_every_serializer(
     apps: tuple[App, App],
 ) -> None:
@@ -208,6 +209,7 @@ def _echo(*args: Any) -> list[Any]:
     return list(args)
 
 
+@pytest.mark.slow
 def test_forged_and_altered_messages_are_dead_lettered_with_the_reason(
     apps: tuple[App, App],
 ) -> None:
