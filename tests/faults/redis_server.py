@@ -39,13 +39,17 @@ def free_port() -> int:
 class PrivateRedis:
     """One redis-server this test owns: start, kill -9, restart on the same port."""
 
-    def __init__(self, directory: Path, *, durable: bool = False) -> None:
+    def __init__(
+        self, directory: Path, *, durable: bool = False, password: str | None = None
+    ) -> None:
         self.binary = require_redis_server()
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.durable = durable
+        self.password = password
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{password}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> None:
@@ -57,6 +61,8 @@ class PrivateRedis:
             "--save", "",
             "--enable-debug-command", "local",
         ]  # fmt: skip
+        if self.password:
+            args += ["--requirepass", self.password]
         if self.durable:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
