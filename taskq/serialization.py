@@ -47,9 +47,15 @@ _STEP = [0] * 256
 for _open, _close in ((b"[", b"]"), (b"{", b"}")):
     _STEP[_open[0]], _STEP[_close[0]] = 1, -1
 # One pass over the text answers both questions cheaply: digits become "d" (19 in a
-# row may be an integer past 64 bits, which orjson returns as a float), brackets
-# stay, everything else becomes ".".
-_SHAPE = bytes(ord("d") if 48 <= b <= 57 else b if b in b"[]{}" else ord(".") for b in range(256))
+# row may be an integer past 64 bits, which orjson returns as a float), opening
+# brackets "[" and closing ones "]", everything else ".".
+_SHAPE = bytes(
+    ord("d") if 48 <= b <= 57
+    else ord("[") if b in b"[{"
+    else ord("]") if b in b"]}"
+    else ord(".")
+    for b in range(256)
+)  # fmt: skip
 _LONG_NUMBER = b"d" * 19
 
 
@@ -63,9 +69,9 @@ def check_json_depth(data: bytes, limit: int = MAX_DEPTH) -> None:
 
 
 def _check_shape(data: bytes, shape: bytes, limit: int) -> None:
-    # Two counts unless the text has more than ``limit`` brackets in all; only then
-    # are strings removed and the depth counted.
-    if shape.count(b"[") + shape.count(b"{") <= limit:
+    # One count unless the text opens more than ``limit`` lists and objects in all;
+    # only then are strings removed and the depth counted.
+    if shape.count(b"[") <= limit:
         return
     brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
     depth = max(accumulate(map(_STEP.__getitem__, brackets)), default=0)

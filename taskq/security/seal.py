@@ -23,7 +23,6 @@ data are told apart without guessing.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import struct
@@ -113,7 +112,8 @@ class Sealer:
         if not isinstance(content_type, str):
             raise SecurityError("sealed message has no content type inside")
         outer = envelope.headers
-        added = {k: v for k, v in outer.items() if k.startswith("x-") and k not in headers}
+        # Set arithmetic first: usually no outer header is missing from the signed ones.
+        added = {k: outer[k] for k in outer.keys() - headers.keys() if k.startswith("x-")}
         return Envelope(
             body,
             content_type,
@@ -162,7 +162,7 @@ class Sealer:
             return header + bytes(self._cipher(key).encrypt(nonce, inner, header))
         header = MAGIC + _SIGNED + bytes([len(kid)]) + kid
         signed = header + inner
-        return signed + hmac.new(key.sign, signed, hashlib.sha256).digest()
+        return signed + hmac.digest(key.sign, signed, "sha256")
 
     def _unframe(self, data: bytes, what: str) -> tuple[dict[str, Any], bytes]:
         if not isinstance(data, bytes) or len(data) < 7 or not data.startswith(MAGIC):
@@ -179,7 +179,7 @@ class Sealer:
         start = 6 + size
         if mode == _SIGNED:
             inner = data[start:-_MAC]
-            expected = hmac.new(key.sign, data[:-_MAC], hashlib.sha256).digest()
+            expected = hmac.digest(key.sign, data[:-_MAC], "sha256")
             if len(data) < start + _MAC or not hmac.compare_digest(expected, data[-_MAC:]):
                 raise SecurityError(
                     f"{what} signature does not match key {kid!r}: it was altered or forged"
