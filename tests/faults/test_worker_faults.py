@@ -408,7 +408,14 @@ def test_12_a_worker_paused_past_its_lease_does_not_run_what_it_prefetched(
         b = start_worker(config, "-P", "threads", "-c", "4", "-n", f"b-{unique}@%h")
         ledger.wait_done([long_id, *ids], 30, "B ran everything A held")
         os.kill(a.popen.pid, signal.SIGCONT)
-        wait_until(lambda: a.output.count("Not running") >= len(ids), 20, "A gave up its six")
+        # Either A gives each of them up (logged), or it runs one again.
+        wait_until(
+            lambda: (
+                a.output.count("Not running") >= len(ids) or any(ledger.done()[i] > 1 for i in ids)
+            ),
+            20,
+            "A dealt with its six",
+        )
         wait_settled(broker_redis, 10)
         assert a.popen.poll() is None
     finally:
@@ -419,4 +426,5 @@ def test_12_a_worker_paused_past_its_lease_does_not_run_what_it_prefetched(
         [long_id, *ids], lease=f"{lease:g}s", prefetched=len(ids)
     )
     assert not report.lost and not report.unexpected
-    assert {i: ledger.done()[i] for i in ids} == {i: 1 for i in ids}
+    twice = sorted(i for i in ids if ledger.done()[i] > 1)
+    assert not twice, f"A ran {len(twice)} prefetched task(s) again after its lease lapsed"
