@@ -370,16 +370,14 @@ def test_wal_switch_is_retried_when_locked() -> None:
     assert conn.calls == 3
 
 
-def test_the_embedded_files_are_private_whatever_the_umask(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_embedded_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
     """Issue 12, item 5: they hold task arguments and results; they were 0644."""
     from taskq import App
 
-    monkeypatch.chdir(tmp_path)
     old = os.umask(0o022)
     try:
-        app = App("private")  # no broker: the embedded default ./taskq.sqlite3
+        # No broker: the embedded default, here in the test's folder.
+        app = App("private", embedded_path=str(tmp_path / "taskq.sqlite3"))
         app.task(name="private.add")(lambda x, y: x + y)
         app.send_task("private.add", [1, 2])
         app.require_backend().store("some-id", "SUCCESS", 3)
