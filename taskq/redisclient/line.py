@@ -58,32 +58,40 @@ class Line:
         finally:
             self.release()
 
-    def run(self, *args: Any) -> Any:
+    def run(self, *args: Any, retry_timeouts: bool = True) -> Any:
         """One command on the line, or through the client's pool while another
-        thread has the line."""
+        thread has the line. ``retry_timeouts=False``: a reply that timed out is not
+        sent again on the line (the command may have run: a publish would be queued
+        twice); the pool's own retry still applies when the line is busy."""
         with self.take() as line:
             if line is not None:
-                return line.call(*args)
+                return line.call(*args, retry_timeouts=retry_timeouts)
         execute: Callable[..., Any] = self._client.execute_command  # untyped in redis-py
         return execute(*args)
 
-    def call(self, *args: Any) -> Any:
+    def call(self, *args: Any, retry_timeouts: bool = True) -> Any:
         """Send one command and return its reply (an error reply raises)."""
-        return self.call_many([args], raise_on_error=True)[0]
+        return self.call_many([args], raise_on_error=True, retry_timeouts=retry_timeouts)[0]
 
     def call_many(
-        self, commands: Sequence[Sequence[Any]], *, raise_on_error: bool = False
+        self,
+        commands: Sequence[Sequence[Any]],
+        *,
+        raise_on_error: bool = False,
+        retry_timeouts: bool = True,
     ) -> list[Any]:
         """Send ``commands`` in one write and read every reply, in order. An error
-        reply is returned as its exception unless ``raise_on_error``."""
+        reply is returned as its exception unless ``raise_on_error``. A connection
+        error is retried once on a new connection, and so is a timeout unless
+        ``retry_timeouts`` is False."""
         for attempt in (1, 2):
             conn = self._connection()
             try:
                 _send(conn, commands)
                 return _receive(conn, len(commands), raise_on_error)
-            except _RETRIED:
+            except _RETRIED as exc:
                 conn.disconnect()
-                if attempt == 2:
+                if attempt == 2 or (not retry_timeouts and isinstance(exc, redis.TimeoutError)):
                     raise
         raise AssertionError("unreachable")
 

@@ -173,7 +173,9 @@ class RedisBroker(Broker):
             member = uuid.uuid4().hex.encode("ascii") + _pack(key, payload)
             command = ("ZADD", self._keys.delayed, eta, member)
         with self._translate(f"publish to queue {queue!r}"):
-            self._line.run(*command)
+            # A timed-out reply is not sent again here: the LPUSH may have run, and the
+            # producer's policy decides whether to try again (issue 12).
+            self._line.run(*command, retry_timeouts=False)
         if delayed:
             assert eta is not None
             fetcher = self._fetcher

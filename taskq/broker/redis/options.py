@@ -23,14 +23,17 @@ class BrokerOptions(RedisOptions):
         ack_delay: longest a worker's acknowledgement waits to share a round trip
             with the next fetch (``Broker.ack_soon``); 0 sends each at once.
         publish_timeout: the app's ``broker_publish_timeout``. Unless given,
-            ``socket_timeout`` is a quarter of it and ``socket_connect_timeout`` an
-            eighth (a command is tried twice, each connect twice), so one publish
-            attempt takes at most half of it and a server that never answers, or
-            never completes a TLS handshake, is detected within the deadline.
+            ``socket_timeout`` is half of it and ``socket_connect_timeout`` a
+            quarter (a connect is tried twice; a publish whose reply timed out is
+            not sent again), so one publish attempt takes at most half of it and a
+            server that never answers, or never completes a TLS handshake, is
+            detected within the deadline; a server that stalls for less than half
+            of it (a fork for a save, a slow disk) delays a publish, it does not
+            fail it.
     """
 
-    socket_timeout: float | None = 1.25
-    socket_connect_timeout: float | None = 0.625
+    socket_timeout: float | None = 2.5
+    socket_connect_timeout: float | None = 1.25
     key_prefix: str = "taskq:"
     lease_timeout: float = 45.0
     poll_interval: float = 0.25
@@ -51,8 +54,8 @@ class BrokerOptions(RedisOptions):
         options = dict(options)
         quarter = float(options.get("publish_timeout") or cls.publish_timeout) / 4
         connect = options.pop("connect_timeout", None)
-        options.setdefault("socket_connect_timeout", min(connect or quarter, quarter / 2))
-        options.setdefault("socket_timeout", quarter)
+        options.setdefault("socket_connect_timeout", min(connect or quarter, quarter))
+        options.setdefault("socket_timeout", 2 * quarter)
         return super().from_mapping(options)
 
 
