@@ -8,11 +8,13 @@ Prints microseconds per message (the best of ``--repeat`` timeit runs of
 test. No server is needed: publishing is not timed, only the Python around it.
 
 Rows:
-  prepare          producer.prepare: build and encode a call (delay() minus the publish)
+  prepare          Producer.prepare: build, encode (and seal) a call: delay() minus
+                   the publish
   payload          the broker's envelope JSON for it (what LPUSH sends on Redis)
-  read             decode_payload + message.decode: what the worker does per message
-  seal / open      taskq.security around the envelope, per mode (sign, encrypt)
-  result           a result's encode and decode in the backend, per mode
+  read             decode_payload (+ open the seal) + message.decode: what the worker
+                   does per message
+  result           a result's encode and decode in the backend
+Each row runs plain, signed (security_keys) and encrypted (security_encrypt).
   rsa-2048         for comparison: one RSA-2048 signature and its verification of the
                    same bytes (what a certificate-based scheme, such as Celery's auth
                    serializer, spends per message)
@@ -45,7 +47,6 @@ def codec_rows(app: App, number: int, repeat: int, label: str) -> None:
 
     security = getattr(app, "security", None)
     sealer = getattr(security, "sealer", None)
-    seal = sealer.seal if sealer is not None else (lambda env: env)
     opened = sealer.open if sealer is not None else (lambda env: env)
     envelope = prepare().envelope  # sealed when the app has keys
     payload = encode_payload(envelope, "celery", 0)

@@ -144,7 +144,9 @@ def test_a_bulk_send_raises_once_the_retry_policy_is_spent(
     monkeypatch.setattr(app.broker, "publish_many", refuses)
     with pytest.raises(BrokerError, match=r"1000 task messages .*after 3 attempt\(s\)"):
         add.delay_many([(1, 2)] * 1000)
-    with pytest.raises(BrokerError, match=r"bulk\.add\[.*after 1 attempt\(s\) in .*: Redis is down"):
+    with pytest.raises(
+        BrokerError, match=r"bulk\.add\[.*after 1 attempt\(s\) in .*: Redis is down"
+    ):
         group(add.s(1, 2), add.s(3, 4)).apply_async(retry=False)
 
 
