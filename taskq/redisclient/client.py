@@ -129,8 +129,6 @@ def _why(exc: redis.RedisError, tls: bool) -> str:
         return "the TLS handshake did not complete (a rediss:// URL for a server without TLS?)"
     if isinstance(exc, redis.TimeoutError) or "Timeout" in text:
         return "it did not answer in time"
-    if isinstance(exc, redis.ConnectionError) and not tls and "closed by server" in text:
-        return "it closed the connection (a server that requires TLS, reached with redis://?)"
     if isinstance(exc, redis.ConnectionError):
         return "it is unreachable"
     return "it refused"
@@ -149,7 +147,8 @@ def _hint(exc: redis.RedisError, setting: str, tls: bool = False) -> str:
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
         return (
             f"Check that Redis is running and answering, and that {setting} is right "
-            "(socket_timeout and socket_connect_timeout are transport options)."
+            "(rediss:// if the server requires TLS; socket_timeout and "
+            "socket_connect_timeout are transport options)."
         )
     if isinstance(exc, redis.ResponseError) and "WRONGTYPE" in str(exc):
         return "Something else stores other data under these keys; set a distinct key_prefix."
