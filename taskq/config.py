@@ -111,7 +111,7 @@ class Settings:
     )
     task_max_delivery_attempts: int = 5
     # Security (taskq.security, docs/security.md): key id -> secret (32+ bytes).
-    security_keys: dict[str, Any] = dataclasses.field(default_factory=dict)
+    security_keys: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
     security_key_id: str | None = None
     security_encrypt: bool = False
     security_encrypt_results: bool = False

@@ -132,6 +132,11 @@ def test_unusable_keys_are_configuration_errors(
         _ = App("t", broker="memory://", security_keys=keys, security_key_id=key_id).security.sealer
 
 
+def test_the_secrets_are_not_in_the_settings_repr() -> None:
+    app = App("t", broker="memory://", security_keys={"k1": OLD})
+    assert OLD not in repr(app.conf) and OLD not in repr(app.security.sealer.keyring)  # type: ignore[union-attr]
+
+
 def test_encryption_without_cryptography_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
