@@ -78,10 +78,23 @@ class App:
 
     # -- configuration ---------------------------------------------------------------
 
-    def config_from_object(self, obj: object | str) -> None:
-        """Load settings from an object or a module (by dotted name), then re-apply
-        the environment overrides."""
-        self.conf.from_object(obj)
+    def config_from_object(
+        self,
+        obj: object | str,
+        silent: bool = False,
+        force: bool = False,
+        namespace: str | None = None,
+    ) -> None:
+        """Load settings from an object, a module or ``"module:attribute"``, then
+        re-apply the environment overrides: ``config_from_object("django.conf:settings",
+        namespace="CELERY")`` reads ``CELERY_BROKER_URL`` as ``broker_url`` (see
+        ``Settings.from_object``). Settings apply at once (``force`` is accepted for
+        Celery's signature); ``silent=True`` ignores a module that does not import."""
+        try:
+            self.conf.from_object(obj, namespace=namespace)
+        except ConfigurationError:
+            if not (silent and isinstance(obj, str)):
+                raise
         self.conf.apply_env()
         self.place_embedded()
 

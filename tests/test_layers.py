@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).parent.parent / "taskq"
 #: ranks one part of a subpackage apart from the rest of it.
 LAYERS = [
     ["errors", "version", "urls"],
-    ["config", "serialization", "solar", "signals", "arguments"],
+    ["celery_names", "queues", "config", "serialization", "solar", "signals", "arguments"],
     ["message", "routing", "schedules", "context"],
     ["result", "canvas"],
     ["redisclient"],

@@ -18,20 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskq.message import Envelope
+from taskq.queues import QueueSpec
 
 __all__ = ["Broker", "DeadLetter", "Delivery", "Envelope", "QueueSpec"]
-
-
-@dataclass(frozen=True)
-class QueueSpec:
-    """A queue the worker consumes or a producer publishes to.
-
-    ``max_priority`` maps to RabbitMQ's ``x-max-priority``; transports that order
-    by priority natively ignore it.
-    """
-
-    name: str
-    max_priority: int | None = None
 
 
 @dataclass
