@@ -21,6 +21,7 @@ from taskq.errors import (
 )
 from taskq.result import AsyncResult, states
 from taskq.schedules import crontab, every, solar
+from taskq.shared import shared_task
 from taskq.task import Task
 from taskq.version import __version__
 
@@ -50,6 +51,7 @@ __all__ = [
     "crontab",
     "every",
     "group",
+    "shared_task",
     "signature",
     "solar",
     "states",

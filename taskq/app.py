@@ -7,11 +7,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, TypeVar, overload
 
+from taskq import shared
 from taskq.backends.store import ResultStore
 from taskq.broker import connect
 from taskq.canvas import Signature, register_builtins
 from taskq.config import EMBEDDED_FILE, Settings, backend_url_of, broker_url_of
 from taskq.control import Control
+from taskq.discovery import Autodiscovery, Packages
 from taskq.errors import ConfigurationError, NotRegistered, did_you_mean
 from taskq.producer import Producer
 from taskq.result import AsyncResult
@@ -35,7 +37,10 @@ class App:
             ``./taskq.sqlite3``.
         backend: result backend URL (``redis://``, ``sqlite:///file``, ``memory://``).
         include: modules the worker imports at start.
-        **settings: any setting of ``taskq.config.Settings``.
+        set_as_current: make this the app ``@shared_task`` tasks stand for (the
+            latest app made is, unless it says False), as in Celery.
+        **settings: any setting of ``taskq.config.Settings``, or any Celery setting
+            name (see ``taskq.config``).
 
     The environment variables ``TASKQ_BROKER_URL`` and ``TASKQ_RESULT_BACKEND``
     override the broker and backend. Nothing connects until the first publish.
@@ -48,6 +53,7 @@ class App:
         broker: str | None = None,
         backend: str | None = None,
         include: Sequence[str] = (),
+        set_as_current: bool = True,
         **settings: Any,
     ) -> None:
         self.main = main
@@ -71,7 +77,10 @@ class App:
         #: Remote control of workers (``revoke``).
         self.control = Control(self.results, self.conf)
         self._periodic: dict[str, dict[str, Any]] = {}
-        register_builtins(self)  # taskq.map and taskq.starmap
+        #: ``autodiscover_tasks`` calls, imported by a worker at start (taskq.loader).
+        self.autodiscovery: list[Autodiscovery] = []
+        register_builtins(self)  # taskq.map, taskq.starmap, celery.chord_unlock
+        shared.adopt(self, make_current=set_as_current)  # @shared_task tasks
 
     def __repr__(self) -> str:
         return f"<taskq.App {self.main or '__main__'} broker={mask_url(self.broker_url)}>"
@@ -179,6 +188,30 @@ class App:
         if len(fn) > 1 or (fn and not callable(fn[0])):
             raise TypeError("@app.task takes one function; pass options as keywords")
         return register(fn[0]) if fn else register
+
+    def set_current(self) -> None:
+        """Make this the app ``@shared_task`` tasks stand for (see ``taskq.shared``)."""
+        shared.set_current(self)
+
+    def autodiscover_tasks(
+        self, packages: Packages = None, related_name: str | None = "tasks", force: bool = False
+    ) -> None:
+        """Import the ``tasks`` module of each package when a worker starts, as Celery's
+        ``autodiscover_tasks``: ``app.autodiscover_tasks()`` (Django's installed apps),
+        ``app.autodiscover_tasks(["proj.billing"])`` or a callable returning the names.
+
+        A package without such a module is skipped; one that fails to import stops
+        the worker's start-up. ``force=True`` imports them now instead.
+        """
+        discovery = Autodiscovery(packages, related_name)
+        self.autodiscovery.append(discovery)
+        if force:
+            discovery.import_now()
+
+    def task_name_of(self, func: Callable[..., Any]) -> str:
+        """The name ``@app.task`` gives ``func`` when none is given: ``module.function``
+        (a function of ``__main__`` takes the app's ``main`` as its module)."""
+        return self._default_name(func)
 
     def _default_name(self, func: Callable[..., Any]) -> str:
         module = func.__module__

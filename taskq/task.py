@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 from taskq.arguments import checker
 from taskq.canvas import Signature, chunks, xmap, xstarmap
 from taskq.context import Context, current_request
-from taskq.errors import MaxRetriesExceededError, Retry
+from taskq.errors import ConfigurationError, MaxRetriesExceededError, Retry
 from taskq.result import AsyncResult, EagerResult
 from taskq.worker.executor import Executor
 from taskq.worker.policy import Policies
@@ -142,6 +142,23 @@ class Task(TaskOptions, Generic[P, R]):
     @functools.cached_property
     def _argument_checker(self) -> Callable[..., None] | None:
         return checker(self.fn, bound=self.bind)  # made at the first send, once
+
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """``delay`` once the current Django database transaction commits (at once when
+        none is open), as Celery's Django tasks do: a task about a row never runs
+        before the row is visible, and nothing is sent if the transaction rolls back.
+        Returns None: the task is not sent yet, so there is no result to hand out."""
+        _on_commit(lambda: self.apply_async(args, kwargs))
+
+    def apply_async_on_commit(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        """``apply_async`` once the current Django transaction commits (see
+        ``delay_on_commit``)."""
+        _on_commit(lambda: self.apply_async(args, kwargs, **options))
 
     def apply_async(
         self,
@@ -322,3 +339,15 @@ class Task(TaskOptions, Generic[P, R]):
         if target is None:
             raise RuntimeError("update_state needs a task_id outside of a running task")
         self._results.require().store(target, state or "PENDING", meta)
+
+
+def _on_commit(send: Callable[[], object]) -> None:
+    """Run ``send`` when Django's current transaction commits."""
+    try:
+        from django.db import transaction
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"delay_on_commit and apply_async_on_commit wait for a Django transaction, "
+            f"but Django does not import ({exc}). Use delay() or apply_async()."
+        ) from exc
+    transaction.on_commit(send)

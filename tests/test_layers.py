@@ -30,8 +30,8 @@ LAYERS = [
     ["worker.executor", "worker.policy", "worker.ratelimit", "worker.limits"],
     ["task"],
     ["producer", "control"],
-    ["app"],
-    ["worker", "beat"],
+    ["integrations", "discovery", "shared", "app"],
+    ["worker", "beat", "loader"],
     ["testing"],
     ["cli"],
 ]
