@@ -83,6 +83,21 @@ class chunks(Signature):  # noqa: N801 - Celery's name
             "chunks cannot be part of a chain or chord as they are: use chunks(...).group()."
         )
 
+    def __call__(self, **options: Any) -> GroupResult:
+        """Send the chunks as a group, as Celery's ``add.chunks(items, 10)()``."""
+        return self.apply_async(**options)
+
+    def apply(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        raise ConfigurationError(
+            "chunks run on workers, not in this process: send them with apply_async() "
+            "(or call them), and in tests run a worker: taskq.testing.run_until_empty(app)."
+        )
+
     def apply_async(
         self,
         args: tuple[Any, ...] | list[Any] = (),
