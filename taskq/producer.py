@@ -233,8 +233,11 @@ class Producer:
 
     def send(self, out: Outgoing) -> None:
         """Publish one prepared call with its retry policy; raise ``BrokerError`` when spent."""
+        # task_eta_in_queue: publish at once, as Celery does (the eta header stays), so
+        # Celery workers, which never look in taskq's delayed store, get it.
+        eta = None if self.conf.task_eta_in_queue else out.eta
         self.publish(
-            out.envelope, out.queue, out.priority, out.eta,
+            out.envelope, out.queue, out.priority, eta,
             retry=out.retry, retry_policy=out.retry_policy,
         )  # fmt: skip
 
