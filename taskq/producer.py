@@ -26,6 +26,7 @@ from taskq.broker import connect
 from taskq.canvas import Signature
 from taskq.context import Context, current_request
 from taskq.errors import BrokerError, ConfigurationError, EncodeError, did_you_mean
+from taskq.queues import Queues
 
 if TYPE_CHECKING:
     from taskq.broker.base import Broker, Envelope
@@ -171,11 +172,14 @@ class Producer:
         retry_of: Context | None = None,
     ) -> tuple[message.TaskMessage, str, int | None, dict[str, Any]]:
         """The message for a call, its queue, its priority, and the merged options."""
+        conf = self.conf
         if options and not CALL_OPTIONS.issuperset(options):
-            _unknown_option(name, options)
+            options = routing.celery_call_options(options, lambda: Queues.from_settings(conf))
+            if not CALL_OPTIONS.issuperset(options):
+                _unknown_option(name, options)
         args, kwargs = tuple(args or ()), dict(kwargs or {})
         merged = self._merged(name, args, kwargs, options, task)
-        conf, get = self.conf, merged.get
+        get = merged.get
         eta = expires = None
         if get("countdown") is not None or get("eta") is not None or get("expires") is not None:
             eta, expires = _times(get("countdown"), get("eta"), get("expires"), conf.timezone)

@@ -233,6 +233,14 @@ class Queues:
     def names(self) -> list[str]:
         return list(self._declared)
 
+    def bound_to(self, exchange: str | None, routing_key: str) -> str | None:
+        """The declared queue a message to ``exchange`` (None or "": any) with
+        ``routing_key`` reaches by a direct binding, if any."""
+        for spec in self._declared.values():
+            if spec.binding_key == routing_key and exchange in (None, "", spec.exchange_name):
+                return spec.name
+        return None
+
     def __getitem__(self, name: str) -> QueueSpec:
         """The spec of queue ``name``; a missing queue is made as Celery makes it.
 

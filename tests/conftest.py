@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -110,6 +111,10 @@ def make_broker(redis_url: str, unique: str) -> Iterator[Callable[..., RedisBrok
 
 _INTEROP = "tests/test_interop.py::test_"
 _MARKS = {"passed": "pass", "failed": "FAIL", "error": "FAIL", "skipped": "skip"}
+# "<broker>-<producer>[-><worker>][-<more>]", as the interop tests name their params.
+_PARAMS = re.compile(
+    r"^(?P<broker>redis|amqp)(?:-(?P<producer>taskq|celery)(?:->\w+)?)?(?:-(?P<extra>.+))?$"
+)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -125,10 +130,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             if outcome == "passed" and report.when != "call":
                 continue
             name, _, params = nodeid[len(_INTEROP) :].partition("[")
-            broker, _, direction = params.rstrip("]").partition("-")
-            if broker not in ("redis", "amqp"):
+            found = _PARAMS.match(params.rstrip("]"))
+            if found is None:
                 continue
-            column = (broker, direction.partition("->")[0] or "taskq")
+            broker, producer, extra = found.group("broker", "producer", "extra")
+            if extra:
+                name = f"{name}[{extra}]"
+            column = (broker, producer or "taskq")
             row = cells.setdefault(name, {})
             if row.get(column) not in ("failed", "error"):
                 row[column] = outcome

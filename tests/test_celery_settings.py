@@ -196,3 +196,34 @@ def test_kombu_redis_transport_options_of_a_celery_project(
     assert "fanout_patterns=True is kombu's; taskq does not use it" in caplog.text
     with pytest.raises(ConfigurationError, match="'global_keyprefix' must keep kombu's default"):
         BrokerOptions.from_mapping({"global_keyprefix": "proj:"})
+
+
+def test_celerys_own_call_options_from_its_signatures() -> None:
+    from taskq.routing import celery_call_options
+
+    conf = Settings()
+    conf.task_queues = [kombu.Queue("feeds", kombu.Exchange("media"), routing_key="media.feed")]
+    queues = Queues.from_settings(conf)
+    options = celery_call_options(
+        {
+            "task_id": "x",
+            "interval": 1.0,
+            "delivery_mode": 2,
+            "stamps": {"tenant": "a"},
+            "stamped_headers": ["tenant"],
+            "exchange": kombu.Exchange("media"),
+            "routing_key": "media.feed",
+        },
+        lambda: queues,
+    )
+    assert options == {
+        "task_id": "x",
+        "headers": {"stamps": {"tenant": "a"}, "stamped_headers": ["tenant"]},
+        "queue": "feeds",
+    }
+    assert celery_call_options({"routing_key": "plain"}, lambda: queues) == {"queue": "plain"}
+    assert celery_call_options({"queue": kombu.Queue("q1")}, lambda: queues) == {"queue": "q1"}
+    with pytest.raises(ConfigurationError, match="does not compress"):
+        celery_call_options({"compression": "zlib"}, lambda: queues)
+    with pytest.raises(ConfigurationError, match="Unknown option 'interval_x'"):
+        App("t", broker="memory://").send_task("x", interval_x=1)

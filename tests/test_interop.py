@@ -38,6 +38,7 @@ from taskq.testing import running_worker
 from tests import proc, servers
 from tests.interop import celery_app, taskq_app
 from tests.interop.errors import InteropError
+from tests.waiting import wait_until
 
 BROKERS = ["redis", "amqp"]
 DIRECTIONS = ["taskq->celery", "celery->taskq"]
@@ -242,8 +243,18 @@ def test_chord(side: Side) -> None:
 def test_chord_with_a_failing_member(side: Side) -> None:
     add, fail, tsum = (side.task(n) for n in ("interop.add", "interop.fail", "interop.tsum"))
     result = side.canvas.chord([add.s(1, 1), fail.si("member")], tsum.s()).apply_async()
-    with pytest.raises((celery.exceptions.ChordError, taskq.errors.ChordError)):
+    # Celery's get() raises the failed dependency's own error (it follows .parent);
+    # taskq's raises the body's ChordError naming it. The body failed either way.
+    expected = (
+        (InteropError,)
+        if side.kind == "celery"
+        else (taskq.errors.ChordError, celery.exceptions.ChordError)
+    )
+    with pytest.raises(expected, match="member"):
         side.get(result)
+    body = side.app.AsyncResult(result.id)
+    wait_until(lambda: body.state == "FAILURE", TIMEOUT, "the chord body to be failed")
+    assert type(body.result).__name__ == "ChordError"
 
 
 # -- mixed fleets: one workflow across both kinds of worker ---------------------------
@@ -275,6 +286,40 @@ def test_mixed_chord(fleet: Fleet, producer: str) -> None:
         header = [add.s(i, i).set(queue=queues[i % 2]) for i in range(6)]
         result = module.chord(header, tsum.s().set(queue=body_queue)).apply_async()
         assert result.get(timeout=TIMEOUT) == 30
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        pytest.param("succeeds", id="celery->taskq-succeeds"),
+        pytest.param("fails", id="celery->taskq-fails"),
+    ],
+)
+def test_chord_unlock_from_a_celery_database_backend(
+    fleet: Fleet, tmp_path: Path, outcome: str
+) -> None:
+    """A Celery producer whose result backend cannot count chord parts (SQL) sends the
+    header and a ``celery.chord_unlock`` task; taskq workers run all of it."""
+    producer = celery_app.make(
+        servers.AMQP_URL if fleet.broker == "amqp" else servers.REDIS_URL,
+        f"db+sqlite:///{tmp_path / 'celery-results.sqlite3'}",
+        fleet.taskq_queue,
+    )
+    try:
+        add, tsum = producer.tasks["interop.add"], producer.tasks["interop.tsum"]
+        header = [add.s(i, i) for i in range(4)]
+        if outcome == "fails":
+            header.append(producer.tasks["interop.fail"].si("in the header"))
+        body_id = celery.chord(header, tsum.s()).apply_async(interval=0.2).id
+    finally:
+        producer.close()
+    # The results are in the taskq workers' backend (Redis), read by a taskq client.
+    body = fleet.taskq_producer.AsyncResult(body_id)
+    if outcome == "succeeds":
+        assert body.get(timeout=TIMEOUT) == 12
+    else:
+        with pytest.raises(taskq.errors.ChordError, match="in the header"):
+            body.get(timeout=TIMEOUT)
 
 
 def test_mixed_eta_on_redis_reaches_celery_workers(fleet: Fleet) -> None:

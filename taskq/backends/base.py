@@ -29,6 +29,7 @@ from taskq.errors import BackendError, TimeoutError
 from taskq.result import READY_STATES, State, task_key
 
 if TYPE_CHECKING:
+    from taskq.backends.chords import ChordKeys
     from taskq.config import Settings
 
 log = logging.getLogger("taskq.backends")
@@ -102,6 +103,9 @@ class Backend(abc.ABC):
 
     #: True when ``wait_for`` is woken by the backend instead of polling.
     push_based: bool = False
+    #: Celery's chord keys, when this backend keeps them (Redis); None: chords are
+    #: counted with ``add_member`` and ``incr`` (``taskq.canvas.hooks``).
+    chords: ChordKeys | None = None
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from taskq.canvas.primitives import group
 from taskq.canvas.results import GroupResult
 from taskq.canvas.signature import Signature, register_kind
+from taskq.canvas.unlock import register_chord_unlock
 from taskq.errors import ConfigurationError
 from taskq.result import AsyncResult
 
@@ -125,7 +126,8 @@ def xstarmap(task: Mapping[str, Any], it: Iterable[Iterable[Any]]) -> Signature:
 
 
 def register_builtins(app: App) -> None:
-    """Register the tasks every app has: ``taskq.map`` and ``taskq.starmap``.
+    """Register the tasks every app has: ``taskq.map``, ``taskq.starmap`` and
+    ``celery.chord_unlock`` (``taskq.canvas.unlock``).
 
     Both run the mapped task's function in the worker process, item after item
     (the signature's own arguments follow each item's), and return the list of
@@ -144,3 +146,4 @@ def register_builtins(app: App) -> None:
 
     app.task(name="taskq.map")(run_map)
     app.task(name="taskq.starmap")(run_starmap)
+    register_chord_unlock(app)

@@ -435,7 +435,12 @@ def apply_chord(
         results.append(member.freeze())
     header_result = GroupResult(group_id, results, app=app)
     top(body_result).parent = header_result
-    header_result.save()
+    chords = app.results.require().chords
+    if chords is not None:  # Celery's keys (Redis): Celery workers need the size
+        if members:
+            chords.set_size(group_id, len(members))
+    else:
+        header_result.save()
     if not members:  # Celery's rule: an empty header calls the body with []
         body.apply_async(([],), **{k: v for k, v in opts.items() if k in ("parent_id", "root_id")})
     _send_members(app, members, opts)
