@@ -11,6 +11,7 @@ keyword arguments, never inside the options.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -43,6 +44,10 @@ CALL_OPTIONS = frozenset(
         "group_index", "chord", "chain", "shadow", "reply_to",
     }
 )  # fmt: skip
+
+#: Headers Celery 5 sends with every task message (canvas stamping, Task.replace), so
+#: a Celery worker or tool sees a taskq message as one of its own.
+CELERY_HEADERS: dict[str, Any] = {"replaced_task_nesting": 0, "stamped_headers": None, "stamps": {}}
 
 #: Messages a ``broker.publish_many`` call when sending many (``send_many``): bounds
 #: the encoded messages held in memory and what a retry sends again.
@@ -83,6 +88,8 @@ class Producer:
         self._broker: Broker | None = None
         self._lock = threading.Lock()
         self._routes: routing.RouteCache | None = None
+        self._queue_table: tuple[Any, Queues] | None = None  # (task_queues, its table)
+        self._oid = (0, "")  # (pid, reply address): see _reply_to
         self._inherited: list[Broker] = []  # see reset
 
     @property
@@ -174,7 +181,7 @@ class Producer:
         """The message for a call, its queue, its priority, and the merged options."""
         conf = self.conf
         if options and not CALL_OPTIONS.issuperset(options):
-            options = routing.celery_call_options(options, lambda: Queues.from_settings(conf))
+            options = routing.celery_call_options(options, self._queues)
             if not CALL_OPTIONS.issuperset(options):
                 _unknown_option(name, options)
         args, kwargs = tuple(args or ()), dict(kwargs or {})
@@ -202,15 +209,32 @@ class Producer:
             "errbacks": _signatures(get("link_error")) or None,
             "chain": get("chain") or None,
             "chord": get("chord") or None,
-            "reply_to": get("reply_to"),
+            "reply_to": get("reply_to") or self._reply_to(),
             "origin": None,
             "shadow": get("shadow"),
-            "extra_headers": dict(get("headers") or {}),
+            "extra_headers": {**CELERY_HEADERS, **(get("headers") or {})},
         }
         _place(fields, retry_of)
         queue = get("queue") or conf.task_default_queue
+        if not conf.task_create_missing_queues:
+            self._queues()[queue]  # raises ConfigurationError for an undeclared queue
         priority = get("priority", conf.task_default_priority)
         return message.TaskMessage.from_fields(fields), queue, priority, merged
+
+    def _reply_to(self) -> str:
+        """This process's reply address, sent as ``reply_to`` as Celery sends its own
+        (Celery's rpc backend would answer there; taskq's backends do not use it)."""
+        pid = os.getpid()
+        if self._oid[0] != pid:  # made again in a forked child
+            self._oid = (pid, str(uuid.uuid4()))
+        return self._oid[1]
+
+    def _queues(self) -> Queues:
+        """The queue table of the settings, rebuilt when ``task_queues`` is replaced."""
+        setting = self.conf.task_queues
+        if self._queue_table is None or self._queue_table[0] is not setting:
+            self._queue_table = (setting, Queues.from_settings(self.conf))
+        return self._queue_table[1]
 
     def _merged(
         self,

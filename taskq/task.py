@@ -311,7 +311,13 @@ class Task(TaskOptions, Generic[P, R]):
                 self.name,
                 request.args if args is None else args,
                 request.kwargs if kwargs is None else kwargs,
-                {"task_id": request.id, "countdown": countdown, "eta": eta, **options},
+                {
+                    **retry_options(request),
+                    "task_id": request.id,
+                    "countdown": countdown,
+                    "eta": eta,
+                    **options,
+                },
                 task=self,
                 retry_of=request,
             )
@@ -339,6 +345,41 @@ class Task(TaskOptions, Generic[P, R]):
         if target is None:
             raise RuntimeError("update_state needs a task_id outside of a running task")
         self._results.require().store(target, state or "PENDING", meta)
+
+
+#: Celery's protocol 2 headers: a retry's message gets its own.
+_PROTOCOL_HEADERS = frozenset(
+    {
+        "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
+        "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin",
+        "ignore_result",
+    }
+)  # fmt: skip
+
+
+def retry_options(request: Context) -> dict[str, Any]:
+    """The options a retry of ``request`` is sent with, as Celery's retry keeps them:
+    the queue and priority it was delivered with, its own time limits, expiry,
+    ``reply_to``, shadow name and the headers its producer added (``stamps``,
+    custom headers; not taskq's ``x-`` bookkeeping). The retry call's own options
+    override these."""
+    headers = request.headers or {}
+    options: dict[str, Any] = {
+        "queue": request.delivery_info.get("routing_key"),
+        "priority": request.delivery_info.get("priority"),
+        "expires": request.expires,
+        "reply_to": request.reply_to,
+        "shadow": headers.get("shadow"),
+        "headers": {
+            name: value
+            for name, value in headers.items()
+            if name not in _PROTOCOL_HEADERS and not name.startswith("x-")
+        },
+    }
+    limits = headers.get("timelimit")
+    if isinstance(limits, (list, tuple)) and len(limits) == 2:
+        options["time_limit"], options["soft_time_limit"] = limits
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def _on_commit(send: Callable[[], object]) -> None:

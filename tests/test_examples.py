@@ -17,6 +17,8 @@ import pytest
 from tests import proc, servers
 from tests.waiting import wait_until
 
+pytestmark = pytest.mark.slow  # real workers in subprocesses
+
 EXAMPLES = Path(__file__).parent.parent / "examples"
 REPO = EXAMPLES.parent
 

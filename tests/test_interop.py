@@ -40,6 +40,8 @@ from tests.interop import celery_app, taskq_app
 from tests.interop.errors import InteropError
 from tests.waiting import wait_until
 
+pytestmark = pytest.mark.slow  # real workers in subprocesses
+
 BROKERS = ["redis", "amqp"]
 DIRECTIONS = ["taskq->celery", "celery->taskq"]
 TIMEOUT = 20.0

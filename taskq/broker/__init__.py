@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from taskq.broker.base import Broker, Delivery, Envelope, QueueSpec
 from taskq.config import broker_url_of
 from taskq.errors import ConfigurationError, did_you_mean
+from taskq.queues import Queues
 from taskq.urls import mask_url
 
 if TYPE_CHECKING:
@@ -35,7 +36,13 @@ _BY_SCHEME = {
 KNOWN_SCHEMES = tuple(_BY_SCHEME)
 
 
-def broker_from_url(url: str, *, consumer_id: str, options: dict[str, Any] | None = None) -> Broker:
+def broker_from_url(
+    url: str,
+    *,
+    consumer_id: str,
+    options: dict[str, Any] | None = None,
+    queues: Queues | None = None,
+) -> Broker:
     """The broker for ``url``.
 
     Raises:
@@ -49,7 +56,7 @@ def broker_from_url(url: str, *, consumer_id: str, options: dict[str, Any] | Non
         )
     module_name, cls_name = _BY_SCHEME[scheme].split(":")
     cls: type[Broker] = getattr(importlib.import_module(module_name), cls_name)
-    return cls(url, consumer_id=consumer_id, options=options)
+    return cls(url, consumer_id=consumer_id, options=options, queues=queues)
 
 
 def connect(conf: Settings, consumer_id: str) -> Broker:
@@ -63,4 +70,5 @@ def connect(conf: Settings, consumer_id: str) -> Broker:
             "connect_timeout": conf.broker_connection_timeout,
             **conf.broker_transport_options,
         },
+        queues=Queues.from_settings(conf),
     )

@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 from taskq.broker.base import Broker, DeadLetter, Delivery, Envelope, QueueSpec
 from taskq.broker.envelope import decode_payload, encode_payload
 from taskq.errors import BrokerError, ConfigurationError, TaskqError, did_you_mean
+from taskq.queues import Queues
 
 __all__ = [
     "BUSY_TIMEOUT",
@@ -273,9 +274,14 @@ class SqliteBroker(Broker):
     supports_delayed = True
 
     def __init__(
-        self, url: str, *, consumer_id: str, options: dict[str, Any] | None = None
+        self,
+        url: str,
+        *,
+        consumer_id: str,
+        options: dict[str, Any] | None = None,
+        queues: Queues | None = None,
     ) -> None:
-        super().__init__(url, consumer_id=consumer_id, options=options)
+        super().__init__(url, consumer_id=consumer_id, options=options, queues=queues)
         # The app passes connect_timeout to every broker; a local file has no connect step.
         unknown = sorted(set(self.options) - {"lease_timeout", "poll_interval", "connect_timeout"})
         if unknown:
