@@ -99,7 +99,9 @@ class Producer:
             return self._broker
         with self._lock:
             if self._broker is None:
-                self._broker = connect(self.conf, f"producer-{uuid.uuid4().hex[:12]}")
+                self._broker = connect(
+                    self.conf, f"producer-{uuid.uuid4().hex[:12]}", producer=True
+                )
             return self._broker
 
     def send_task(

@@ -227,3 +227,32 @@ def test_celerys_own_call_options_from_its_signatures() -> None:
         celery_call_options({"compression": "zlib"}, lambda: queues)
     with pytest.raises(ConfigurationError, match="Unknown option 'interval_x'"):
         App("t", broker="memory://").send_task("x", interval_x=1)
+
+
+def test_worker_and_beat_warn_at_start_about_celery_settings_taskq_ignores(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from taskq.beat import scheduler_for
+    from taskq.testing import run_until_empty, test_app
+
+    app = test_app(worker_hijack_root_logger=False, result_persistent=True)
+    with caplog.at_level("WARNING"):
+        run_until_empty(app)
+        scheduler_for(app).close()
+    warnings = [r.getMessage() for r in caplog.records if "is Celery's" in r.getMessage()]
+    assert len(warnings) == 2  # the worker's and beat's; result_persistent=True is quiet
+    assert all("worker_hijack_root_logger=False" in w for w in warnings)
+    app.close()
+
+
+def test_broker_pool_limit_caps_a_producers_redis_connections() -> None:
+    app = App("pool", broker="redis://127.0.0.1:6379/0", broker_pool_limit=3)
+    assert app.producer.broker.settings.max_connections == 3  # nothing connected yet
+    unlimited = App("pool", broker="redis://127.0.0.1:6379/0", broker_pool_limit=None)
+    assert unlimited.producer.broker.settings.max_connections is None
+    own = App(
+        "pool",
+        broker="redis://127.0.0.1:6379/0",
+        broker_transport_options={"max_connections": 7},
+    )
+    assert own.producer.broker.settings.max_connections == 7

@@ -438,9 +438,12 @@ def scheduler_for(app: App) -> Scheduler:
     Progress persists in the result backend when there is one (so restarts keep
     last-run times). When the broker or the backend is Redis, beats share a Redis
     lease, so several may run at once and exactly one sends (high availability);
-    otherwise run a single beat.
+    otherwise run a single beat. Logs a warning for each Celery setting taskq will
+    not honour (``Settings.unimplemented``).
     """
     conf = app.conf
+    for line in conf.unimplemented():
+        logger.warning(line)
     redis_url = next(
         (
             u

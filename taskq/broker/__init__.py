@@ -59,16 +59,22 @@ def broker_from_url(
     return cls(url, consumer_id=consumer_id, options=options, queues=queues)
 
 
-def connect(conf: Settings, consumer_id: str) -> Broker:
+def connect(conf: Settings, consumer_id: str, *, producer: bool = False) -> Broker:
     """A new broker instance for the settings' broker URL and options; nothing
-    connects until it is used. Producers and workers each make their own."""
+    connects until it is used. Producers and workers each make their own.
+
+    A producer's Redis connections are capped at ``broker_pool_limit`` (Celery's
+    setting; at least 2), unless the transport options set ``max_connections``.
+    """
+    url = broker_url_of(conf)
+    options = {
+        "lease_timeout": conf.worker_lease_timeout,
+        "connect_timeout": conf.broker_connection_timeout,
+        **conf.broker_transport_options,
+    }
+    limit = conf.broker_pool_limit
+    if producer and limit and url.startswith(("redis", "unix")):
+        options.setdefault("max_connections", max(2, limit))
     return broker_from_url(
-        broker_url_of(conf),
-        consumer_id=consumer_id,
-        options={
-            "lease_timeout": conf.worker_lease_timeout,
-            "connect_timeout": conf.broker_connection_timeout,
-            **conf.broker_transport_options,
-        },
-        queues=Queues.from_settings(conf),
+        url, consumer_id=consumer_id, options=options, queues=Queues.from_settings(conf)
     )

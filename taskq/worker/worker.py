@@ -136,6 +136,8 @@ class Worker:
         Raises:
             BrokerError: the broker stayed unreachable (``broker_connection_*``).
         """
+        for line in self.app.conf.unimplemented():  # Celery settings taskq ignores
+            log.warning(line)
         # Declared as the app's queue table says, as its producers declare them.
         specs = [self.broker.queues[q] for q in self.queues]
         if not connect_on_startup(
