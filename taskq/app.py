@@ -5,18 +5,22 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, TypeVar, overload
+from zoneinfo import ZoneInfo
 
 from taskq import shared
 from taskq.backends.store import ResultStore
 from taskq.broker import connect
-from taskq.canvas import Signature, register_builtins
+from taskq.canvas import GroupResult, Signature, register_builtins
 from taskq.config import EMBEDDED_FILE, Settings, backend_url_of, broker_url_of
+from taskq.context import current_request
 from taskq.control import Control
 from taskq.discovery import Autodiscovery, Packages
 from taskq.errors import ConfigurationError, NotRegistered, did_you_mean
 from taskq.producer import Producer
 from taskq.result import AsyncResult
+from taskq.signals import Signal
 from taskq.task import P, Task, TaskOptions
 from taskq.urls import mask_url
 
@@ -79,6 +83,11 @@ class App:
         self._periodic: dict[str, dict[str, Any]] = {}
         #: ``autodiscover_tasks`` calls, imported by a worker at start (taskq.loader).
         self.autodiscovery: list[Autodiscovery] = []
+        #: Celery's app signals, sent once by ``finalize`` (a worker or beat starting):
+        #: the place Celery's docs add periodic tasks (``sender.add_periodic_task``).
+        self.on_after_configure: Signal[App] = Signal("on_after_configure", ())
+        self.on_after_finalize: Signal[App] = Signal("on_after_finalize", ())
+        self._finalized = False
         register_builtins(self)  # taskq.map, taskq.starmap, celery.chord_unlock
         shared.adopt(self, make_current=set_as_current)  # @shared_task tasks
 
@@ -192,6 +201,57 @@ class App:
     def set_current(self) -> None:
         """Make this the app ``@shared_task`` tasks stand for (see ``taskq.shared``)."""
         shared.set_current(self)
+
+    set_default = set_current  # Celery's other name for it
+
+    def finalize(self) -> None:
+        """Send ``on_after_configure`` then ``on_after_finalize`` (once): a worker and
+        beat call this at start, so handlers connected as in Celery's docs run there
+        (``@app.on_after_configure.connect def setup(sender, **kwargs):
+        sender.add_periodic_task(...)``)."""
+        if self._finalized:
+            return
+        self._finalized = True
+        self.on_after_configure.send(self)
+        self.on_after_finalize.send(self)
+
+    def config_from_envvar(self, variable_name: str, silent: bool = False) -> bool:
+        """``config_from_object`` of the module named by an environment variable.
+
+        Raises:
+            ConfigurationError: the variable is not set (unless ``silent``).
+        """
+        module = os.environ.get(variable_name)
+        if not module:
+            if silent:
+                return False
+            raise ConfigurationError(
+                f"Environment variable {variable_name!r} is not set: set it to the dotted "
+                "name of a configuration module."
+            )
+        self.config_from_object(module, silent=silent)
+        return True
+
+    @property
+    def current_task(self) -> Task[Any, Any] | None:
+        """The task running in this thread (None outside a task or for another app's)."""
+        request = current_request.get()
+        return self.tasks.get(request.task or "") if request is not None else None
+
+    @property
+    def timezone(self) -> ZoneInfo:
+        """The ``timezone`` setting as a ``ZoneInfo``."""
+        return ZoneInfo(self.conf.timezone)
+
+    def now(self) -> datetime:
+        """The current time in the app's timezone (aware)."""
+        return datetime.now(self.timezone)
+
+    def GroupResult(  # noqa: N802 - Celery's name
+        self, group_id: str, results: Sequence[AsyncResult[Any]] = ()
+    ) -> GroupResult:
+        """The results of group ``group_id`` (its members' results)."""
+        return GroupResult(group_id, results, app=self)
 
     def autodiscover_tasks(
         self, packages: Packages = None, related_name: str | None = "tasks", force: bool = False

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Concatenate, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, TypeVar, cast, overload
 
 from taskq.errors import ConfigurationError
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 
-__all__ = ["adopt", "current_app", "set_current", "shared_task"]
+__all__ = ["adopt", "current_app", "current_app_proxy", "set_current", "shared_task"]
 
 _lock = threading.Lock()
 _apps: weakref.WeakSet[App] = weakref.WeakSet()
@@ -148,3 +148,20 @@ class SharedTask:
 
     def __repr__(self) -> str:
         return f"<@shared_task: {self.__module__}.{self.__name__}>"
+
+
+class _CurrentApp:
+    """Stands for the current app wherever it is used (Celery's ``current_app``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(current_app(), name)
+
+    def __repr__(self) -> str:
+        return f"<current app: {current_app()!r}>"
+
+
+#: The current app, as an object (``from taskq import current_app``), for code written
+#: against Celery's ``celery.current_app``; prefer passing the app.
+current_app_proxy: App = cast("App", _CurrentApp())

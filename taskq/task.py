@@ -255,6 +255,8 @@ class Task(TaskOptions, Generic[P, R]):
     ) -> Signature:
         return Signature(self.name, args or (), kwargs or {}, options=options, app=self.app)
 
+    subtask = signature  # Celery's old name for it
+
     def map(self, items: Iterable[Any]) -> Signature:
         """ONE task (``taskq.map``) that calls this task's function on each item."""
         return xmap(Signature(self.name, app=self.app), items)

@@ -442,6 +442,7 @@ def scheduler_for(app: App) -> Scheduler:
     not honour (``Settings.unimplemented``).
     """
     conf = app.conf
+    app.finalize()  # handlers may add periodic tasks (Celery's on_after_configure)
     for line in conf.unimplemented():
         logger.warning(line)
     redis_url = next(

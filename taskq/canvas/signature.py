@@ -115,6 +115,17 @@ class Signature(dict[str, Any]):
         return bool(self["immutable"])
 
     @property
+    def name(self) -> str:
+        """The task's name (Celery's ``sig.name``)."""
+        return self.task
+
+    @property
+    def subtask_type(self) -> str | None:
+        """``chain``, ``group``, ``chord``, ... or None for a plain task call."""
+        value = self["subtask_type"]
+        return str(value) if value is not None else None
+
+    @property
     def id(self) -> str | None:
         """The task id given with ``set(task_id=...)`` or by ``freeze()``, if any."""
         task_id = self["options"].get("task_id")

@@ -136,6 +136,7 @@ class Worker:
         Raises:
             BrokerError: the broker stayed unreachable (``broker_connection_*``).
         """
+        self.app.finalize()  # Celery's on_after_configure / on_after_finalize
         for line in self.app.conf.unimplemented():  # Celery settings taskq ignores
             log.warning(line)
         # Declared as the app's queue table says, as its producers declare them.
