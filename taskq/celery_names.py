@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-__all__ = ["CELERY_NAMES", "GAPS", "OLD_NAMES", "Gap", "gap_of"]
+__all__ = ["CELERY_NAMES", "DIFFERENT", "GAPS", "OLD_NAMES", "Gap", "gap_of"]
 
 
 class Gap(NamedTuple):
@@ -523,6 +523,31 @@ for _prefix in ("security_",):
     for _name in CELERY_NAMES:
         if _name.startswith(_prefix):
             GAPS[_name] = Gap(_NO_SIGNING, (None,))
+
+
+#: How a setting taskq implements under Celery's name behaves differently.
+DIFFERENT: dict[str, str] = {
+    "broker_url": "redis://, rediss://, amqp://, amqps://, pyamqp://, memory:// and taskq's "
+    "embedded sqlite://; none at all means the embedded SQLite file",
+    "broker_transport_options": "on Redis, kombu's visibility_timeout is taskq's lease (a dead "
+    "worker's messages come back after it, a live worker's never) and polling_interval is "
+    "poll_interval; kombu's other options are accepted with a warning",
+    "broker_pool_limit": "caps a producer's Redis connections; a RabbitMQ producer uses one "
+    "connection",
+    "result_backend": "redis://, db+<SQLAlchemy URL>, sqlite:// and memory://; Celery's other "
+    "backends (rpc://, django-db, cache, ...) are not available",
+    "task_acks_late": "True by default (Celery: False): a task is acknowledged after it ran",
+    "task_reject_on_worker_lost": "True by default: a task whose process died is delivered "
+    "again, up to task_max_delivery_attempts",
+    "task_routes": "a route names a queue (or an exchange and routing key bound to a declared "
+    "queue)",
+    "task_queues": "on Redis a queue's arguments do not apply (its binding entry is written as "
+    "kombu writes it)",
+    "worker_prefetch_multiplier": "under a backlog of short tasks a worker leases more at a "
+    "time (docs/worker.md)",
+    "worker_pool": "taskq's pools (docs/worker.md)",
+    "enable_utc": "messages always carry aware UTC times",
+}
 
 
 def gap_of(name: str) -> Gap | None:

@@ -125,9 +125,15 @@ def xstarmap(task: Mapping[str, Any], it: Iterable[Iterable[Any]]) -> Signature:
     )
 
 
+def _backend_cleanup() -> None:
+    """Celery beat sends ``celery.backend_cleanup`` daily; taskq's backends expire
+    results by themselves (Redis TTLs, the SQL backends' own sweep), so nothing to do."""
+
+
 def register_builtins(app: App) -> None:
-    """Register the tasks every app has: ``taskq.map``, ``taskq.starmap`` and
-    ``celery.chord_unlock`` (``taskq.canvas.unlock``).
+    """Register the tasks every app has: ``taskq.map``, ``taskq.starmap``,
+    ``celery.chord_unlock`` (``taskq.canvas.unlock``), and Celery's ``celery.map``,
+    ``celery.starmap`` and ``celery.backend_cleanup``.
 
     Both run the mapped task's function in the worker process, item after item
     (the signature's own arguments follow each item's), and return the list of
@@ -146,4 +152,8 @@ def register_builtins(app: App) -> None:
 
     app.task(name="taskq.map")(run_map)
     app.task(name="taskq.starmap")(run_starmap)
+    # Celery's built-in names, so Celery producers' messages run on taskq workers.
+    app.task(name="celery.map")(run_map)
+    app.task(name="celery.starmap")(run_starmap)
+    app.task(name="celery.backend_cleanup", ignore_result=True)(_backend_cleanup)
     register_chord_unlock(app)
