@@ -48,8 +48,11 @@ def test_producer_worker_and_beat_declare_rabbitmq_queues_alike(
         result = app.tasks["queues.ping"].apply_async(priority=5)  # then this producer
         assert result.get(timeout=20) == "pong"
         beat = proc.Proc([*proc.TASKQ, "-A", "tests.queues_app", "beat", "-l", "info"], ROOT, env)
-        worker.wait_for("Task queues.tick[", timeout=20)  # then beat, and its task ran
-        worker.wait_for("succeeded", timeout=20)
+        try:  # then beat, and its task ran
+            worker.wait_for("Task queues.tick[", timeout=30)
+            worker.wait_for("succeeded", timeout=20)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nbeat said:\n{beat.output}") from None
     finally:
         if beat is not None:
             beat.stop()
