@@ -110,7 +110,9 @@ def make_broker(redis_url: str, unique: str) -> Iterator[Callable[..., RedisBrok
 
 
 _INTEROP = "tests/test_interop.py::test_"
-_MARKS = {"passed": "pass", "failed": "FAIL", "error": "FAIL", "skipped": "skip"}
+_MARKS = {
+    "passed": "pass", "failed": "FAIL", "error": "FAIL", "skipped": "skip", "xfailed": "xfail",
+}  # fmt: skip
 # "<broker>-<producer>[-><worker>][-<more>]", as the interop tests name their params.
 _PARAMS = re.compile(
     r"^(?P<broker>redis|amqp)(?:-(?P<producer>taskq|celery)(?:->\w+)?)?(?:-(?P<extra>.+))?$"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import importlib.util
 import json
 import sys
 import time
@@ -201,6 +202,20 @@ def test_retry_keeps_a_non_default_queue(side: Side) -> None:
     assert side.get(result) == {"retries": 1, "queue": side.other_queue}
 
 
+def _answers_celerys_broadcasts() -> bool:
+    """Whether taskq has Celery's remote control (issue 14: taskq workers answer
+    Celery's broadcast revoke, and taskq's revoke is broadcast to Celery workers)."""
+    try:
+        return importlib.util.find_spec("taskq.control.server") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@pytest.mark.xfail(
+    not _answers_celerys_broadcasts(),
+    reason="Celery revokes by broadcast (pidbox); taskq speaks it with issue 14's remote control",
+    strict=True,
+)
 def test_revoke(side: Side) -> None:
     revoked = side.task("interop.when").apply_async(countdown=1)
     side.app.control.revoke(revoked.id)
