@@ -5,17 +5,23 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, TypeVar, overload
+from zoneinfo import ZoneInfo
 
+from taskq import shared
 from taskq.backends.store import ResultStore
 from taskq.broker import connect
-from taskq.canvas import Signature, register_builtins
+from taskq.canvas import GroupResult, Signature, register_builtins
 from taskq.config import EMBEDDED_FILE, Settings, backend_url_of, broker_url_of
+from taskq.context import current_request
 from taskq.control import Control
+from taskq.discovery import Autodiscovery, Packages
 from taskq.errors import ConfigurationError, NotRegistered, did_you_mean
 from taskq.producer import Producer
 from taskq.result import AsyncResult
 from taskq.security import Security
+from taskq.signals import Signal
 from taskq.task import P, Task, TaskOptions
 from taskq.urls import mask_url
 
@@ -36,7 +42,10 @@ class App:
             ``./taskq.sqlite3``.
         backend: result backend URL (``redis://``, ``sqlite:///file``, ``memory://``).
         include: modules the worker imports at start.
-        **settings: any setting of ``taskq.config.Settings``.
+        set_as_current: make this the app ``@shared_task`` tasks stand for (the
+            latest app made is, unless it says False), as in Celery.
+        **settings: any setting of ``taskq.config.Settings``, or any Celery setting
+            name (see ``taskq.config``).
 
     The environment variables ``TASKQ_BROKER_URL`` and ``TASKQ_RESULT_BACKEND``
     override the broker and backend. Nothing connects until the first publish.
@@ -49,6 +58,7 @@ class App:
         broker: str | None = None,
         backend: str | None = None,
         include: Sequence[str] = (),
+        set_as_current: bool = True,
         **settings: Any,
     ) -> None:
         self.main = main
@@ -74,17 +84,38 @@ class App:
         #: Remote control of workers (``revoke``).
         self.control = Control(self.results, self.conf)
         self._periodic: dict[str, dict[str, Any]] = {}
-        register_builtins(self)  # taskq.map and taskq.starmap
+        #: ``autodiscover_tasks`` calls, imported by a worker at start (taskq.loader).
+        self.autodiscovery: list[Autodiscovery] = []
+        #: Celery's app signals, sent once by ``finalize`` (a worker or beat starting):
+        #: the place Celery's docs add periodic tasks (``sender.add_periodic_task``).
+        self.on_after_configure: Signal[App] = Signal("on_after_configure", ())
+        self.on_after_finalize: Signal[App] = Signal("on_after_finalize", ())
+        self._finalized = False
+        register_builtins(self)  # taskq.map, taskq.starmap, celery.chord_unlock
+        shared.adopt(self, make_current=set_as_current)  # @shared_task tasks
 
     def __repr__(self) -> str:
         return f"<taskq.App {self.main or '__main__'} broker={mask_url(self.broker_url)}>"
 
     # -- configuration ---------------------------------------------------------------
 
-    def config_from_object(self, obj: object | str) -> None:
-        """Load settings from an object or a module (by dotted name), then re-apply
-        the environment overrides."""
-        self.conf.from_object(obj)
+    def config_from_object(
+        self,
+        obj: object | str,
+        silent: bool = False,
+        force: bool = False,
+        namespace: str | None = None,
+    ) -> None:
+        """Load settings from an object, a module or ``"module:attribute"``, then
+        re-apply the environment overrides: ``config_from_object("django.conf:settings",
+        namespace="CELERY")`` reads ``CELERY_BROKER_URL`` as ``broker_url`` (see
+        ``Settings.from_object``). Settings apply at once (``force`` is accepted for
+        Celery's signature); ``silent=True`` ignores a module that does not import."""
+        try:
+            self.conf.from_object(obj, namespace=namespace)
+        except ConfigurationError:
+            if not (silent and isinstance(obj, str)):
+                raise
         self.conf.apply_env()
         self.place_embedded()
 
@@ -169,6 +200,81 @@ class App:
         if len(fn) > 1 or (fn and not callable(fn[0])):
             raise TypeError("@app.task takes one function; pass options as keywords")
         return register(fn[0]) if fn else register
+
+    def set_current(self) -> None:
+        """Make this the app ``@shared_task`` tasks stand for (see ``taskq.shared``)."""
+        shared.set_current(self)
+
+    set_default = set_current  # Celery's other name for it
+
+    def finalize(self) -> None:
+        """Send ``on_after_configure`` then ``on_after_finalize`` (once): a worker and
+        beat call this at start, so handlers connected as in Celery's docs run there
+        (``@app.on_after_configure.connect def setup(sender, **kwargs):
+        sender.add_periodic_task(...)``)."""
+        if self._finalized:
+            return
+        self._finalized = True
+        self.on_after_configure.send(self)
+        self.on_after_finalize.send(self)
+
+    def config_from_envvar(self, variable_name: str, silent: bool = False) -> bool:
+        """``config_from_object`` of the module named by an environment variable.
+
+        Raises:
+            ConfigurationError: the variable is not set (unless ``silent``).
+        """
+        module = os.environ.get(variable_name)
+        if not module:
+            if silent:
+                return False
+            raise ConfigurationError(
+                f"Environment variable {variable_name!r} is not set: set it to the dotted "
+                "name of a configuration module."
+            )
+        self.config_from_object(module, silent=silent)
+        return True
+
+    @property
+    def current_task(self) -> Task[Any, Any] | None:
+        """The task running in this thread (None outside a task or for another app's)."""
+        request = current_request.get()
+        return self.tasks.get(request.task or "") if request is not None else None
+
+    @property
+    def timezone(self) -> ZoneInfo:
+        """The ``timezone`` setting as a ``ZoneInfo``."""
+        return ZoneInfo(self.conf.timezone)
+
+    def now(self) -> datetime:
+        """The current time in the app's timezone (aware)."""
+        return datetime.now(self.timezone)
+
+    def GroupResult(  # noqa: N802 - Celery's name
+        self, group_id: str, results: Sequence[AsyncResult[Any]] = ()
+    ) -> GroupResult:
+        """The results of group ``group_id`` (its members' results)."""
+        return GroupResult(group_id, results, app=self)
+
+    def autodiscover_tasks(
+        self, packages: Packages = None, related_name: str | None = "tasks", force: bool = False
+    ) -> None:
+        """Import the ``tasks`` module of each package when a worker starts, as Celery's
+        ``autodiscover_tasks``: ``app.autodiscover_tasks()`` (Django's installed apps),
+        ``app.autodiscover_tasks(["proj.billing"])`` or a callable returning the names.
+
+        A package without such a module is skipped; one that fails to import stops
+        the worker's start-up. ``force=True`` imports them now instead.
+        """
+        discovery = Autodiscovery(packages, related_name)
+        self.autodiscovery.append(discovery)
+        if force:
+            discovery.import_now()
+
+    def task_name_of(self, func: Callable[..., Any]) -> str:
+        """The name ``@app.task`` gives ``func`` when none is given: ``module.function``
+        (a function of ``__main__`` takes the app's ``main`` as its module)."""
+        return self._default_name(func)
 
     def _default_name(self, func: Callable[..., Any]) -> str:
         module = func.__module__

@@ -99,8 +99,15 @@ def _resolve_app(ctx: click.Context, local: str | None) -> App:
     if not spec:
         raise click.UsageError("Which app? Pass -A module (before or after the command).")
     app = find_app(spec)
-    for name in [*app.conf.imports, *app.conf.include]:
-        _import(name)
+    from taskq.loader import TaskModuleError, import_task_modules
+
+    try:
+        import_task_modules(app)
+    except TaskModuleError as exc:
+        cause = exc.__cause__ or exc
+        trace = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
+        click.echo(f"Error: could not import {exc.module!r}:\n{trace}", err=True)
+        sys.exit(EX_SOFTWARE)
     return app
 
 

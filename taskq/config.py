@@ -1,9 +1,14 @@
 """Typed settings with Celery's lowercase names, loud on mistakes.
 
-``Settings`` holds every option the app, worker and beat read. Unknown names raise
-``ConfigurationError`` with a did-you-mean; values are checked against the field's
-type when set. Durations accept seconds (int or float) or a ``timedelta`` and are
-stored as float seconds.
+``Settings`` holds every option the app, worker and beat read, as typed fields.
+Celery's other setting names are accepted too: their values are kept, and the
+worker and beat warn at start about each one taskq will not honour
+(``unimplemented``; the reasons are in ``taskq.celery_names``). Celery's old
+uppercase names (``CELERY_ALWAYS_EAGER``, ``BROKER_URL``) are read through Celery's
+own table. A name neither Celery nor taskq knows raises ``ConfigurationError``
+with a did-you-mean; values are checked against the field's type when set.
+Durations accept seconds (int or float) or a ``timedelta`` and are stored as float
+seconds.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import inspect
 import os
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from taskq.celery_names import CELERY_NAMES, GAPS, OLD_NAMES
 from taskq.errors import ConfigurationError, did_you_mean
+from taskq.queues import check_task_queues
 
 #: Environment variables that override the matching setting.
 ENV_OVERRIDES = {
@@ -70,6 +77,8 @@ class Settings:
     embedded_path: str | None = None
     # The longest delay() blocks, retries included, whatever the server does.
     broker_publish_timeout: float = 5.0
+    # Connections a producer may hold to a Redis broker (None or 0: no cap).
+    broker_pool_limit: int | None = 10
     # Results
     result_backend: str | None = None
     result_backend_transport_options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -116,6 +125,18 @@ class Settings:
     security_encrypt: bool = False
     security_encrypt_results: bool = False
     security_accept_unsigned: bool = False
+    # Queues: how every process declares them (taskq.queues), Celery's names and defaults.
+    task_queues: list[Any] | dict[str, Any] | None = None
+    task_create_missing_queues: bool = True
+    task_create_missing_queue_type: str = "classic"
+    task_create_missing_queue_exchange_type: str | None = None
+    task_default_exchange: str | None = None
+    task_default_exchange_type: str = "direct"
+    task_default_routing_key: str | None = None
+    task_default_queue_type: str = "classic"
+    # taskq's: publish countdown/ETA tasks to their queue at once, as Celery does, so
+    # Celery workers on Redis get them (docs/delayed.md, "Mixed fleets").
+    task_eta_in_queue: bool = False
     # Time
     timezone: str = "UTC"
     enable_utc: bool = True
@@ -141,15 +162,80 @@ class Settings:
     imports: list[str] = dataclasses.field(default_factory=list)
     include: list[str] = dataclasses.field(default_factory=list)
 
+    if TYPE_CHECKING:  # set in __post_init__, not a dataclass field
+        _celery_only: ClassVar[dict[str, Any]]
+
+    def __post_init__(self) -> None:
+        # Values of Celery settings taskq has no field for (celery_names.GAPS).
+        object.__setattr__(self, "_celery_only", {})
+
     def __setattr__(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, _check(name, value))
+        self.update({name: value})
+
+    if not TYPE_CHECKING:  # at run time only: mypy keeps rejecting unknown attributes
+
+        def __getattr__(self, name: str) -> Any:
+            """A Celery setting taskq does not implement reads as set (or None)."""
+            if name in GAPS:
+                return self._celery_only.get(name)
+            raise AttributeError(name)
+
+    def __getitem__(self, name: str) -> Any:
+        """``conf["task_acks_late"]``, as Celery's settings read; old names too."""
+        name = _resolve(name)
+        return getattr(self, name) if name in _FIELDS else self._celery_only.get(name)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self.update({name: value})
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (
+            name in _FIELDS or name in self._celery_only or OLD_NAMES.get(name) in _FIELDS
+        )
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The value of setting ``name`` (old names too), or ``default`` if it is a
+        Celery setting taskq does not implement that was never set."""
+        name = _resolve(name)
+        if name in _FIELDS:
+            return getattr(self, name)
+        return self._celery_only.get(name, default)
 
     def update(self, mapping: Mapping[str, Any] | None = None, /, **values: Any) -> None:
-        """Set several settings; every name is checked before any is applied."""
-        merged = {**(mapping or {}), **values}
-        checked = {name: _check(name, value) for name, value in merged.items()}
+        """Set several settings; every name is checked before any is applied.
+
+        Names may be Celery's old uppercase ones; giving one setting under two names
+        with different values is an error.
+        """
+        resolved: dict[str, tuple[str, Any]] = {}
+        for given, value in {**(mapping or {}), **values}.items():
+            name = _resolve(given)
+            if name in resolved and resolved[name][1] != value:
+                other = resolved[name][0]
+                raise ConfigurationError(
+                    f"Setting {name!r} is given twice, as {other!r} and as {given!r}: "
+                    "keep one (the lowercase name is the current one)."
+                )
+            resolved[name] = (given, value)
+        checked = {name: _check(name, value) for name, (_, value) in resolved.items()}
         for name, value in checked.items():
-            object.__setattr__(self, name, value)
+            if name in _FIELDS:
+                object.__setattr__(self, name, value)
+            else:
+                self._celery_only[name] = value
+
+    def unimplemented(self) -> list[str]:
+        """One line for each Celery setting given a value taskq will not honour: its
+        name, the value and why (the worker and beat log these at start)."""
+        lines = []
+        for name, value in sorted(self._celery_only.items()):
+            gap = GAPS[name]
+            if not any(value == same and type(value) is type(same) for same in gap.same):
+                lines.append(
+                    f"Setting {name}={value!r} is Celery's; taskq does not implement it: "
+                    f"{gap.reason}."
+                )
+        return lines
 
     def apply_env(self, environ: Mapping[str, str] = os.environ) -> None:
         """Apply ``TASKQ_BROKER_URL``, ``TASKQ_RESULT_BACKEND`` and
@@ -158,25 +244,35 @@ class Settings:
             if environ.get(var):
                 setattr(self, name, environ[var])
 
-    def from_object(self, obj: object | str) -> None:
-        """Load the lowercase public attributes of an object or module (by dotted name).
+    def from_object(self, obj: object | str, namespace: str | None = None) -> None:
+        """Load settings from an object, a module, or ``"module:attribute"``
+        (``"django.conf:settings"``), as Celery's ``config_from_object``.
 
-        Uppercase names and names starting with ``_`` are ignored, like Celery's
-        ``config_from_object`` without a namespace.
+        Without ``namespace``: the lowercase public attributes, and Celery's old
+        uppercase names (``CELERY_ALWAYS_EAGER``); other uppercase names are ignored.
+        With ``namespace="CELERY"``: the attributes named ``CELERY_<NAME>``, read as
+        setting ``<name>`` (``CELERY_BROKER_URL`` is ``broker_url``).
+
+        Raises:
+            ConfigurationError: the module cannot be imported, or a name is not a
+                setting (with a did-you-mean).
         """
         if isinstance(obj, str):
-            try:
-                obj = importlib.import_module(obj)
-            except ImportError as exc:
-                raise ConfigurationError(
-                    f"Cannot import configuration module {obj!r}: {exc}. "
-                    "Check the name and that it is on sys.path."
-                ) from exc
-        values = {
-            name: getattr(obj, name)
-            for name in dir(obj)
-            if not name.startswith("_") and name.islower() and not _is_module_noise(obj, name)
-        }
+            obj = _import_object(obj)
+        names = [name for name in dir(obj) if not name.startswith("_")]
+        if namespace:
+            prefix = namespace.rstrip("_").upper() + "_"
+            values = {
+                _unprefixed(name, prefix): getattr(obj, name)
+                for name in names
+                if name.startswith(prefix)
+            }
+        else:
+            values = {
+                name: getattr(obj, name)
+                for name in names
+                if _wanted_without_namespace(name) and not _is_module_noise(obj, name)
+            }
         self.update(values)
 
     def as_dict(self) -> dict[str, Any]:
@@ -205,6 +301,57 @@ def backend_url_of(conf: Settings) -> str | None:
     return embedded_url_of(conf) if not conf.broker_url else None
 
 
+def _import_object(spec: str) -> object:
+    """``"module"``, ``"module:attribute"`` or ``"module.attribute"``, imported."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            parent, _, last = module_name.rpartition(".")
+            if attribute or not parent:
+                raise
+            module, attribute = importlib.import_module(parent), last
+            if not hasattr(module, attribute):
+                raise
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"Cannot import configuration module {spec!r}: {exc}. "
+            "Check the name and that it is on sys.path."
+        ) from exc
+    if not attribute:
+        return module
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ConfigurationError(
+            f"Configuration {spec!r}: module {module_name!r} has no attribute {attribute!r}."
+        ) from None
+
+
+def _unprefixed(name: str, prefix: str) -> str:
+    """The setting a namespaced name stands for: ``CELERY_BROKER_URL`` -> ``broker_url``;
+    an old name written with the namespace (``CELERY_ALWAYS_EAGER``) reads as Celery reads it."""
+    bare = name[len(prefix) :].lower()
+    if bare not in _FIELDS and bare not in CELERY_NAMES and name in OLD_NAMES:
+        return OLD_NAMES[name]
+    return bare
+
+
+def _wanted_without_namespace(name: str) -> bool:
+    if name.islower():
+        return True
+    if name in OLD_NAMES:
+        return True
+    bare = name.partition("_")[2].lower()
+    if name.startswith("CELERY_") and (bare in _FIELDS or bare in CELERY_NAMES):
+        raise ConfigurationError(
+            f"{name!r} is a namespaced name, but no namespace was given: call "
+            f"config_from_object(..., namespace='CELERY'), or name it {bare!r}."
+        )
+    return False
+
+
 def _is_module_noise(obj: object, name: str) -> bool:
     """Skip imported modules, functions and classes in a config module."""
     value = getattr(obj, name)
@@ -214,12 +361,32 @@ def _is_module_noise(obj: object, name: str) -> bool:
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 
+def _resolve(name: str) -> str:
+    """The lowercase name of setting ``name`` (Celery's old names mapped).
+
+    Raises:
+        ConfigurationError: neither taskq nor Celery has such a setting.
+    """
+    if name in _FIELDS or name in GAPS:
+        return name
+    new = OLD_NAMES.get(name)
+    if new is not None:
+        return new
+    if name.isupper():
+        hint = did_you_mean(name, OLD_NAMES) or did_you_mean(name.lower(), _FIELDS)
+    else:
+        hint = did_you_mean(name, [*_FIELDS, *CELERY_NAMES])
+    raise ConfigurationError(
+        f"Unknown setting {name!r}.{hint} Neither taskq nor Celery has it; "
+        "see docs/configuration.md for the list."
+    )
+
+
 def _check(name: str, value: Any) -> Any:
     if name not in _FIELDS:
-        raise ConfigurationError(
-            f"Unknown setting {name!r}.{did_you_mean(name, _FIELDS)} "
-            "See docs/configuration.md for the list."
-        )
+        return value  # a Celery setting taskq does not implement: kept as given
+    if name == "task_queues":
+        return check_task_queues(value)
     if name in _DURATIONS:
         return _duration(name, value)
     expected = _FIELDS[name].type

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ from taskq.broker import connect
 from taskq.canvas import Signature
 from taskq.context import Context, current_request
 from taskq.errors import BrokerError, ConfigurationError, EncodeError, did_you_mean
+from taskq.queues import Queues
 
 if TYPE_CHECKING:
     from taskq.broker.base import Broker, Envelope
@@ -42,6 +44,10 @@ CALL_OPTIONS = frozenset(
         "group_index", "chord", "chain", "shadow", "reply_to",
     }
 )  # fmt: skip
+
+#: Headers Celery 5 sends with every task message (canvas stamping, Task.replace), so
+#: a Celery worker or tool sees a taskq message as one of its own.
+CELERY_HEADERS: dict[str, Any] = {"replaced_task_nesting": 0, "stamped_headers": None, "stamps": {}}
 
 #: Messages a ``broker.publish_many`` call when sending many (``send_many``): bounds
 #: the encoded messages held in memory and what a retry sends again.
@@ -83,6 +89,8 @@ class Producer:
         self._broker: Broker | None = None
         self._lock = threading.Lock()
         self._routes: routing.RouteCache | None = None
+        self._queue_table: tuple[Any, Queues] | None = None  # (task_queues, its table)
+        self._oid = (0, "")  # (pid, reply address): see _reply_to
         self._inherited: list[Broker] = []  # see reset
 
     @property
@@ -92,7 +100,9 @@ class Producer:
             return self._broker
         with self._lock:
             if self._broker is None:
-                self._broker = connect(self.conf, f"producer-{uuid.uuid4().hex[:12]}")
+                self._broker = connect(
+                    self.conf, f"producer-{uuid.uuid4().hex[:12]}", producer=True
+                )
             return self._broker
 
     def send_task(
@@ -175,11 +185,14 @@ class Producer:
         retry_of: Context | None = None,
     ) -> tuple[message.TaskMessage, str, int | None, dict[str, Any]]:
         """The message for a call, its queue, its priority, and the merged options."""
+        conf = self.conf
         if options and not CALL_OPTIONS.issuperset(options):
-            _unknown_option(name, options)
+            options = routing.celery_call_options(options, self._queues)
+            if not CALL_OPTIONS.issuperset(options):
+                _unknown_option(name, options)
         args, kwargs = tuple(args or ()), dict(kwargs or {})
         merged = self._merged(name, args, kwargs, options, task)
-        conf, get = self.conf, merged.get
+        get = merged.get
         eta = expires = None
         if get("countdown") is not None or get("eta") is not None or get("expires") is not None:
             eta, expires = _times(get("countdown"), get("eta"), get("expires"), conf.timezone)
@@ -202,15 +215,32 @@ class Producer:
             "errbacks": _signatures(get("link_error")) or None,
             "chain": get("chain") or None,
             "chord": get("chord") or None,
-            "reply_to": get("reply_to"),
+            "reply_to": get("reply_to") or self._reply_to(),
             "origin": None,
             "shadow": get("shadow"),
-            "extra_headers": dict(get("headers") or {}),
+            "extra_headers": {**CELERY_HEADERS, **(get("headers") or {})},
         }
         _place(fields, retry_of)
         queue = get("queue") or conf.task_default_queue
+        if not conf.task_create_missing_queues:
+            self._queues()[queue]  # raises ConfigurationError for an undeclared queue
         priority = get("priority", conf.task_default_priority)
         return message.TaskMessage.from_fields(fields), queue, priority, merged
+
+    def _reply_to(self) -> str:
+        """This process's reply address, sent as ``reply_to`` as Celery sends its own
+        (Celery's rpc backend would answer there; taskq's backends do not use it)."""
+        pid = os.getpid()
+        if self._oid[0] != pid:  # made again in a forked child
+            self._oid = (pid, str(uuid.uuid4()))
+        return self._oid[1]
+
+    def _queues(self) -> Queues:
+        """The queue table of the settings, rebuilt when ``task_queues`` is replaced."""
+        setting = self.conf.task_queues
+        if self._queue_table is None or self._queue_table[0] is not setting:
+            self._queue_table = (setting, Queues.from_settings(self.conf))
+        return self._queue_table[1]
 
     def _merged(
         self,
@@ -237,8 +267,11 @@ class Producer:
 
     def send(self, out: Outgoing) -> None:
         """Publish one prepared call with its retry policy; raise ``BrokerError`` when spent."""
+        # task_eta_in_queue: publish at once, as Celery does (the eta header stays), so
+        # Celery workers, which never look in taskq's delayed store, get it.
+        eta = None if self.conf.task_eta_in_queue else out.eta
         self.publish(
-            out.envelope, out.queue, out.priority, out.eta,
+            out.envelope, out.queue, out.priority, eta,
             retry=out.retry, retry_policy=out.retry_policy,
         )  # fmt: skip
 

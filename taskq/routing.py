@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskq.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from taskq.queues import Queues
 
 Router = Callable[[str, tuple[Any, ...], dict[str, Any], dict[str, Any]], Any]
 
@@ -96,3 +99,49 @@ def _as_options(target: Any, name: str) -> dict[str, Any] | None:
     raise ConfigurationError(
         f"task_routes for {name!r} must be a queue name or a mapping of options, got {target!r}."
     )
+
+
+#: ``apply_async`` options of Celery that tune kombu's publish or Celery's own
+#: bookkeeping. taskq accepts and ignores them, so signatures made by Celery (a
+#: chord's body, a chain's next step, a callback) run unchanged on taskq workers.
+CELERY_IGNORED_OPTIONS = frozenset(
+    {
+        "connection", "producer", "publisher", "add_to_parent", "delivery_mode",
+        "mandatory", "immediate", "declare", "timeout", "confirm_timeout",
+        "exchange_type", "event_dispatcher", "interval", "max_retries", "chord_size",
+        "argsrepr", "kwargsrepr",
+    }
+)  # fmt: skip
+#: Celery's options that travel as message headers of the same name.
+CELERY_HEADER_OPTIONS = ("stamped_headers", "stamps", "replaced_task_nesting")
+
+
+def celery_call_options(options: Mapping[str, Any], queues: Callable[[], Queues]) -> dict[str, Any]:
+    """``options`` with Celery's own ``apply_async`` options resolved: the ignored ones
+    dropped, the header ones moved into ``headers``, a kombu ``Queue`` given as
+    ``queue`` made its name, and ``exchange``/``routing_key`` without a ``queue``
+    turned into the declared queue bound that way (else the queue named like the
+    routing key, as on the default exchange). Other options are left for the caller
+    to refuse.
+
+    Raises:
+        ConfigurationError: ``compression`` (taskq does not compress messages).
+    """
+    if "compression" in options and options["compression"] is not None:
+        raise ConfigurationError(
+            f"compression={options['compression']!r}: taskq does not compress messages. "
+            "Remove the option (or task_compression)."
+        )
+    out = {k: v for k, v in options.items() if k not in CELERY_IGNORED_OPTIONS}
+    out.pop("compression", None)
+    moved = {name: out.pop(name) for name in CELERY_HEADER_OPTIONS if name in out}
+    if moved:
+        out["headers"] = {**moved, **(out.get("headers") or {})}
+    queue = out.get("queue")
+    if queue is not None and not isinstance(queue, str):
+        out["queue"] = getattr(queue, "name", queue)  # a kombu Queue
+    exchange, routing_key = out.pop("exchange", None), out.pop("routing_key", None)
+    exchange = getattr(exchange, "name", exchange)  # a kombu Exchange
+    if not out.get("queue") and routing_key:
+        out["queue"] = queues().bound_to(exchange, routing_key) or routing_key
+    return out

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 from taskq.arguments import checker
 from taskq.canvas import Signature, chunks, xmap, xstarmap
 from taskq.context import Context, current_request
-from taskq.errors import MaxRetriesExceededError, Retry
+from taskq.errors import ConfigurationError, MaxRetriesExceededError, Retry
 from taskq.result import AsyncResult, EagerResult
 from taskq.worker.executor import Executor
 from taskq.worker.policy import Policies
@@ -143,6 +143,23 @@ class Task(TaskOptions, Generic[P, R]):
     def _argument_checker(self) -> Callable[..., None] | None:
         return checker(self.fn, bound=self.bind)  # made at the first send, once
 
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """``delay`` once the current Django database transaction commits (at once when
+        none is open), as Celery's Django tasks do: a task about a row never runs
+        before the row is visible, and nothing is sent if the transaction rolls back.
+        Returns None: the task is not sent yet, so there is no result to hand out."""
+        _on_commit(lambda: self.apply_async(args, kwargs))
+
+    def apply_async_on_commit(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        """``apply_async`` once the current Django transaction commits (see
+        ``delay_on_commit``)."""
+        _on_commit(lambda: self.apply_async(args, kwargs, **options))
+
     def apply_async(
         self,
         args: tuple[Any, ...] | list[Any] | None = None,
@@ -238,6 +255,8 @@ class Task(TaskOptions, Generic[P, R]):
     ) -> Signature:
         return Signature(self.name, args or (), kwargs or {}, options=options, app=self.app)
 
+    subtask = signature  # Celery's old name for it
+
     def map(self, items: Iterable[Any]) -> Signature:
         """ONE task (``taskq.map``) that calls this task's function on each item."""
         return xmap(Signature(self.name, app=self.app), items)
@@ -294,7 +313,13 @@ class Task(TaskOptions, Generic[P, R]):
                 self.name,
                 request.args if args is None else args,
                 request.kwargs if kwargs is None else kwargs,
-                {"task_id": request.id, "countdown": countdown, "eta": eta, **options},
+                {
+                    **retry_options(request),
+                    "task_id": request.id,
+                    "countdown": countdown,
+                    "eta": eta,
+                    **options,
+                },
                 task=self,
                 retry_of=request,
             )
@@ -323,3 +348,50 @@ class Task(TaskOptions, Generic[P, R]):
         if target is None:
             raise RuntimeError("update_state needs a task_id outside of a running task")
         self._results.require().store(target, state or "PENDING", meta)
+
+
+#: Celery's protocol 2 headers: a retry's message gets its own.
+_PROTOCOL_HEADERS = frozenset(
+    {
+        "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
+        "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin",
+        "ignore_result",
+    }
+)  # fmt: skip
+
+
+def retry_options(request: Context) -> dict[str, Any]:
+    """The options a retry of ``request`` is sent with, as Celery's retry keeps them:
+    the queue and priority it was delivered with, its own time limits, expiry,
+    ``reply_to``, shadow name and the headers its producer added (``stamps``,
+    custom headers; not taskq's ``x-`` bookkeeping). The retry call's own options
+    override these."""
+    headers = request.headers or {}
+    options: dict[str, Any] = {
+        "queue": request.delivery_info.get("routing_key"),
+        "priority": request.delivery_info.get("priority"),
+        "expires": request.expires,
+        "reply_to": request.reply_to,
+        "shadow": headers.get("shadow"),
+        "headers": {
+            name: value
+            for name, value in headers.items()
+            if name not in _PROTOCOL_HEADERS and not name.startswith("x-")
+        },
+    }
+    limits = headers.get("timelimit")
+    if isinstance(limits, (list, tuple)) and len(limits) == 2:
+        options["time_limit"], options["soft_time_limit"] = limits
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def _on_commit(send: Callable[[], object]) -> None:
+    """Run ``send`` when Django's current transaction commits."""
+    try:
+        from django.db import transaction
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"delay_on_commit and apply_async_on_commit wait for a Django transaction, "
+            f"but Django does not import ({exc}). Use delay() or apply_async()."
+        ) from exc
+    transaction.on_commit(send)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -103,3 +104,55 @@ def make_broker(redis_url: str, unique: str) -> Iterator[Callable[..., RedisBrok
     if keys:
         client.delete(*keys)
     client.close()
+
+
+# -- the interop matrix ------------------------------------------------------------------
+
+
+_INTEROP = "tests/test_interop.py::test_"
+_MARKS = {
+    "passed": "pass", "failed": "FAIL", "error": "FAIL", "skipped": "skip", "xfailed": "xfail",
+}  # fmt: skip
+# "<broker>-<producer>[-><worker>][-<more>]", as the interop tests name their params.
+_PARAMS = re.compile(
+    r"^(?P<broker>redis|amqp)(?:-(?P<producer>taskq|celery)(?:->\w+)?)?(?:-(?P<extra>.+))?$"
+)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """After tests/test_interop.py ran, print its matrix: feature x producer x broker.
+    A taskq producer sends to a Celery worker and a Celery producer to a taskq worker;
+    the ``mixed_*`` rows send one workflow through both kinds of worker."""
+    cells: dict[str, dict[tuple[str, str], str]] = {}
+    for outcome in _MARKS:
+        for report in terminalreporter.stats.get(outcome, []):
+            nodeid = getattr(report, "nodeid", "")
+            if not nodeid.startswith(_INTEROP) or "[" not in nodeid:
+                continue
+            if outcome == "passed" and report.when != "call":
+                continue
+            name, _, params = nodeid[len(_INTEROP) :].partition("[")
+            found = _PARAMS.match(params.rstrip("]"))
+            if found is None:
+                continue
+            broker, producer, extra = found.group("broker", "producer", "extra")
+            if extra:
+                name = f"{name}[{extra}]"
+            column = (broker, producer or "taskq")
+            row = cells.setdefault(name, {})
+            if row.get(column) not in ("failed", "error"):
+                row[column] = outcome
+    if not cells:
+        return
+    columns = [(b, p) for b in ("redis", "amqp") for p in ("taskq", "celery")]
+    titles = [f"{p}->{'celery' if p == 'taskq' else 'taskq'} {b}" for b, p in columns]
+    width = max(len(name) for name in cells)
+    write = terminalreporter.write_line
+    write("")
+    write("interop matrix (producer->worker broker; mixed_*: the workflow runs on both)")
+    write("| " + "feature".ljust(width) + " | " + " | ".join(titles) + " |")
+    write("|" + "-" * (width + 2) + "|" + "|".join("-" * (len(t) + 2) for t in titles) + "|")
+    for name in sorted(cells):
+        marks = [_MARKS[cells[name][c]] if c in cells[name] else "-" for c in columns]
+        padded = [mark.ljust(len(title)) for mark, title in zip(marks, titles, strict=True)]
+        write("| " + name.ljust(width) + " | " + " | ".join(padded) + " |")

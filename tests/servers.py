@@ -63,6 +63,7 @@ def delete_amqp_queues(suffix: str) -> None:
         "b",
         "c",
         "other",
+        "third",
         "kept",
         "late",
         "gone",

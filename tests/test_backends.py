@@ -103,6 +103,18 @@ class TestBackendContract:
         assert meta["result"] == error
         assert meta["traceback"] == traceback
 
+    def test_a_late_retry_or_started_never_replaces_the_outcome(
+        self, backend: Backend, unique: str
+    ) -> None:
+        """A retry's next attempt may finish (on another thread or worker) before the
+        attempt that retried records RETRY: the outcome stays."""
+        backend.store(unique, "SUCCESS", 2)
+        backend.store(unique, "RETRY", {"exc_type": "Retry", "exc_message": []})
+        backend.store(unique, "STARTED", {"pid": 1})
+        assert (backend.meta(unique)["status"], backend.meta(unique)["result"]) == ("SUCCESS", 2)
+        backend.store(unique, "FAILURE", {"exc_type": "ValueError", "exc_message": []})
+        assert backend.meta(unique)["status"] == "FAILURE"  # a rerun's outcome replaces it
+
     def test_unknown_id_is_pending(self, backend: Backend, unique: str) -> None:
         meta = backend.meta(unique)
         assert meta["status"] == "PENDING"

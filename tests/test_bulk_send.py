@@ -21,10 +21,11 @@ from tests import servers
 
 NO_WAIT = {"max_retries": 2, "interval_start": 0.0, "interval_step": 0.0, "interval_max": 0.0}
 
-#: Celery's protocol 2 headers, which taskq sends, no more and no fewer.
+#: The headers Celery 5.7 sends, which taskq sends, no more and no fewer.
 CELERY_HEADERS = {
     "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
     "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result",
+    "replaced_task_nesting", "stamped_headers", "stamps",
 }  # fmt: skip
 EMPTY_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 

@@ -252,15 +252,18 @@ def test_a_backend_error_while_counting_gives_the_message_back(
 ) -> None:
     t = Tasks(app)
     backend = app.require_backend()
-    add_member, failures = backend.add_member, []
+    # Redis counts in Celery's chord keys, the other backends with add_member.
+    counter: Any = backend.chords if backend.chords is not None else backend
+    name = "add_part" if backend.chords is not None else "add_member"
+    count, failures = getattr(counter, name), []
 
-    def flaky(key: str, member: str, expires: float | None) -> int:
+    def flaky(*args: Any, **kwargs: Any) -> Any:
         if not failures:
-            failures.append(member)
+            failures.append(args)
             raise BackendError("the result backend is briefly away")
-        return add_member(key, member, expires)
+        return count(*args, **kwargs)
 
-    monkeypatch.setattr(backend, "add_member", flaky)
+    monkeypatch.setattr(counter, name, flaky)
     result = chord([t.add.s(i, i) for i in range(5)], t.collect.s()).apply_async()
     burst(app)  # the task whose count failed ran again and counted
     assert failures and result.get(timeout=5) == [0, 2, 4, 6, 8]

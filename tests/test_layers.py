@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).parent.parent / "taskq"
 #: ranks one part of a subpackage apart from the rest of it.
 LAYERS = [
     ["errors", "version", "urls"],
-    ["config", "serialization", "solar", "signals", "arguments"],
+    ["celery_names", "queues", "config", "serialization", "solar", "signals", "arguments"],
     ["message", "routing", "schedules", "context"],
     ["security"],
     ["result", "canvas"],
@@ -31,8 +31,8 @@ LAYERS = [
     ["worker.executor", "worker.policy", "worker.ratelimit", "worker.limits"],
     ["task"],
     ["producer", "control"],
-    ["app"],
-    ["worker", "beat"],
+    ["integrations", "discovery", "shared", "app"],
+    ["worker", "beat", "loader"],
     ["testing"],
     ["cli"],
 ]

@@ -16,6 +16,7 @@ from taskq import App
 from taskq.context import Context, current_request
 from taskq.errors import ConfigurationError, EncodeError
 from taskq.message import FIELD_NAMES, TaskMessage, encode, new_id
+from taskq.producer import CELERY_HEADERS
 
 
 @pytest.fixture
@@ -36,7 +37,9 @@ def test_built_messages_have_every_field_and_equal_the_constructors(app: App) ->
     assert (msg.id, msg.args, msg.kwargs, msg.time_limit, msg.ignore_result) == (
         "t1", (1, 2), {"z": 3}, 5, False,
     )  # fmt: skip
-    assert msg.callbacks == [dict(add.s(1))] and msg.extra_headers == {"x-extra": 1}
+    assert msg.callbacks == [dict(add.s(1))]
+    # Celery's own headers go with every message (docs/protocol.md).
+    assert msg.extra_headers == {**CELERY_HEADERS, "x-extra": 1}
     assert (queue, priority) == ("adds", 3)
     with pytest.raises(dataclasses.FrozenInstanceError):
         msg.id = "other"  # type: ignore[misc]

@@ -25,10 +25,11 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from taskq import serialization
-from taskq.errors import BackendError, SecurityError, TimeoutError
+from taskq.errors import BackendError, SecurityError, TaskqError, TimeoutError
 from taskq.result import READY_STATES, State, task_key
 
 if TYPE_CHECKING:
+    from taskq.backends.chords import ChordKeys
     from taskq.config import Settings
     from taskq.security import Sealer
 
@@ -111,6 +112,9 @@ class Backend(abc.ABC):
 
     #: True when ``wait_for`` is woken by the backend instead of polling.
     push_based: bool = False
+    #: Celery's chord keys, when this backend keeps them (Redis); None: chords are
+    #: counted with ``add_member`` and ``incr`` (``taskq.canvas.hooks``).
+    chords: ChordKeys | None = None
 
     def __init__(
         self,
@@ -240,7 +244,9 @@ class Backend(abc.ABC):
         ``recoverable``: the calling thread sleeps between attempts, so a worker
         whose backend is down keeps its tasks' outcomes (and their messages) until
         the backend is back. Other states (STARTED, RETRY, custom) are tried once:
-        the outcome supersedes them.
+        the outcome supersedes them, and they never replace a ready state already
+        stored (as Celery's backends do): a retry's next attempt may finish on
+        another thread or worker before this one records RETRY.
 
         Raises:
             BackendError: the write failed and was not retried, or retries ran out.
@@ -264,9 +270,17 @@ class Backend(abc.ABC):
                 f"store {state} for task {task_id}",
                 lambda: self.set_ready(key, data, self.expires),
             )
+        elif self._ready(task_id):
+            return self.meta(task_id)
         else:
             self.set(key, data, self.expires)
         return meta
+
+    def _ready(self, task_id: str) -> bool:
+        try:
+            return self.meta(task_id).get("status") in READY_STATES
+        except (TaskqError, TypeError, ValueError):  # unreadable or refused (forged)
+            return False
 
     def _retrying(self, what: str, write: Callable[[], None]) -> None:
         policy = self.store_retry

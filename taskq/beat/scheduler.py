@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 from taskq.beat.locks import BeatLock, LocalBeatLock, RedisBeatLock
-from taskq.broker.base import QueueSpec
 from taskq.broker.startup import connect_on_startup
 from taskq.errors import BrokerError, ConfigurationError, did_you_mean
 from taskq.schedules import Schedule, as_schedule
@@ -396,15 +395,15 @@ def wait_for_broker(app: App, stop: threading.Event) -> bool:
     """Connect to the app's broker before the first tick, retrying while it is down
     (``broker_connection_retry_on_startup``, ``broker_connection_max_retries``).
 
-    Declares the default queue, as the worker does, so that it is the first thing
-    that needs the broker. Returns False when ``stop`` was set while waiting.
+    Declares the default queue as the app's queue table says (as the worker and
+    the producers do), so that it is the first thing that needs the broker. Returns
+    False when ``stop`` was set while waiting.
 
     Raises:
         BrokerError: the broker stayed unreachable.
     """
-    spec = QueueSpec(app.conf.task_default_queue, app.conf.task_queue_max_priority)
     return connect_on_startup(
-        lambda: app.broker.declare([spec]),
+        lambda: app.broker.declare([app.broker.queues[app.conf.task_default_queue]]),
         url=app.broker_url,
         conf=app.conf,
         stop=stop,
@@ -438,9 +437,13 @@ def scheduler_for(app: App) -> Scheduler:
     Progress persists in the result backend when there is one (so restarts keep
     last-run times). When the broker or the backend is Redis, beats share a Redis
     lease, so several may run at once and exactly one sends (high availability);
-    otherwise run a single beat.
+    otherwise run a single beat. Logs a warning for each Celery setting taskq will
+    not honour (``Settings.unimplemented``).
     """
     conf = app.conf
+    app.finalize()  # handlers may add periodic tasks (Celery's on_after_configure)
+    for line in conf.unimplemented():
+        logger.warning(line)
     redis_url = next(
         (
             u

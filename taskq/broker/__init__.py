@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from taskq.broker.base import Broker, Delivery, Envelope, QueueSpec
 from taskq.config import broker_url_of
 from taskq.errors import ConfigurationError, did_you_mean
+from taskq.queues import Queues
 from taskq.urls import mask_url
 
 if TYPE_CHECKING:
@@ -44,7 +45,13 @@ _UNSUPPORTED = {
 }
 
 
-def broker_from_url(url: str, *, consumer_id: str, options: dict[str, Any] | None = None) -> Broker:
+def broker_from_url(
+    url: str,
+    *,
+    consumer_id: str,
+    options: dict[str, Any] | None = None,
+    queues: Queues | None = None,
+) -> Broker:
     """The broker for ``url``.
 
     Raises:
@@ -63,19 +70,26 @@ def broker_from_url(url: str, *, consumer_id: str, options: dict[str, Any] | Non
         )
     module_name, cls_name = _BY_SCHEME[scheme].split(":")
     cls: type[Broker] = getattr(importlib.import_module(module_name), cls_name)
-    return cls(url, consumer_id=consumer_id, options=options)
+    return cls(url, consumer_id=consumer_id, options=options, queues=queues)
 
 
-def connect(conf: Settings, consumer_id: str) -> Broker:
+def connect(conf: Settings, consumer_id: str, *, producer: bool = False) -> Broker:
     """A new broker instance for the settings' broker URL and options; nothing
-    connects until it is used. Producers and workers each make their own."""
+    connects until it is used. Producers and workers each make their own.
+
+    A producer's Redis connections are capped at ``broker_pool_limit`` (Celery's
+    setting; at least 2), unless the transport options set ``max_connections``.
+    """
+    url = broker_url_of(conf)
+    options = {
+        "lease_timeout": conf.worker_lease_timeout,
+        "connect_timeout": conf.broker_connection_timeout,
+        "publish_timeout": conf.broker_publish_timeout,
+        **conf.broker_transport_options,
+    }
+    limit = conf.broker_pool_limit
+    if producer and limit and url.startswith(("redis", "unix")):
+        options.setdefault("max_connections", max(2, limit))
     return broker_from_url(
-        broker_url_of(conf),
-        consumer_id=consumer_id,
-        options={
-            "lease_timeout": conf.worker_lease_timeout,
-            "connect_timeout": conf.broker_connection_timeout,
-            "publish_timeout": conf.broker_publish_timeout,
-            **conf.broker_transport_options,
-        },
+        url, consumer_id=consumer_id, options=options, queues=Queues.from_settings(conf)
     )

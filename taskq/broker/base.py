@@ -18,20 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskq.message import Envelope
+from taskq.queues import Queues, QueueSpec
 
 __all__ = ["Broker", "DeadLetter", "Delivery", "Envelope", "QueueSpec"]
-
-
-@dataclass(frozen=True)
-class QueueSpec:
-    """A queue the worker consumes or a producer publishes to.
-
-    ``max_priority`` maps to RabbitMQ's ``x-max-priority``; transports that order
-    by priority natively ignore it.
-    """
-
-    name: str
-    max_priority: int | None = None
 
 
 @dataclass
@@ -68,7 +57,8 @@ class DeadLetter:
 class Broker(abc.ABC):
     """Publishing and consuming for one broker URL.
 
-    Every broker accepts the options ``lease_timeout`` (seconds before the messages
+    ``queues`` says how to declare each queue (``taskq.queues``); every broker
+    accepts the options ``lease_timeout`` (seconds before the messages
     of a consumer that stopped heartbeating go back to their queues) and
     ``connect_timeout`` (seconds); others are transport-specific.
 
@@ -80,10 +70,20 @@ class Broker(abc.ABC):
 
     supports_delayed: bool = False
 
-    def __init__(self, url: str, *, consumer_id: str, options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        url: str,
+        *,
+        consumer_id: str,
+        options: dict[str, Any] | None = None,
+        queues: Queues | None = None,
+    ):
         self.url = url
         self.consumer_id = consumer_id
         self.options = dict(options or {})
+        #: How each queue is declared (``taskq.queues``): the same table in every
+        #: process of an app, so producers and workers declare alike.
+        self.queues = queues if queues is not None else Queues({})
 
     @abc.abstractmethod
     def declare(self, queues: Sequence[QueueSpec]) -> None:

@@ -10,7 +10,7 @@ from taskq.canvas.hooks import on_failure, on_success
 from taskq.canvas.maps import chunks, register_builtins, xmap, xstarmap
 from taskq.canvas.primitives import chain, chord, group
 from taskq.canvas.results import GroupResult
-from taskq.canvas.signature import Signature, signature
+from taskq.canvas.signature import Signature, maybe_signature, signature, subtask
 
 __all__ = [
     "GroupResult",
@@ -19,10 +19,12 @@ __all__ = [
     "chord",
     "chunks",
     "group",
+    "maybe_signature",
     "on_failure",
     "on_success",
     "register_builtins",
     "signature",
+    "subtask",
     "xmap",
     "xstarmap",
 ]

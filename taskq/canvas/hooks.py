@@ -16,6 +16,13 @@ reads every result (one ``mget``) and sends the body with them. A failing
 header task claims the same flag: the body never runs, its result is marked
 FAILURE with ``ChordError``, and its errbacks run once.
 
+On the Redis result backend, chords are counted in Celery's keys instead
+(``taskq.backends.redis.chord``), so Celery workers and taskq workers can run the
+header tasks and the body of each other's chords: each header task adds its
+outcome to the chord's sorted set; the one that completes it claims the chord,
+reads the outcomes in one call and sends the body (or fails it, if one failed). A
+failing header task claims the chord at once and fails the body, as above.
+
 Backend or broker errors while advancing a workflow propagate: the worker then
 gives the message back and the task runs again, which is safe because the
 counter is idempotent and every step keeps its id. Callback errors are logged.
@@ -26,17 +33,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from taskq import serialization
 from taskq.canvas.results import GroupResult
 from taskq.canvas.signature import Signature
 from taskq.errors import BackendError, BrokerError, ChordError
-from taskq.result import _value, exception_to_dict, states
+from taskq.result import _value, exception_from_dict, exception_to_dict, states
 
 if TYPE_CHECKING:
     from taskq.app import App
     from taskq.backends.base import Backend
+    from taskq.backends.chords import ChordKeys
     from taskq.context import Context
 
 log = logging.getLogger("taskq.canvas")
@@ -61,7 +70,7 @@ def on_success(app: App, ctx: Context, value: Any) -> None:
     """
     with _advancing(ctx, "count it in its chord"):
         if ctx.chord and ctx.group:
-            _chord_part_succeeded(app, ctx)
+            _chord_part_succeeded(app, ctx, value)
     with _advancing(ctx, "send the next step of its chain"):
         if ctx.chain:
             _send_next_step(app, ctx, value)
@@ -135,9 +144,12 @@ def _send_all(app: App, sigs: list[dict[str, Any]] | None, args: tuple[Any, ...]
 # -- chords -------------------------------------------------------------------------
 
 
-def _chord_part_succeeded(app: App, ctx: Context) -> None:
+def _chord_part_succeeded(app: App, ctx: Context, value: Any) -> None:
     assert ctx.chord is not None and ctx.group is not None
     backend = app.results.require()
+    if backend.chords is not None:
+        _count_in_celerys_keys(app, backend, backend.chords, ctx, value)
+        return
     size = int(ctx.chord.get("chord_size") or 0)
     member = str(ctx.group_index) if ctx.group_index is not None else str(ctx.id)
     if backend.add_member(counter_key(ctx.group), member, backend.expires) < size:
@@ -156,7 +168,7 @@ def _send_body(app: App, backend: Backend, ctx: Context) -> None:
     assert ctx.chord is not None and ctx.group is not None
     header = GroupResult.restore(ctx.group, app)
     if header is None:
-        _decide_failure(
+        decide_failure(
             app,
             ctx.chord,
             ChordError(f"chord {ctx.group}: its saved header is missing (expired?)"),
@@ -167,12 +179,54 @@ def _send_body(app: App, backend: Backend, ctx: Context) -> None:
     for result, meta in zip(header.leaves(), metas, strict=True):
         state = meta["status"] if meta else states.PENDING
         if meta is None or state != states.SUCCESS:
-            _decide_failure(app, ctx.chord, _dependency_error(result.id, state, meta))
+            decide_failure(app, ctx.chord, _dependency_error(result.id, state, meta))
             return
         values.append(meta["result"])
     body = Signature.from_dict(ctx.chord, app)
     body.apply_async((values,), parent_id=ctx.id, root_id=ctx.root_id or ctx.id)
     backend.delete(counter_key(ctx.group))  # the done flag keeps late duplicates out
+
+
+def _count_in_celerys_keys(
+    app: App, backend: Backend, chords: ChordKeys, ctx: Context, value: Any
+) -> None:
+    """A header task succeeded: count it in Celery's keys; decide if that completes it."""
+    assert ctx.chord is not None and ctx.group is not None and ctx.id is not None
+    # Celery's Redis backend counts [1, task id, state, result], serialized as results are.
+    part = serialization.dumps([1, ctx.id, states.SUCCESS, value], backend.serializer)[2]
+    size = int(ctx.chord.get("chord_size") or 0)
+    counted = chords.add_part(ctx.group, ctx.id, ctx.group_index, part, size_hint=size)
+    if counted.token is not None:
+        _decide(chords, ctx.group, counted.token, lambda: _join(app, backend, chords, ctx))
+
+
+def _decide(chords: ChordKeys, group_id: str, token: str, decide: Callable[[], None]) -> None:
+    """Run ``decide`` under the claim ``token``; give the claim back if it fails with
+    an error the worker retries the task for, so the retried run can claim again."""
+    try:
+        decide()
+    except (BackendError, BrokerError):
+        chords.release(group_id, token)
+        raise
+    chords.finish(group_id, token)
+
+
+def _join(app: App, backend: Backend, chords: ChordKeys, ctx: Context) -> None:
+    """Every header task is counted: send the body with their values in order, or fail
+    it with the first failure."""
+    assert ctx.chord is not None and ctx.group is not None
+    values = []
+    for data in chords.parts(ctx.group):
+        _, task_id, state, result = serialization.loads_any(
+            data, backend.serializer, backend.accept
+        )
+        if state in states.PROPAGATE_STATES:
+            error = ChordError(f"Dependency {task_id} raised {exception_from_dict(result)!r}")
+            decide_failure(app, ctx.chord, error)
+            return
+        values.append(result)
+    body = Signature.from_dict(ctx.chord, app)
+    body.apply_async((values,), parent_id=ctx.id, root_id=ctx.root_id or ctx.id)
 
 
 def _dependency_error(task_id: str, state: str, meta: dict[str, Any] | None) -> ChordError:
@@ -205,12 +259,18 @@ def _fail_chord(
 ) -> None:
     """Fail the chord once: mark its body failed and run the body's errbacks."""
     backend = app.results.require()
+    error = ChordError(f"Dependency {failed_id} raised {exc!r}")
+    if backend.chords is not None:
+        token = backend.chords.claim(group_id)
+        if token is not None:  # else decided already, or being decided
+            _decide(backend.chords, group_id, token, lambda: decide_failure(app, info, error))
+        return
     if backend.incr(done_key(group_id), backend.expires) != 1:
         return  # decided already: the body was sent, or another member failed first
-    _decide_failure(app, info, ChordError(f"Dependency {failed_id} raised {exc!r}"))
+    decide_failure(app, info, error)
 
 
-def _decide_failure(app: App, info: Mapping[str, Any], error: ChordError) -> None:
+def decide_failure(app: App, info: Mapping[str, Any], error: ChordError) -> None:
     """The body will not run: store ``error`` as its result, then treat it like a
     failed task (its errbacks, the rest of its chain, an enclosing chord)."""
     body = Signature.from_dict(info, app)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from taskq.canvas.primitives import group
 from taskq.canvas.results import GroupResult
 from taskq.canvas.signature import Signature, register_kind
+from taskq.canvas.unlock import register_chord_unlock
 from taskq.errors import ConfigurationError
 from taskq.result import AsyncResult
 
@@ -83,6 +84,21 @@ class chunks(Signature):  # noqa: N801 - Celery's name
             "chunks cannot be part of a chain or chord as they are: use chunks(...).group()."
         )
 
+    def __call__(self, **options: Any) -> GroupResult:
+        """Send the chunks as a group, as Celery's ``add.chunks(items, 10)()``."""
+        return self.apply_async(**options)
+
+    def apply(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        raise ConfigurationError(
+            "chunks run on workers, not in this process: send them with apply_async() "
+            "(or call them), and in tests run a worker: taskq.testing.run_until_empty(app)."
+        )
+
     def apply_async(
         self,
         args: tuple[Any, ...] | list[Any] = (),
@@ -109,8 +125,15 @@ def xstarmap(task: Mapping[str, Any], it: Iterable[Iterable[Any]]) -> Signature:
     )
 
 
+def _backend_cleanup() -> None:
+    """Celery beat sends ``celery.backend_cleanup`` daily; taskq's backends expire
+    results by themselves (Redis TTLs, the SQL backends' own sweep), so nothing to do."""
+
+
 def register_builtins(app: App) -> None:
-    """Register the tasks every app has: ``taskq.map`` and ``taskq.starmap``.
+    """Register the tasks every app has: ``taskq.map``, ``taskq.starmap``,
+    ``celery.chord_unlock`` (``taskq.canvas.unlock``), and Celery's ``celery.map``,
+    ``celery.starmap`` and ``celery.backend_cleanup``.
 
     Both run the mapped task's function in the worker process, item after item
     (the signature's own arguments follow each item's), and return the list of
@@ -129,3 +152,8 @@ def register_builtins(app: App) -> None:
 
     app.task(name="taskq.map")(run_map)
     app.task(name="taskq.starmap")(run_starmap)
+    # Celery's built-in names, so Celery producers' messages run on taskq workers.
+    app.task(name="celery.map")(run_map)
+    app.task(name="celery.starmap")(run_starmap)
+    app.task(name="celery.backend_cleanup", ignore_result=True)(_backend_cleanup)
+    register_chord_unlock(app)

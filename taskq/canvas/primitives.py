@@ -86,6 +86,22 @@ class _TaskList(Signature):
         items: list[Signature] = self["kwargs"]["tasks"]
         return items
 
+    def apply(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        raise _runs_on_workers(self)
+
+
+def _runs_on_workers(sig: Signature) -> ConfigurationError:
+    return ConfigurationError(
+        f"A {sig.kind} runs on workers, not in this process: send it with "
+        f"apply_async() (or call it), and in tests run a worker: "
+        "taskq.testing.run_until_empty(app)."
+    )
+
 
 _L = TypeVar("_L", bound=_TaskList)
 
@@ -104,6 +120,11 @@ class chain(_TaskList):  # noqa: N801 - Celery's name
 
     def __repr__(self) -> str:
         return " | ".join(map(repr, self.tasks)) or "chain()"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
+        """Send the chain, as Celery's ``chain(...)()``: ``args`` and ``kwargs`` go to its
+        first task; returns the last task's result."""
+        return self.apply_async(args, kwargs)
 
     def __or__(self, other: Signature) -> chain:  # type: ignore[override]  # not dict merge
         if not isinstance(other, Signature):
@@ -192,6 +213,22 @@ class group(_TaskList):  # noqa: N801 - Celery's name
     def __repr__(self) -> str:
         return f"group([{', '.join(map(repr, self.tasks))}])"
 
+    def __call__(self, *args: Any, **options: Any) -> GroupResult:
+        """Send the group, as Celery's ``group(...)()``: ``args`` are prepended to each
+        member's, ``options`` are call options; returns the ``GroupResult``."""
+        return self.apply_async(args, **options)
+
+    def skew(self, start: float = 1.0, stop: float | None = None, step: float = 1.0) -> group:
+        """Spread the members out in time: countdown ``start``, ``start + step``, ...
+        (at most ``stop``), as Celery's ``group.skew``. Returns the group."""
+        countdown = start
+        for member in self.tasks:
+            member.set(countdown=countdown)
+            countdown += step
+            if stop is not None:
+                countdown = min(countdown, stop)
+        return self
+
     def clone(
         self, args: tuple[Any, ...] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> group:
@@ -271,7 +308,7 @@ class chord(Signature):  # noqa: N801 - Celery's name
     def __init__(
         self,
         header: Mapping[str, Any] | Iterable[Mapping[str, Any]],
-        body: Mapping[str, Any],
+        body: Mapping[str, Any] | None = None,
         *,
         options: Mapping[str, Any] | None = None,
         app: App | None = None,
@@ -283,14 +320,15 @@ class chord(Signature):  # noqa: N801 - Celery's name
         )
         if not isinstance(head, group):
             head = group(head, app=app)
-        tail = Signature.from_dict(body, app)
+        # Celery's chord(header)(body): the body may come when the chord is called.
+        tail = Signature.from_dict(body, app) if body is not None else None
         super().__init__(
             "celery.chord",
             (),
             {"header": head, "body": tail, "kwargs": {}},
             options=options,
             subtask_type="chord",
-            app=app or head.app or tail.app,
+            app=app or head.app or (tail.app if tail is not None else None),
         )
 
     @classmethod
@@ -305,18 +343,38 @@ class chord(Signature):  # noqa: N801 - Celery's name
 
     @property
     def body(self) -> Signature:
-        tail: Signature = self["kwargs"]["body"]
+        tail: Signature | None = self["kwargs"]["body"]
+        if tail is None:
+            raise ConfigurationError(
+                "This chord has no body yet: give it one, chord(header, body) or "
+                "chord(header)(body)."
+            )
         return tail
 
     def __repr__(self) -> str:
-        return f"chord({self.header!r}, {self.body!r})"
+        return f"chord({self.header!r}, {self['kwargs']['body']!r})"
+
+    def __call__(self, body: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult[Any]:
+        """Send the chord, as Celery's ``chord(header)(body)`` and ``chord(header, body)()``:
+        returns the body's result."""
+        sig = self if body is None else chord(self.header, body, options=self.options, app=self.app)
+        return sig.apply_async(**options)
+
+    def apply(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        raise _runs_on_workers(self)
 
     def clone(
         self, args: tuple[Any, ...] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> chord:
+        tail = self["kwargs"]["body"]
         return chord(
             self.header.clone(args, kwargs),
-            self.body.clone(),
+            tail.clone() if tail is not None else None,
             options={**self.options, **options},
             app=self.app,
         )
@@ -377,7 +435,12 @@ def apply_chord(
         results.append(member.freeze())
     header_result = GroupResult(group_id, results, app=app)
     top(body_result).parent = header_result
-    header_result.save()
+    chords = app.results.require().chords
+    if chords is not None:  # Celery's keys (Redis): Celery workers need the size
+        if members:
+            chords.set_size(group_id, len(members))
+    else:
+        header_result.save()
     if not members:  # Celery's rule: an empty header calls the body with []
         body.apply_async(([],), **{k: v for k, v in opts.items() if k in ("parent_id", "root_id")})
     _send_members(app, members, opts)

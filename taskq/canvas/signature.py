@@ -115,6 +115,17 @@ class Signature(dict[str, Any]):
         return bool(self["immutable"])
 
     @property
+    def name(self) -> str:
+        """The task's name (Celery's ``sig.name``)."""
+        return self.task
+
+    @property
+    def subtask_type(self) -> str | None:
+        """``chain``, ``group``, ``chord``, ... or None for a plain task call."""
+        value = self["subtask_type"]
+        return str(value) if value is not None else None
+
+    @property
     def id(self) -> str | None:
         """The task id given with ``set(task_id=...)`` or by ``freeze()``, if any."""
         task_id = self["options"].get("task_id")
@@ -168,6 +179,15 @@ class Signature(dict[str, Any]):
     def _append_option(self, name: str, sig: Mapping[str, Any]) -> None:
         self["options"][name] = [*as_list(self["options"].get(name)), sig]
 
+    def set_immutable(self, immutable: bool) -> None:
+        """Make the call ignore (True) or take (False) a parent's result."""
+        self["immutable"] = bool(immutable)
+
+    def on_error(self, errback: Mapping[str, Any]) -> Signature:
+        """``link_error`` that returns this signature, to write ``sig.on_error(e).delay()``."""
+        self.link_error(errback)
+        return self
+
     def __or__(self, other: Signature) -> chain:  # type: ignore[override]  # not dict merge
         """``a | b``: a chain where ``b`` gets ``a``'s result."""
         if not isinstance(other, Signature):
@@ -211,6 +231,37 @@ class Signature(dict[str, Any]):
 
     # -- sending ---------------------------------------------------------------------
 
+    @property
+    def type(self) -> Any:
+        """The registered task this signature calls (Celery's ``sig.type``).
+
+        Raises:
+            NotRegistered: the task is not registered in this process.
+        """
+        return self.require_app().get_task(self.task)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task here and now, as calling the task does (Celery's rule: calling
+        a plain signature is a local call; calling a chain, group or chord sends it).
+        Call-time arguments are merged as ``clone`` merges them."""
+        call = self.clone(args, kwargs)
+        return call.type(*call.args, **call.kwargs)
+
+    def __invert__(self) -> Any:
+        """``~sig``: send it and wait for its result (``sig.delay().get()``), as Celery's."""
+        return self.apply_async().get()
+
+    def apply(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """Run the call in this process as a worker would (``Task.apply``)."""
+        call = self.clone(tuple(args), kwargs)
+        result: AsyncResult[Any] = call.type.apply(call.args, call.kwargs, **options)
+        return result
+
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
         return self.apply_async(args, kwargs)
 
@@ -248,6 +299,15 @@ def signature(
     if isinstance(task, Mapping):
         return Signature.from_dict(task, app=app)
     return Signature(task, args, kwargs, options=options, immutable=immutable, app=app)
+
+
+def maybe_signature(d: Mapping[str, Any] | None, app: App | None = None) -> Signature | None:
+    """``d`` as a signature (None stays None), as Celery's ``maybe_signature``."""
+    return None if d is None else Signature.from_dict(d, app=app)
+
+
+#: Celery's old name for ``signature``.
+subtask = signature
 
 
 def as_list(value: Any) -> list[Any]:

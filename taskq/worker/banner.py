@@ -26,7 +26,8 @@ def describe_url(url: str | None) -> str:
 
 def banner(worker: Worker) -> str:
     app = worker.app
-    tasks = sorted(name for name in app.tasks if not name.startswith("taskq."))  # not built-ins
+    # Not the built-ins (taskq.map, celery.chord_unlock, ...).
+    tasks = sorted(name for name in app.tasks if not name.startswith(("taskq.", "celery.")))
     lines = [
         f"taskq {__version__}  {worker.hostname}",
         f"  app:         {app.main or '__main__'}",

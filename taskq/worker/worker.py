@@ -25,10 +25,10 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from taskq import signals
-from taskq.broker.base import QueueSpec
 from taskq.broker.startup import connect_on_startup
 from taskq.control import terminations
 from taskq.errors import BackendError, BrokerError
+from taskq.queues import Queues
 from taskq.worker.consumer import Consumer
 from taskq.worker.executor import Executor
 from taskq.worker.holding import Holding
@@ -75,7 +75,8 @@ class Worker:
         self.app = app
         self.timing = timing
         self.hostname = expand_hostname(opts.hostname or conf.worker_hostname)
-        self.queues = opts.queues or [conf.task_default_queue]
+        # Without -Q: every queue of task_queues (only task_default_queue without it).
+        self.queues = opts.queues or Queues.from_settings(conf).names()
         self.pool_name = opts.pool or conf.worker_pool
         self.policies = Policies(app.tasks, conf, opts.soft_time_limit, opts.time_limit)
         self.policies.resolve_all()  # a bad rate limit stops start-up, not a task later
@@ -138,7 +139,11 @@ class Worker:
         Raises:
             BrokerError: the broker stayed unreachable (``broker_connection_*``).
         """
-        specs = [QueueSpec(q, self.app.conf.task_queue_max_priority) for q in self.queues]
+        self.app.finalize()  # Celery's on_after_configure / on_after_finalize
+        for line in self.app.conf.unimplemented():  # Celery settings taskq ignores
+            log.warning(line)
+        # Declared as the app's queue table says, as its producers declare them.
+        specs = [self.broker.queues[q] for q in self.queues]
         if not connect_on_startup(
             lambda: self.broker.declare(specs),
             url=self.app.broker_url,

@@ -23,6 +23,7 @@ import redis
 from redis import exceptions as redis_errors
 
 from taskq.backends.base import Backend, not_ready_error
+from taskq.backends.redis.chord import RedisChords
 from taskq.backends.redis.listen import Connection, Listener, Watch
 from taskq.errors import BackendError
 from taskq.redisclient.client import connection_pool, millis, translate
@@ -72,6 +73,10 @@ class RedisBackend(Backend):
         self._line = Line(self._client)
         self._listener: Listener | None = None
         self._listener_lock = threading.Lock()
+        # Chords in Celery's keys: Celery and taskq workers share them.
+        self.chords = RedisChords(
+            self._client, self._prefix, self.expires, lambda doing: self._translate(doing)
+        )
 
     # -- primitives ------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ from kombu.exceptions import OperationalError
 from taskq.broker.amqp import delay as amqp_delay
 from taskq.broker.base import Broker, DeadLetter, Delivery, Envelope, QueueSpec
 from taskq.errors import BrokerError
+from taskq.queues import Queues
 from taskq.urls import mask_url
 
 log = logging.getLogger("taskq.broker")
@@ -71,8 +72,15 @@ class KombuBroker(Broker):
 
     supports_delayed = False
 
-    def __init__(self, url: str, *, consumer_id: str, options: dict[str, Any] | None = None):
-        super().__init__(url, consumer_id=consumer_id, options=options)
+    def __init__(
+        self,
+        url: str,
+        *,
+        consumer_id: str,
+        options: dict[str, Any] | None = None,
+        queues: Queues | None = None,
+    ):
+        super().__init__(url, consumer_id=consumer_id, options=options, queues=queues)
         # A publish attempt (a connect tried twice, a reply or the confirm) takes at
         # most half of broker_publish_timeout, so delay() ends within it (producer).
         self.publish_timeout = float(self.options.pop("publish_timeout", None) or 5.0)
@@ -91,6 +99,7 @@ class KombuBroker(Broker):
         if self._confirms:
             self._transport_options.setdefault("confirm_publish", True)
         self._specs: dict[str, QueueSpec] = {}
+        self._kombu_queues: dict[str, kombu.Queue] = {}
         self._publish_lock = threading.Lock()
         self._publish_conn: kombu.Connection | None = None
         self._producer: kombu.Producer | None = None
@@ -116,15 +125,22 @@ class KombuBroker(Broker):
     # -- queues ----------------------------------------------------------------------
 
     def _queue(self, name: str) -> kombu.Queue:
-        spec = self._specs.get(name) or QueueSpec(name)
-        arguments = {"x-max-priority": spec.max_priority} if spec.max_priority else None
-        return kombu.Queue(
-            name, kombu.Exchange(name, "direct"), routing_key=name, queue_arguments=arguments
-        )
+        """The kombu queue that declares ``name``: as the worker declared it, else as
+        the app's queue table says (the same in every process)."""
+        queue = self._kombu_queues.get(name)
+        if queue is None:
+            spec = self._specs.get(name)
+            if spec is None:
+                # The dead-letter queue is taskq's own: plain, whatever the settings say.
+                plain = name == self.dead_letter_queue
+                spec = self._specs[name] = QueueSpec(name) if plain else self.queues[name]
+            queue = self._kombu_queues[name] = spec.to_kombu()
+        return queue
 
     def declare(self, queues: Sequence[QueueSpec]) -> None:
         for spec in queues:
             self._specs[spec.name] = spec
+            self._kombu_queues.pop(spec.name, None)
 
         def declare_all() -> None:
             for spec in queues:
@@ -207,7 +223,7 @@ class KombuBroker(Broker):
         def send() -> None:
             self._channel()
             assert self._producer is not None
-            exchange, routing_key = target.exchange, queue
+            exchange, routing_key = target.exchange, target.routing_key
             if self._delay is not None and eta is not None:
                 delayed = self._delay.route(self._producer.channel, target, eta, time.time())
                 exchange, routing_key = delayed or (exchange, routing_key)

@@ -74,6 +74,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from kombu.transport.virtual.exchange import TopicExchange
 
 from taskq.broker.base import Broker, DeadLetter, Delivery, Envelope, QueueSpec
 from taskq.broker.envelope import (
@@ -89,6 +90,7 @@ from taskq.broker.redis.fetch import Fetcher
 from taskq.broker.redis.options import BrokerOptions
 from taskq.broker.redis.session import Session
 from taskq.broker.redis.settle import Settler, lease_of
+from taskq.queues import Queues
 
 __all__ = ["RedisBroker"]
 
@@ -102,6 +104,14 @@ def _prepare(envelope: Envelope, queue: str, priority: int | None) -> tuple[str,
     """The list key and payload for publishing; ``priority`` None takes the envelope's."""
     value = clamp_priority(envelope.properties.get("priority") if priority is None else priority)
     return list_key(queue, value), encode_payload(envelope, queue, value)
+
+
+def _binding(spec: QueueSpec) -> tuple[str, str]:
+    """The exchange of ``spec`` and its member in kombu's binding set."""
+    pattern = ""
+    if spec.exchange_type == "topic":  # kombu matches topic bindings by regex
+        pattern = TopicExchange(None).key_to_pattern(spec.binding_key)
+    return spec.exchange_name, PRIORITY_SEP.join([spec.binding_key, pattern, spec.name])
 
 
 def _pack(key: str, payload: bytes) -> bytes:
@@ -118,8 +128,15 @@ class RedisBroker(Broker):
 
     supports_delayed = True
 
-    def __init__(self, url: str, *, consumer_id: str, options: dict[str, Any] | None = None):
-        super().__init__(url, consumer_id=consumer_id, options=options)
+    def __init__(
+        self,
+        url: str,
+        *,
+        consumer_id: str,
+        options: dict[str, Any] | None = None,
+        queues: Queues | None = None,
+    ):
+        super().__init__(url, consumer_id=consumer_id, options=options, queues=queues)
         self.settings = BrokerOptions.from_mapping(self.options)
         session = Session(url, consumer_id, self.settings)
         self._session = session
@@ -134,25 +151,33 @@ class RedisBroker(Broker):
         self._settler = Settler(session)
         self._fetcher = Fetcher(session, self._settler.acks)
         self._rotation = 0  # fetch calls: which queue goes first
+        self._declared: set[str] = set()  # queues whose binding this instance wrote
         self._sources: dict[tuple[str, ...], dict[str, str]] = {}  # list key -> queue
 
     # -- publishing -----------------------------------------------------------------
 
     def declare(self, queues: Sequence[QueueSpec]) -> None:
-        """Bind each queue to the direct exchange of the same name, as kombu does.
+        """Write kombu's binding of each queue to its exchange, as Celery does.
 
-        Redis lists need no creation; the binding lets a Celery or kombu producer that
-        publishes to exchange ``<queue>`` with routing key ``<queue>`` reach the list.
-        ``max_priority`` is ignored (Redis always has the four priority lists).
+        Redis lists need no creation; the binding (``_kombu.binding.<exchange>``,
+        member ``<routing key>\\x06\\x16<pattern>\\x06\\x16<queue>``) lets a Celery
+        or kombu producer that publishes to the queue's exchange reach the list.
+        ``max_priority`` and queue arguments do not apply (Redis always has the four
+        priority lists). A producer declares each queue it publishes to once.
         """
         with self._translate("declare queues"):
             pipe = self._client.pipeline(transaction=False)
             for spec in queues:
-                member = PRIORITY_SEP.join([spec.name, "", spec.name])
-                pipe.sadd(f"_kombu.binding.{spec.name}", member)
+                exchange, member = _binding(spec)
+                pipe.sadd(f"_kombu.binding.{exchange}", member)
                 # kombu >= 5.7 keeps a binding table while this set names the queue.
-                pipe.sadd(f"_kombu.binding_permanent.{spec.name}", member)
+                pipe.sadd(f"_kombu.binding_permanent.{exchange}", member)
             pipe.execute()
+        self._declared.update(spec.name for spec in queues)
+
+    def _declare_once(self, queue: str) -> None:
+        if queue not in self._declared:
+            self.declare([self.queues[queue]])
 
     def publish(
         self,
@@ -166,6 +191,7 @@ class RedisBroker(Broker):
 
         ``priority`` None takes the envelope's ``priority`` property, else 0.
         """
+        self._declare_once(queue)
         key, payload = _prepare(envelope, queue, priority)
         command: tuple[Any, ...] = ("LPUSH", key, payload)
         delayed = eta is not None and eta > time.time()
@@ -184,6 +210,8 @@ class RedisBroker(Broker):
     def publish_many(self, items: Sequence[tuple[Envelope, str, int | None]]) -> None:
         """One pipeline; messages of one list go in order in multi-value LPUSHes."""
         by_key: dict[str, list[bytes]] = {}
+        for queue in {queue for _, queue, _ in items} - self._declared:
+            self._declare_once(queue)
         for envelope, queue, priority in items:
             key, payload = _prepare(envelope, queue, priority)
             by_key.setdefault(key, []).append(payload)

@@ -31,6 +31,7 @@ from taskq.broker.base import Broker, DeadLetter, Delivery, Envelope, QueueSpec
 from taskq.broker.envelope import decode_payload, encode_payload
 from taskq.broker.lease import LeaseClock
 from taskq.errors import BrokerError, ConfigurationError, TaskqError, did_you_mean
+from taskq.queues import Queues
 
 __all__ = [
     "BUSY_TIMEOUT",
@@ -289,9 +290,14 @@ class SqliteBroker(Broker):
     supports_delayed = True
 
     def __init__(
-        self, url: str, *, consumer_id: str, options: dict[str, Any] | None = None
+        self,
+        url: str,
+        *,
+        consumer_id: str,
+        options: dict[str, Any] | None = None,
+        queues: Queues | None = None,
     ) -> None:
-        super().__init__(url, consumer_id=consumer_id, options=options)
+        super().__init__(url, consumer_id=consumer_id, options=options, queues=queues)
         # The app passes connect_timeout and publish_timeout to every broker; a local
         # file has no connect step, and a write waits BUSY_TIMEOUT at most.
         unknown = sorted(

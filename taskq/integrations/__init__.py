@@ -1,0 +1,1 @@
+"""Framework integrations: Django (``taskq.integrations.django``)."""
