@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).parent.parent / "taskq"
 #: Lowest first. An entry names a subpackage or module of ``taskq``; a dotted entry
 #: ranks one part of a subpackage apart from the rest of it.
 LAYERS = [
-    ["errors", "version", "urls"],
+    ["errors", "version", "urls", "monkey"],
     ["celery_names", "queues", "config", "serialization", "solar", "signals", "arguments"],
     ["message", "routing", "schedules", "context"],
     ["security"],
@@ -34,7 +34,7 @@ LAYERS = [
     ["integrations", "discovery", "shared", "app"],
     ["worker", "beat", "loader"],
     ["testing"],
-    ["cli"],
+    ["cli", "__main__"],
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
