@@ -99,3 +99,20 @@ def test_the_window_grows_with_the_settle_rate_of_short_tasks() -> None:
     clock.advance(1.0)
     window.resize()
     assert window.size == 8 and not window.read_ahead
+
+
+def test_a_prefetch_window_above_the_batch_cap_is_never_cut_to_it() -> None:
+    """-c 1000 with the multiplier 4 keeps 4,000 leased, whatever the settle rate:
+    the batch cap only limits growth past the prefetch window."""
+    clock = Clock()
+    timing = Timing(batch_span=0.02, batch_max=64)
+    window = Window(capacity=4000, concurrency=1000, batching=True, timing=timing, clock=clock)
+    for _ in range(5000):
+        window.started()
+        window.settled(parked=0)
+    clock.advance(1.0)
+    window.fetched(got=4000, asked=4000)
+    assert window.size == 4000 and window.free(parked=0) == 4000
+    clock.advance(1.0)
+    window.fetched(got=10, asked=4000)
+    assert window.size == 4000

@@ -83,7 +83,7 @@ class Window:
         rate = (self._settled - settled) / (now - since)
         self._rate_mark = (now, self._settled)
         batch = int(rate * self._timing.batch_span) if self._batching and self._backlog else 0
-        self.size = min(self._timing.batch_max, max(self.capacity, batch))
+        self.size = max(self.capacity, min(self._timing.batch_max, batch))
 
     def started(self) -> None:
         """A request went to the pool."""
