@@ -13,7 +13,7 @@ other method is safe to call from any thread.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,20 @@ class Delivery:
     tag: str
     delivery_count: int = 1
     raw: Any = None
+
+
+@dataclass(frozen=True)
+class LeaseRenewer:
+    """Renews one consumer's lease, and nothing else, on connections of its own.
+
+    ``renew`` and ``close`` are called from one thread, the one that asked for it:
+    a worker in a gevent or eventlet process renews from a thread of the OS, so a
+    task that blocks the event loop cannot let the lease run out
+    (``Broker.lease_renewer``).
+    """
+
+    renew: Callable[[], None]
+    close: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -166,6 +180,13 @@ class Broker(abc.ABC):
     def heartbeat(self) -> None:  # noqa: B027 - optional hook
         """Renew this consumer's lease and return messages of consumers whose lease
         ran out. The worker calls it every ``worker_lease_timeout / 3`` seconds."""
+
+    def lease_renewer(self) -> LeaseRenewer:
+        """A ``LeaseRenewer`` for this consumer's lease, safe to use from a thread
+        that shares nothing with this broker's connections. Default: ``heartbeat``,
+        for brokers whose heartbeat opens its own connection per thread (SQLite) or
+        has nothing to renew."""
+        return LeaseRenewer(self.heartbeat)
 
     @abc.abstractmethod
     def purge(self, queue: str) -> int:

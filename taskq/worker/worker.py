@@ -6,7 +6,9 @@ the ``Settlement`` (the pool's ``done``: ack, requeue, dead-letter, redeliver), 
 ``Window`` (how many messages may be leased), the ``Holding`` area (ETA and
 rate-limited requests) and the ``Consumer`` (fetch, decode, start or hold). Two
 background threads keep this worker's leases alive (heartbeat) and terminate
-running tasks revoked with ``terminate=True`` (see ``taskq.control``).
+running tasks revoked with ``terminate=True`` (see ``taskq.control``); in a
+gevent or eventlet process a thread of the OS also renews the lease
+(``taskq.worker.lease``).
 
 Warm shutdown stops fetching, gives unstarted messages back at once, lets
 running tasks finish within ``worker_shutdown_timeout`` and then gives back what
@@ -24,7 +26,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from taskq import signals
+from taskq import monkey, signals
 from taskq.broker.startup import connect_on_startup
 from taskq.control import terminations
 from taskq.errors import BackendError, BrokerError
@@ -32,6 +34,7 @@ from taskq.queues import Queues
 from taskq.worker.consumer import Consumer
 from taskq.worker.executor import Executor
 from taskq.worker.holding import Holding
+from taskq.worker.lease import LeaseKeeper
 from taskq.worker.options import WorkerOptions, expand_hostname, pool_settings
 from taskq.worker.policy import Policies
 from taskq.worker.pools import make_pool
@@ -127,6 +130,10 @@ class Worker:
         self._closed = threading.Event()
         self._cold = False
         self._terminated: set[str] = set()
+        # In a gevent or eventlet process the heartbeat is a greenlet that a task
+        # which never yields would hold up: a thread of the OS keeps the lease.
+        interval = timing.heartbeat_interval or conf.worker_lease_timeout / 3
+        self._keeper = LeaseKeeper(self.broker, interval) if monkey.green() else None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -154,6 +161,8 @@ class Worker:
             self.broker.close()
             return
         self.pool.start()
+        if self._keeper is not None:
+            self._keeper.start()
         for target, name in ((self._heartbeat, "heartbeat"), (self._watch_revokes, "control")):
             threading.Thread(target=target, name=f"taskq-{name}", daemon=True).start()
         self.ready.set()
@@ -229,6 +238,8 @@ class Worker:
         self.pool.stop()
         self._give_back(running, "running")
         self._closed.set()
+        if self._keeper is not None:
+            self._keeper.stop()
         self.broker.close()
         log.info("%s stopped.", self.hostname)
         signals.worker_shutdown.send(self)

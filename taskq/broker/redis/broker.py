@@ -76,7 +76,14 @@ from typing import Any
 import redis
 from kombu.transport.virtual.exchange import TopicExchange
 
-from taskq.broker.base import Broker, DeadLetter, Delivery, Envelope, QueueSpec
+from taskq.broker.base import (
+    Broker,
+    DeadLetter,
+    Delivery,
+    Envelope,
+    LeaseRenewer,
+    QueueSpec,
+)
 from taskq.broker.envelope import (
     PRIORITY_SEP,
     PRIORITY_STEPS,
@@ -91,6 +98,7 @@ from taskq.broker.redis.options import BrokerOptions
 from taskq.broker.redis.session import Session
 from taskq.broker.redis.settle import Settler, lease_of
 from taskq.queues import Queues
+from taskq.redisclient.client import connection_pool
 
 __all__ = ["RedisBroker"]
 
@@ -345,6 +353,30 @@ class RedisBroker(Broker):
         if held:
             clock.renewed(sent_at)
         return bool(held)
+
+    def lease_renewer(self) -> LeaseRenewer:
+        """Renew this consumer's lease on a connection of the renewer's own, opened
+        on the first ``renew`` in the calling thread: a connection of this broker's
+        pool may belong to another thread's event loop (gevent, eventlet)."""
+        session = self._session
+        pools: list[redis.ConnectionPool] = []
+        renew_scripts: list[Any] = []
+        args = [session.lease_id, self.settings.lease_timeout]
+
+        def renew() -> None:
+            if not renew_scripts:
+                name = f"taskq:{session.lease_id}:lease"
+                pools.append(connection_pool(self.url, self.settings, name))
+                client = redis.Redis(connection_pool=pools[0])
+                renew_scripts.append(client.register_script(scripts.RENEW))
+            with self._translate("renew the consumer lease"):
+                renew_scripts[0]([self._keys.consumers], args)
+
+        def close() -> None:
+            for pool in pools:
+                pool.disconnect()
+
+        return LeaseRenewer(renew, close)
 
     # -- dead letters -----------------------------------------------------------------
 

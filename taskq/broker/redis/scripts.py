@@ -24,7 +24,16 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-__all__ = ["DEAD_LETTER", "FETCH", "PROMOTE", "REAP", "REQUEUE", "REQUEUE_DEAD", "STILL_LEASED"]
+__all__ = [
+    "DEAD_LETTER",
+    "FETCH",
+    "PROMOTE",
+    "REAP",
+    "RENEW",
+    "REQUEUE",
+    "REQUEUE_DEAD",
+    "STILL_LEASED",
+]
 
 
 def _read(name: str) -> str:
@@ -38,6 +47,8 @@ _PROMOTE = _read("promote")
 FETCH = _HELPERS + _PROMOTE + _read("fetch")
 #: Promote due delayed messages only, for moving a large due batch in short calls.
 PROMOTE = _HELPERS + _PROMOTE + _read("promote_due")
+#: Renew this consumer's lease only (a green worker's lease keeper thread).
+RENEW = _read("renew")
 #: Renew this consumer's lease, then give back the messages of expired consumers.
 REAP = _HELPERS + _read("reap")
 #: Give leased messages back at the consumer end of their lists.
