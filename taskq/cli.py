@@ -143,12 +143,12 @@ def _autoscale(ctx: click.Context, param: click.Parameter, value: str | None) ->
     "--concurrency",
     type=int,
     default=None,
-    help="Pool size (default: CPU count; asyncio 100).",
+    help="Pool size (default: CPU count; asyncio, gevent and eventlet 100).",
 )
 @click.option(
     "-P",
     "--pool",
-    type=click.Choice(["prefork", "threads", "solo", "asyncio"]),
+    type=click.Choice(["prefork", "threads", "solo", "asyncio", "gevent", "eventlet"]),
     default=None,
     help="Where tasks run (default: worker_pool, prefork).",
 )

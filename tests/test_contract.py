@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from taskq import App, BrokerError, NotRegistered, states
+from taskq import App, BrokerError, NotRegistered, monkey, states
 from taskq.broker import dlq
 from taskq.broker.base import Envelope
 from taskq.errors import TaskError
 from taskq.testing import running_worker
 from tests import servers
+from tests.green_run import run_patched
 from tests.waiting import wait_until
 
 # Starts workers or subprocesses: the full tier only (scripts/test).
@@ -25,7 +27,11 @@ pytestmark = pytest.mark.slow
 
 
 COMBOS = ["memory", "redis", "amqp+redis", "sqlite"]
-POOLS = ["threads", "prefork", "solo", "asyncio"]
+# A process patched for gevent or eventlet (tests/green_run.py) runs the suite with
+# that pool only; any other process with the rest, and runs the green ones in such
+# a process (test_green_pools_honour_the_contract).
+GREEN = monkey.green()
+POOLS = [GREEN] if GREEN else ["threads", "prefork", "solo", "asyncio"]
 # Objects the prefork children inherit by fork and share with this process.
 FORK = multiprocessing.get_context("fork")
 
@@ -83,7 +89,9 @@ class Tasks:
     """The task bodies the contract uses, registered on one app."""
 
     def __init__(self, app: App) -> None:
-        self.gate = FORK.Event()
+        # A multiprocessing Event blocks the whole process when waited on; in a
+        # patched process threading.Event is the cooperative one.
+        self.gate: Any = threading.Event() if GREEN else FORK.Event()
         self._attempts: Any = FORK.SimpleQueue()
         gate, attempts = self.gate, self._attempts
 
@@ -292,3 +300,12 @@ def test_priorities(combo: str, first: str, unique: str, tmp_path: Path) -> None
     expected = [9, 9, 0, 0] if first == "high" else [0, 0, 9, 9]
     assert order == expected
     app.close()
+
+
+@pytest.mark.skipif(GREEN is not None, reason="runs the suite in patched processes itself")
+@pytest.mark.parametrize("green", ["gevent", "eventlet"])
+def test_green_pools_honour_the_contract(green: str) -> None:
+    """The contract suite above, with every broker combination, in a process
+    patched for ``green`` before anything is imported, as ``taskq worker -P green``
+    is (tests/green_run.py)."""
+    print(run_patched(green, __file__))

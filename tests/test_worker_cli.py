@@ -33,7 +33,10 @@ def project(tmp_path: Path, unique: str, monkeypatch: pytest.MonkeyPatch) -> Ite
         (["-P", "threads", "--autoscale", "4,2"], "needs the prefork pool"),
         (["-P", "prefork", "--autoscale", "2,4"], "0 < MIN <= MAX"),
         (["-P", "prefork"], "cannot reach 'memory://'"),
-        (["-P", "gevent"], "'gevent' is not one of"),
+        (["-P", "greenlet"], "'greenlet' is not one of"),
+        # Not patched: this process imported everything before the pool was named.
+        (["-P", "gevent"], "monkey-patched by gevent before the app"),
+        (["-P", "eventlet"], "monkey-patched by eventlet before the app"),
         (["--time-limit", "0"], "--time-limit"),
         (["--max-tasks-per-child", "0"], "--max-tasks-per-child"),
     ],

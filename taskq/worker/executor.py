@@ -25,7 +25,7 @@ import logging
 import os
 import time
 import traceback as tb_mod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskq.worker")
 
 _NO_LIMITS = contextlib.nullcontext()
+
+#: Raises ``(soft, hard)`` time limits inside the block it guards.
+Guard = Callable[[float | None, float | None], contextlib.AbstractContextManager[None]]
 
 
 class Action(enum.Enum):
@@ -331,16 +334,20 @@ def announce(task: Task[Any, Any], ctx: Context, traced: Traced) -> None:
 
 
 def trace(
-    task: Task[Any, Any], ctx: Context, limits: tuple[float | None, float | None] = (None, None)
+    task: Task[Any, Any],
+    ctx: Context,
+    limits: tuple[float | None, float | None] = (None, None),
+    guard: Guard = enforced,
 ) -> Traced:
     """Run ``task`` with ``ctx`` as its request; never raises for task errors.
 
-    ``limits`` are the ``(soft, hard)`` seconds raised inside the task.
+    ``limits`` are the ``(soft, hard)`` seconds raised inside the task by
+    ``guard(soft, hard)`` (``limits.enforced``, or a green pool's timeouts).
     """
     token = current_request.set(ctx)
     start = time.monotonic()
     try:
-        with enforced(*limits) if limits[0] or limits[1] else _NO_LIMITS:
+        with guard(*limits) if limits[0] or limits[1] else _NO_LIMITS:
             value = task.run(*ctx.args, **ctx.kwargs)
             if value is not None and inspect.isawaitable(value):
                 value = asyncio.run(_await(value))

@@ -44,19 +44,25 @@ def describe(kind: type[TaskqError], seconds: float) -> str:
     return f"{what} ({seconds:g}s) exceeded"
 
 
-@contextlib.contextmanager
-def enforced(soft: float | None, hard: float | None) -> Iterator[None]:
-    """Raise ``SoftTimeLimitExceeded`` after ``soft`` and ``TimeLimitExceeded`` after
-    ``hard`` seconds in the code running inside the block (in this thread)."""
+def schedule(soft: float | None, hard: float | None) -> list[Limit]:
+    """The limits to raise, earliest first: no soft limit when the hard one comes
+    first or at the same time."""
     limits: list[Limit] = []
     if soft and not (hard and hard <= soft):
         limits.append((SoftTimeLimitExceeded, soft))
     if hard:
         limits.append((TimeLimitExceeded, hard))
+    return sorted(limits, key=lambda item: item[1])
+
+
+@contextlib.contextmanager
+def enforced(soft: float | None, hard: float | None) -> Iterator[None]:
+    """Raise ``SoftTimeLimitExceeded`` after ``soft`` and ``TimeLimitExceeded`` after
+    ``hard`` seconds in the code running inside the block (in this thread)."""
+    limits = schedule(soft, hard)
     if not limits:
         yield
         return
-    limits.sort(key=lambda item: item[1])
     main = threading.current_thread() is threading.main_thread()
     guard = _alarm if main and hasattr(signal, "setitimer") else _async_exception
     with guard(limits):

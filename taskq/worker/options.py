@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ASYNCIO_CONCURRENCY", "WorkerOptions", "expand_hostname", "pool_settings"]
 
-#: Default concurrency of the asyncio pool (coroutines are cheap).
+#: Default concurrency of the asyncio, gevent and eventlet pools (a waiting task
+#: costs a coroutine or a greenlet, not a thread or a process).
 ASYNCIO_CONCURRENCY = 100
 
 
@@ -67,7 +68,7 @@ def pool_settings(app: App, opts: WorkerOptions) -> PoolSettings:
         )
     if name == "solo":
         concurrency = 1
-    elif name == "asyncio":
+    elif name in ("asyncio", "gevent", "eventlet"):
         concurrency = opts.concurrency or conf.worker_concurrency or ASYNCIO_CONCURRENCY
     else:
         concurrency = opts.concurrency or conf.worker_concurrency or os.cpu_count() or 1

@@ -2,7 +2,8 @@
 
 ``solo`` runs each task in the consumer's thread, one at a time; ``threads`` up
 to N at once on a thread pool; ``prefork`` in child processes; ``asyncio`` on one
-event loop. Each is one module (``prefork`` a package) implementing
+event loop; ``gevent`` and ``eventlet`` in greenlets of a process patched first
+(what they share is in ``green``). Each is one module (``prefork`` a package) implementing
 ``taskq.worker.pools.base.Pool``, so the worker does not care which it drives.
 A pool is imported only when chosen.
 """
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["POOLS", "make_pool"]
 
 #: The pools ``make_pool`` knows.
-POOLS = ("prefork", "threads", "solo", "asyncio")
+POOLS = ("prefork", "threads", "solo", "asyncio", "gevent", "eventlet")
 
 
 def make_pool(name: str, settings: PoolSettings, executor: Executor, done: Done) -> Pool:
@@ -43,4 +44,12 @@ def make_pool(name: str, settings: PoolSettings, executor: Executor, done: Done)
         from taskq.worker.pools.asyncio import AsyncioPool
 
         return AsyncioPool(settings.concurrency, executor, done)
+    if name == "gevent":
+        from taskq.worker.pools.gevent import GeventPool
+
+        return GeventPool(settings.concurrency, executor, done)
+    if name == "eventlet":
+        from taskq.worker.pools.eventlet import EventletPool
+
+        return EventletPool(settings.concurrency, executor, done)
     raise ValueError(f"Unknown pool {name!r}; choose one of {', '.join(POOLS)}.")
