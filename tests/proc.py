@@ -12,7 +12,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-TASKQ = [sys.executable, "-m", "taskq.cli"]
+# What the ``taskq`` console script runs (taskq.__main__: patches for green pools first).
+TASKQ = [sys.executable, "-m", "taskq"]
 
 
 def env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
