@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import pyspy, report, specs
-from bench.procs import BenchError, RedisServer
+from bench.procs import BenchError, DelayServer, RedisServer
 from bench.workloads import Bench, Config
 
 RESULTS = Path(__file__).resolve().parent / "results"
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "profile")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "profile")
 QUICK = Config(
     drain_n=2_000,
     results_n=500,
@@ -26,6 +26,7 @@ QUICK = Config(
     latency_budget=5.0,
     enqueue_n=1_000,
     async_n=2_000,
+    green_n=2_000,
     backlog_taskq=100_000,
     backlog_others=2_000,
     due_n=500,
@@ -39,6 +40,7 @@ TITLES = {
     "W4": "W4 enqueue rate (no worker running)",
     "W5": "W5 taskq asyncio pool: tasks awaiting asyncio.sleep(0.01)",
     "W6": "W6 delayed backlog (countdown 1 h), then tasks due together",
+    "W7": "W7 blocking I/O, one process, concurrency 1,000: one 10 ms wait on a local server a task",
 }
 
 
@@ -103,6 +105,14 @@ def run(
         w5 = lambda: [_show(bench.drain(specs.TASKQ_ASYNCIO, cfg.async_n, False, "W5", "sleepy"))]  # noqa: E731
         rows("W5", w5)
     rows("W6", lambda: [_show(bench.backlog(s)) for s in single])
+    green = [row for row in specs.GREEN if row[0].framework in frameworks]
+    if "W7" in only and green:
+        server = DelayServer(int(bench.delay_address.rpartition(":")[2]), logs / "delay.log")
+        server.start()
+        try:
+            rows("W7", lambda: [_show(bench.green(s, cfg.green_n, t, h)) for s, t, h in green])
+        finally:
+            server.stop()
     if "profile" in only and "taskq" in frameworks:
         print("\n== profile: taskq -P solo draining no-op tasks under py-spy", flush=True)
         try:
@@ -125,7 +135,7 @@ def _show(row: dict[str, Any]) -> dict[str, Any]:
 def render(result: dict[str, Any], markdown: bool) -> str:
     table = report.markdown_table if markdown else report.text_table
     columns = {"W1": report.W1, "W2": report.W2, "W3": report.W3, "W4": report.W4}
-    columns.update(W5=report.W1, W6=report.W6)
+    columns.update(W5=report.W1, W6=report.W6, W7=report.W7)
     out: list[str] = []
     for name, cols in columns.items():
         if result.get(name):

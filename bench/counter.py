@@ -12,6 +12,7 @@ Keys on the signal server:
     bench:first     zset  pid -> time.time() the process started its first task
     bench:last      zset  pid -> time.time() the process finished its latest task
     bench:latency   list  seconds from the producer's send to the task's start
+    bench:inflight  zset  pid -> most tasks between ``enter()`` and ``leave()`` at once
 
 Works in forked children (prefork pools): each process starts its own flusher
 on its first task.
@@ -28,6 +29,7 @@ import redis
 
 FLUSH_EVERY = 0.005
 DONE, FIRST, LAST, LATENCY = "bench:done", "bench:first", "bench:last", "bench:latency"
+INFLIGHT = "bench:inflight"
 
 
 class _Signal:
@@ -36,6 +38,7 @@ class _Signal:
         self._lock = threading.Lock()
         self._pending = 0
         self._last = 0.0
+        self._inflight = self._peak = self._flushed_peak = 0
         self._client: redis.Redis | None = None
 
     def _begin(self) -> None:
@@ -55,6 +58,18 @@ class _Signal:
             self._pending += 1
             self._last = time.time()
 
+    def enter(self) -> None:
+        """A task begins its wait (W7): counts how many wait at once."""
+        if self._pid != os.getpid():
+            self._begin()
+        with self._lock:
+            self._inflight += 1
+            self._peak = max(self._peak, self._inflight)
+
+    def leave(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+
     def started(self, sent: float) -> None:
         delay = time.time() - sent
         if self._pid != os.getpid():
@@ -65,6 +80,10 @@ class _Signal:
     def flush(self) -> None:
         with self._lock:
             count, last, self._pending = self._pending, self._last, 0
+            peak = self._peak if self._peak > self._flushed_peak else 0
+            self._flushed_peak = max(self._flushed_peak, peak)
+        if peak and self._client is not None:
+            self._client.zadd(INFLIGHT, {str(self._pid): peak}, gt=True)
         if count and self._client is not None:
             pipe = self._client.pipeline(transaction=False)
             pipe.zadd(LAST, {str(self._pid): last}, gt=True)
@@ -84,3 +103,5 @@ class _Signal:
 _signal = _Signal()
 done = _signal.done
 started = _signal.started
+enter = _signal.enter
+leave = _signal.leave

@@ -144,6 +144,18 @@ W4: list[Column] = [
     ("Msgs/s", _get("per_s")),
     ("Redis cmds/msg", _calls("calls")),
 ]
+W7: list[Column] = [
+    ("Worker", lambda r: r["config"]),
+    ("Tasks/s", _done),
+    ("Drain s", _get("drain_s", 2)),
+    ("In flight (max)", _get("in_flight_max")),
+    ("RSS MiB idle", _get("idle_rss_mib")),
+    ("holding", _get("held_rss_mib")),
+    ("Held at once", _get("held")),
+    ("MiB per 1,000 in flight", _get("mib_per_1000", 1)),
+    ("Redis cmds/task", _calls("drain_calls")),
+    LOAD,
+]
 W6: list[Column] = [
     ("Worker", lambda r: r["config"]),
     ("Backlog", _get("backlog")),

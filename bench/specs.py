@@ -54,7 +54,8 @@ class Spec:
 
     def argv(self) -> list[str]:
         if self.framework == "taskq":
-            head = [sys.executable, "-m", "taskq.cli", "-A", "bench.apps.taskq_app", "worker"]
+            # python -m taskq: what the taskq command runs (it patches for -P gevent/eventlet).
+            head = [sys.executable, "-m", "taskq", "-A", "bench.apps.taskq_app", "worker"]
             return [*head, "-Q", QUEUE, "-l", "warning", *self.pool]
         if self.framework == "celery":
             quiet = ["--without-gossip", "--without-mingle", "--without-heartbeat"]
@@ -78,6 +79,26 @@ HUEY_1 = Spec("huey", "huey -w 1 -k thread", 1, ("-w", "1", "-k", "thread"))
 HUEY_2 = Spec("huey", "huey -w 2 -k process", 2, ("-w", "2", "-k", "process"))
 TASKQ_ASYNCIO = Spec(
     "taskq", "taskq -P asyncio -c 1000", 1, ("-P", "asyncio", "-c", "1000"), probe=True
+)
+
+#: W7, blocking I/O at concurrency 1,000 in one process: each row, its task body for
+#: the drain and for the memory phase (bench/apps).
+GREEN_C = ("-c", "1000")
+TASKQ_GEVENT = Spec("taskq", "taskq -P gevent -c 1000", 1, ("-P", "gevent", *GREEN_C), probe=True)
+TASKQ_EVENTLET = Spec(
+    "taskq", "taskq -P eventlet -c 1000", 1, ("-P", "eventlet", *GREEN_C), probe=True
+)
+TASKQ_ASYNCIO_AWAIT = Spec(
+    "taskq", "taskq -P asyncio -c 1000 (await)", 1, ("-P", "asyncio", *GREEN_C), probe=True
+)
+CELERY_GEVENT = Spec("celery", "celery -P gevent -c 1000", 1, ("-P", "gevent", *GREEN_C))
+CELERY_EVENTLET = Spec("celery", "celery -P eventlet -c 1000", 1, ("-P", "eventlet", *GREEN_C))
+GREEN = (
+    (TASKQ_GEVENT, "wait10", "hold"),
+    (TASKQ_EVENTLET, "wait10", "hold"),
+    (TASKQ_ASYNCIO_AWAIT, "await10", "ahold"),
+    (CELERY_GEVENT, "wait10", "hold"),
+    (CELERY_EVENTLET, "wait10", "hold"),
 )
 
 #: Drain throughput rows (W1, W2): one process, then two.

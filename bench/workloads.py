@@ -38,6 +38,7 @@ class Config:
     latency_gap: float = 0.02
     enqueue_n: int = 5_000
     async_n: int = 10_000
+    green_n: int = 10_000
     backlog_taskq: int = 1_000_000
     backlog_others: int = 10_000
     due_n: int = 2_000
@@ -73,6 +74,8 @@ class Bench:
     def __init__(self, config: Config, broker: RedisServer, signal: RedisServer, logs: Path):
         self.config, self.broker, self.signal, self.logs = config, broker, signal, logs
         self._signal = signal.client()
+        #: Where W7's delay server listens (bench.delay); __main__ starts it for W7.
+        self.delay_address = f"127.0.0.1:{broker.port + 2}"
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -89,6 +92,7 @@ class Bench:
                 "BENCH_SIGNAL_URL": f"{self.signal.url}/0",
                 "BENCH_QUEUE": QUEUE,
                 "BENCH_RESULTS": "1" if results else "0",
+                "BENCH_DELAY_ADDR": self.delay_address,
             }
         )
 
@@ -202,6 +206,66 @@ class Bench:
             if producer is not None:
                 producer.close()
         return row
+
+    # -- W7: blocking I/O at concurrency 1,000, one process ---------------------------
+
+    def in_flight(self) -> int:
+        """The most W7 tasks one worker process had waiting at once (bench.counter)."""
+        top = self._signal.zrange(counter.INFLIGHT, -1, -1, withscores=True)
+        return int(top[0][1]) if top else 0
+
+    def green(
+        self, spec: Spec, n: int, task: str, hold: str, concurrency: int = 1000
+    ) -> dict[str, Any]:
+        """Drain ``n`` pre-loaded ``task`` messages (one 10 ms wait on the delay
+        server each), then measure memory: the worker idle, then with ``concurrency``
+        ``hold`` tasks waiting at once (``delay.HOLD`` seconds each)."""
+        row = self.drain(spec, n, False, "W7", task)
+        if "skipped" in row or "error" in row:
+            return row
+        row["in_flight_max"] = self.in_flight()
+        try:
+            row.update(self.memory(spec, hold, concurrency))
+        except BenchError as exc:
+            row["error"] = str(exc)
+        return row
+
+    def memory(self, spec: Spec, hold: str, concurrency: int) -> dict[str, Any]:
+        """RSS of the worker idle (steady: two samples 0.5 s apart within 1%), then
+        its peak while ``concurrency`` ``hold`` tasks are sent and wait together;
+        the difference per 1,000 tasks that were in flight at once."""
+        self.fresh()
+        worker = self.worker(spec, False, "W7-memory").start()
+        producer: Producer | None = None
+        try:
+            idle, last = 0, 0
+            deadline = time.monotonic() + 15.0
+            time.sleep(1.0)
+            while time.monotonic() < deadline and not idle:
+                if worker.exited() is not None:
+                    raise BenchError(f"worker exited ({worker.exited()}):\n{worker.tail()}")
+                now = worker.rss()
+                idle = now if last and abs(now - last) <= 0.01 * last else 0
+                last = now
+                time.sleep(0.5)
+            idle = idle or last
+            worker.peak_rss = 0
+            producer = self.producer(spec.framework, False, "W7-memory")
+            producer.call("fast", n=concurrency, task=hold, keep=False)
+            if not self.wait_done(concurrency, 60.0, worker):
+                raise BenchError(f"the {concurrency} held tasks did not finish within 60 s")
+            held = self.in_flight()
+            peak = worker.peak_rss
+            return {
+                "idle_rss_mib": idle / MiB,
+                "held_rss_mib": peak / MiB,
+                "held": held,
+                "mib_per_1000": (peak - idle) / MiB * 1000 / max(held, 1),
+            }
+        finally:
+            worker.stop()
+            if producer is not None:
+                producer.close()
 
     # -- W3: idle latency ------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 ``noop()`` counts itself done; ``latency(sent)`` records the delay from ``sent``
 (the producer's ``time.time()``) to its start, then counts itself done; ``sleepy()``
-awaits ``asyncio.sleep(0.01)`` and counts itself done (taskq only: the asyncio pool).
+awaits ``asyncio.sleep(0.01)`` and counts itself done (taskq only: the asyncio pool);
+``wait10()`` makes one blocking call to the W7 delay server (``bench.delay``) and
+``await10()`` the same with ``await`` (taskq's asyncio pool).
 Every module reads its configuration from the environment the bench sets:
 ``BENCH_BROKER_URL``, ``BENCH_SIGNAL_URL``, ``BENCH_QUEUE`` and ``BENCH_RESULTS``
 ("1" stores results). None of them connects at import.

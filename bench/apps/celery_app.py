@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from bench import counter
+from bench import counter, delay
 from bench.apps import BROKER_URL, QUEUE, RESULTS
 
 app = Celery("bench", broker=BROKER_URL, backend=BROKER_URL if RESULTS else None)
@@ -24,4 +24,20 @@ def noop() -> None:
 @app.task(name="bench.latency")
 def latency(sent: float) -> None:
     counter.started(sent)
+    counter.done()
+
+
+@app.task(name="bench.wait10")
+def wait10() -> None:
+    counter.enter()
+    delay.call()  # one blocking call that waits 10 ms on a local server
+    counter.leave()
+    counter.done()
+
+
+@app.task(name="bench.hold")
+def hold() -> None:
+    counter.enter()
+    delay.call(b"h\n")  # waits delay.HOLD seconds: W7's memory phase
+    counter.leave()
     counter.done()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bench import counter
+from bench import counter, delay
 from bench.apps import BROKER_URL, QUEUE, RESULTS
 from taskq import App
 
@@ -32,4 +32,36 @@ def latency(sent: float) -> None:
 @app.task
 async def sleepy() -> None:
     await asyncio.sleep(0.01)
+    counter.done()
+
+
+@app.task
+def wait10() -> None:
+    counter.enter()
+    delay.call()  # one blocking call that waits 10 ms on a local server
+    counter.leave()
+    counter.done()
+
+
+@app.task
+async def await10() -> None:
+    counter.enter()
+    await delay.acall()  # the same wait, with await
+    counter.leave()
+    counter.done()
+
+
+@app.task
+def hold() -> None:
+    counter.enter()
+    delay.call(b"h\n")  # waits delay.HOLD seconds: W7's memory phase
+    counter.leave()
+    counter.done()
+
+
+@app.task
+async def ahold() -> None:
+    counter.enter()
+    await delay.acall(b"h\n")
+    counter.leave()
     counter.done()
