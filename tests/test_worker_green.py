@@ -39,6 +39,25 @@ def test_in_a_patched_process(green: str) -> None:
     print(run_patched(green, __file__))
 
 
+@pytest.mark.parametrize(
+    ("argv", "pool"),
+    [
+        (["-A", "proj", "worker", "-P", "gevent", "-c", "500"], "gevent"),
+        (["worker", "-Peventlet"], "eventlet"),
+        (["-A", "proj", "worker", "--pool", "gevent"], "gevent"),
+        (["worker", "--pool=eventlet", "-l", "info"], "eventlet"),
+        (["worker", "-P", "threads"], "threads"),
+        (["worker"], None),
+        (["call", "-P", "gevent"], None),  # -P is the worker's option only
+        (["worker", "--", "-P", "gevent"], None),
+    ],
+)
+def test_the_entry_point_reads_the_pool_from_a_worker_command_line(
+    argv: list[str], pool: str | None
+) -> None:
+    assert monkey.pool_in(argv) == pool
+
+
 @inside
 def test_hundreds_of_tasks_wait_on_redis_at_once(app: App, ledger: Ledger, unique: str) -> None:
     """Each task blocks in BLPOP until the test pushes a token, which it does only
