@@ -302,6 +302,7 @@ def test_priorities(combo: str, first: str, unique: str, tmp_path: Path) -> None
     app.close()
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.skipif(GREEN is not None, reason="runs the suite in patched processes itself")
 @pytest.mark.parametrize("green", ["gevent", "eventlet"])
 def test_green_pools_honour_the_contract(green: str) -> None:

@@ -17,7 +17,7 @@ from taskq.broker.redis import RedisBroker
 from tests import proc, servers
 from tests.worker_support import Ledger, redis_app
 
-pytestmark = pytest.mark.parametrize("pool", ["gevent", "eventlet"])
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("pool", ["gevent", "eventlet"])]
 
 PROJECT = """
 import json

@@ -30,9 +30,18 @@ from tests.waiting import wait_until
 from tests.worker_support import Gate, Ledger
 
 POOL = monkey.green()
-inside = pytest.mark.skipif(POOL is None, reason="needs a patched process: see the module doc")
+_needs_patch = pytest.mark.skipif(
+    POOL is None, reason="needs a patched process: see the module doc"
+)
 
 
+def inside(test: Any) -> Any:
+    """A test that runs only in a process patched for a green pool (and starts workers)."""
+    return pytest.mark.slow(_needs_patch(test))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 @pytest.mark.skipif(POOL is not None, reason="this is the patched process")
 @pytest.mark.parametrize("green", ["gevent", "eventlet"])
 def test_in_a_patched_process(green: str) -> None:
