@@ -95,6 +95,37 @@ def test_hundreds_of_tasks_wait_on_redis_at_once(app: App, ledger: Ledger, uniqu
 
 
 @inside
+def test_hundreds_of_tasks_publish_at_once(app: App, ledger: Ledger, unique: str) -> None:
+    """All wait until every one has started, then each sends a child task at the
+    same moment: taskq's producer serves hundreds of greenlets at once."""
+    count = 300
+    key = f"taskq-test-{unique}:go"
+    pool = redis.BlockingConnectionPool.from_url(servers.REDIS_URL, max_connections=count + 10)
+    client = redis.Redis(connection_pool=pool)
+
+    @app.task(name="green.child")
+    def child(i: int) -> int:
+        return i
+
+    @app.task(name="green.parent")
+    def parent(i: int) -> str:
+        client.rpush(ledger.key, i)
+        assert client.blpop([key], timeout=30) is not None, "no token within 30 s"
+        return child.delay(i).id
+
+    try:
+        with running_worker(app, pool=POOL, concurrency=count):
+            results = [parent.delay(i) for i in range(count)]
+            ledger.wait_for(count, timeout=30)
+            client.rpush(key, *range(count))
+            children = [app.AsyncResult(r.get(timeout=30)) for r in results]
+            assert sorted(c.get(timeout=30) for c in children) == list(range(count))
+    finally:
+        client.delete(key)
+        client.close()
+
+
+@inside
 def test_soft_limit_is_raised_in_the_task_and_others_go_on(app: App, release: Gate) -> None:
     @app.task(name="green.polite")
     def polite() -> str:
