@@ -81,7 +81,8 @@ class App:
         self.producer = Producer(self.conf, self.security)
         #: The result backend, opened on first use.
         self.results = ResultStore(self.conf, self.security)
-        #: Remote control of workers (``revoke``).
+        #: Remote control of workers: ``revoke``, ``inspect()``, ``rate_limit``, ...
+        #: (Celery's names; ``taskq.control``).
         self.control = Control(self.results, self.conf)
         self._periodic: dict[str, dict[str, Any]] = {}
         #: ``autodiscover_tasks`` calls, imported by a worker at start (taskq.loader).
