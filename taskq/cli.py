@@ -186,6 +186,16 @@ def _autoscale(ctx: click.Context, param: click.Parameter, value: str | None) ->
     "--autoscale", callback=_autoscale, default=None, help="Prefork: MAX,MIN children, by load."
 )
 @click.option("-B", "--beat", "embed_beat", is_flag=True, help="Also run beat, in a child process.")
+@click.option(
+    "-E", "--task-events", is_flag=True, default=None, help="Send task events (monitoring)."
+)
+@click.option("--without-heartbeat", is_flag=True, help="Send no worker events.")
+@click.option(
+    "--heartbeat-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds between worker-heartbeat events (default 2).",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -204,6 +214,9 @@ def worker(
     soft_time_limit: float | None,
     autoscale: tuple[int, int] | None,
     embed_beat: bool,
+    task_events: bool | None,
+    without_heartbeat: bool,
+    heartbeat_interval: float | None,
 ) -> None:
     """Start a worker. SIGTERM or Ctrl-C: warm shutdown (running tasks finish);
     a second one, or SIGQUIT: cold shutdown (running tasks go back to the queue)."""
@@ -224,6 +237,9 @@ def worker(
         time_limit=time_limit,
         soft_time_limit=soft_time_limit,
         autoscale=autoscale,
+        task_events=task_events,
+        without_heartbeat=without_heartbeat,
+        heartbeat_interval=heartbeat_interval,
     )
     try:
         w = Worker(app, options)

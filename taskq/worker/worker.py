@@ -8,6 +8,12 @@ rate-limited requests) and the ``Consumer`` (fetch, decode, start or hold). Two
 background threads keep this worker's leases alive (heartbeat) and terminate
 running tasks revoked with ``terminate=True`` (see ``taskq.control``).
 
+Monitoring (docs/monitoring.md): an ``EventDispatcher`` sends worker events
+(online, a heartbeat every ``worker_heartbeat_interval``, offline) and, while
+task events are on, the consumer, the pool's requests and the settlement send
+task events; a ``ControlServer`` answers remote control through ``RemoteHandle``.
+Both need a broker that can broadcast (Redis, RabbitMQ).
+
 Warm shutdown stops fetching, gives unstarted messages back at once, lets
 running tasks finish within ``worker_shutdown_timeout`` and then gives back what
 is still running; cold shutdown skips the wait.
@@ -22,13 +28,18 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from taskq import signals
 from taskq.broker.startup import connect_on_startup
 from taskq.control import terminations
+from taskq.control.mailbox import mailbox
+from taskq.control.server import ControlServer
 from taskq.errors import BackendError, BrokerError
+from taskq.events import EventDispatcher, broadcasts, connect
 from taskq.queues import Queues
+from taskq.urls import mask_url
 from taskq.worker.consumer import Consumer
 from taskq.worker.executor import Executor
 from taskq.worker.holding import Holding
@@ -36,6 +47,7 @@ from taskq.worker.options import WorkerOptions, expand_hostname, pool_settings
 from taskq.worker.policy import Policies
 from taskq.worker.pools import make_pool
 from taskq.worker.pools.base import Pool
+from taskq.worker.remote import RemoteHandle
 from taskq.worker.request import Request
 from taskq.worker.settlement import Settlement
 from taskq.worker.timing import SYSTEM_CLOCK, Clock, Timing
@@ -101,10 +113,18 @@ class Worker:
             timing=timing,
             clock=clock,
         )
+        self.started_at = time.time()
+        self.events = self._event_dispatcher(opts)
         self.settlement = Settlement(
-            self.broker, self.executor, self.policies, self.window, lambda: self.holding.parked
+            self.broker,
+            self.executor,
+            self.policies,
+            self.window,
+            lambda: self.holding.parked,
+            self.events,
         )
         self.pool: Pool = make_pool(self.pool_name, settings, self.executor, self.settlement.settle)
+        self.pool.set_task_events(self.events.task_events)
         self.consumer = Consumer(
             broker=self.broker,
             queues=self.queues,
@@ -121,7 +141,14 @@ class Worker:
             clock=clock,
             # Built now, so unusable keys stop start-up rather than fail every message.
             sealer=app.security.sealer,
+            events=self.events,
         )
+        #: Answers remote control (None: turned off, or the broker cannot broadcast).
+        self.remote: ControlServer | None = None
+        if conf.worker_enable_remote_control and broadcasts(app.broker_url):
+            self.remote = ControlServer(
+                self._broadcast_connection, RemoteHandle(self), mailbox(conf), self.events.clock
+            )
         self.ready = threading.Event()
         self._stopping = threading.Event()
         self._closed = threading.Event()
@@ -154,8 +181,11 @@ class Worker:
             self.broker.close()
             return
         self.pool.start()
-        for target, name in ((self._heartbeat, "heartbeat"), (self._watch_revokes, "control")):
+        for target, name in ((self._heartbeat, "heartbeat"), (self._watch_revokes, "revokes")):
             threading.Thread(target=target, name=f"taskq-{name}", daemon=True).start()
+        self.events.start()
+        if self.remote is not None:
+            self.remote.start()
         self.ready.set()
         log.info("%s ready.", self.hostname)
         signals.worker_ready.send(self)
@@ -187,6 +217,54 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(sig, on_signal)
 
+    def terminate(self, task_ids: Iterable[str], signum: int) -> list[str]:
+        """Send ``signum`` to those of ``task_ids`` that run here (once each: a task
+        already told is not told again). Returns the ids told."""
+        wanted = set(task_ids) - self._terminated
+        told = []
+        for request in self.pool.running():
+            if request.id in wanted:
+                self._terminated.add(request.id)
+                if self.pool.terminate(request.id, signum):
+                    log.info("Terminating task %s with %s", request.id, signal.Signals(signum).name)
+                    told.append(request.id)
+        return told
+
+    # -- monitoring ------------------------------------------------------------------
+
+    def _event_dispatcher(self, opts: WorkerOptions) -> EventDispatcher:
+        """Worker events always (unless ``without_heartbeat``), task events with
+        ``-E`` / ``worker_send_task_events``; on a broker that cannot broadcast
+        (SQLite) none, and the worker says so."""
+        conf, url = self.app.conf, self.app.broker_url
+        task_events = conf.worker_send_task_events if opts.task_events is None else opts.task_events
+        can = broadcasts(url)
+        if not can and (task_events or conf.worker_enable_remote_control):
+            log.info(
+                "Events and remote control are off: the broker %s cannot broadcast "
+                "(docs/monitoring.md).",
+                mask_url(url),
+            )
+        return EventDispatcher(
+            self._broadcast_connection,
+            self.hostname,
+            task_events=task_events and can,
+            load=None if opts.without_heartbeat or not can else self._load,
+            heartbeat_interval=opts.heartbeat_interval or conf.worker_heartbeat_interval,
+            exchange_name=conf.event_exchange,
+        )
+
+    def _broadcast_connection(self) -> Any:
+        """A kombu connection for events and remote control (see ``taskq.events``)."""
+        conf = self.app.conf
+        return connect(
+            self.app.broker_url, connect_timeout=conf.broker_connection_timeout, what="Events"
+        )
+
+    def _load(self) -> tuple[int, int]:
+        """Tasks running now and tasks done so far (worker-heartbeat events)."""
+        return self.window.in_flight, sum(self.settlement.totals().values())
+
     # -- background ------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
@@ -209,9 +287,7 @@ class Worker:
                 log.warning("Could not check revoked ids: %s", exc)
                 continue
             for task_id, signum in found.items():
-                self._terminated.add(task_id)
-                if self.pool.terminate(task_id, signum):
-                    log.info("Terminating task %s with %s", task_id, signal.Signals(signum).name)
+                self.terminate([task_id], signum)
 
     # -- shutdown --------------------------------------------------------------------
 
@@ -230,6 +306,9 @@ class Worker:
         self._give_back(running, "running")
         self._closed.set()
         self.broker.close()
+        if self.remote is not None:
+            self.remote.stop()
+        self.events.close()
         log.info("%s stopped.", self.hostname)
         signals.worker_shutdown.send(self)
 
