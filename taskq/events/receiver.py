@@ -31,7 +31,7 @@ log = logging.getLogger("taskq.events")
 #: A receiver's clock for ``task-sent`` events: one behind its own (Celery's choice).
 CLIENT_CLOCK_SKEW = -1
 
-Handler = Callable[[dict[str, Any]], None]
+Handler = Callable[[dict[str, Any]], object]
 
 
 class EventReceiver:
@@ -61,7 +61,7 @@ class EventReceiver:
         queue_ttl: float = 5.0,
         queue_expires: float = 60.0,
         exchange_name: str = ev.EXCHANGE_NAME,
-        wakeup: Callable[[], None] | None = None,
+        wakeup: Callable[[], object] | None = None,
     ) -> None:
         self.handler = handler
         self.clock = clock or LamportClock()
