@@ -238,3 +238,24 @@ def test_a_worker_without_heartbeats_is_lost() -> None:
     fleet.apply({"type": "worker-offline", "hostname": "w", "local_received": 101.0})
     offline = fleet.worker("w")
     assert offline is not None and not offline.alive(now=101.5)
+
+
+def test_producers_send_task_sent_with_task_send_sent_event(unique: str) -> None:
+    from tests.worker_support import redis_app
+
+    app = redis_app(unique, task_send_sent_event=True)
+    seen: list[dict[str, Any]] = []
+    try:
+        with taskq_receiver(app.broker_url, seen.append):
+            result = app.send_task("proj.add", (2, 3), {"z": 1}, countdown=None)
+            wait_until(
+                lambda: any(e.get("uuid") == result.id for e in seen), 10, "the task-sent event"
+            )
+    finally:
+        app.broker.purge(app.conf.task_default_queue)
+        app.close()
+    sent = next(e for e in seen if e.get("uuid") == result.id)
+    assert sent["type"] == "task-sent" and sent["name"] == "proj.add"
+    assert (sent["args"], sent["kwargs"]) == ("(2, 3)", "{'z': 1}")
+    assert sent["queue"] == sent["routing_key"] == f"q-{unique}"
+    assert sent["hostname"].startswith("gen")

@@ -73,7 +73,17 @@ class ControlServer:
                 self.ready.clear()
                 if self._stop.is_set():
                     return
-                log.warning("Remote control: connection lost (%s); retrying in %.1fs", exc, pause)
+                if "RESOURCE_LOCKED" in str(exc) or getattr(exc, "code", None) == 405:
+                    log.error(
+                        "Remote control: another worker named %s holds this name's control "
+                        "queue; give each worker a unique name (-n). Retrying in %.1fs",
+                        self.handle.hostname,
+                        pause,
+                    )
+                else:
+                    log.warning(
+                        "Remote control: connection lost (%s); retrying in %.1fs", exc, pause
+                    )
                 self._stop.wait(pause)
                 pause = min(pause * 2, 5.0)
             else:
