@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import kombu
+import orjson
 from kombu.clocks import LamportClock
 
 from taskq.events import event as ev
@@ -101,11 +102,7 @@ class EventReceiver:
                 expires=self._expires,
             )
             with kombu.Consumer(
-                conn.channel(),
-                queues=[queue],
-                callbacks=[self._receive],
-                no_ack=True,
-                accept=["json"],
+                conn.channel(), queues=[queue], on_message=self._on_message, no_ack=True
             ):
                 # On Redis the subscription is made by the first drain: only after it
                 # is an event published elsewhere sure to reach this queue.
@@ -120,6 +117,19 @@ class EventReceiver:
                 while not stop.is_set():
                     with contextlib.suppress(TimeoutError):
                         conn.drain_events(timeout=poll)
+
+    def _on_message(self, message: Any) -> None:
+        # orjson reads a busy fleet's event lists several times faster than kombu's
+        # json; anything that is not JSON is not an event.
+        if message.content_type != "application/json":
+            log.debug("Events: ignored a %s message", message.content_type)
+            return
+        try:
+            body = orjson.loads(message.body)
+        except orjson.JSONDecodeError as exc:
+            log.debug("Events: ignored an unreadable message: %s", exc)
+            return
+        self._receive(body, message)
 
     def _receive(self, body: Any, message: Any) -> None:
         for item in body if isinstance(body, list) else [body]:
