@@ -107,3 +107,15 @@ def test_shutdown_by_remote_control(app: App, unique: str) -> None:
             assert stopped.wait(10), "the worker did not stop"
     finally:
         signals.worker_shutdown.disconnect(on_shutdown)
+
+
+def test_remote_control_can_be_turned_off(unique: str) -> None:
+    from tests.worker_support import redis_app
+
+    app = redis_app(unique, worker_enable_remote_control=False)
+    try:
+        with running_worker(app, hostname=f"off-{unique}@x") as worker:
+            assert worker.remote is None
+            assert app.control.ping(destination=[worker.hostname], timeout=0.5) == []
+    finally:
+        app.close()

@@ -132,15 +132,18 @@ class EventReceiver:
         self._receive(body, message)
 
     def _receive(self, body: Any, message: Any) -> None:
+        here, now = ev.utcoffset(), time.time()  # once a message: a list may hold hundreds
         for item in body if isinstance(body, list) else [body]:
             if isinstance(item, dict) and isinstance(item.get("type"), str):
-                self.handler(self.normalize(item))
+                self.handler(self.normalize(item, here, now))
             else:
                 log.debug("Events: ignored a message that is not an event: %r", item)
 
-    def normalize(self, event: dict[str, Any]) -> dict[str, Any]:
+    def normalize(
+        self, event: dict[str, Any], here: int | None = None, now: float | None = None
+    ) -> dict[str, Any]:
         """Celery's ``event_from_message``: the clock, the local timestamp, the time
-        it was received."""
+        it was received (``here``: this host's utcoffset; ``now``: the time)."""
         if event["type"] == "task-sent":
             event["clock"] = (self.clock.value or 1) + CLIENT_CLOCK_SKEW
             self.clock.adjust(event["clock"])
@@ -150,8 +153,9 @@ class EventReceiver:
             event["clock"] = self.clock.forward()
         offset, timestamp = event.get("utcoffset"), event.get("timestamp")
         if isinstance(offset, (int, float)) and isinstance(timestamp, (int, float)):
-            event["timestamp"] = ev.adjust_timestamp(timestamp, int(offset))
-        event["local_received"] = time.time()
+            local = ev.utcoffset() if here is None else here
+            event["timestamp"] = timestamp - (int(offset) - local) * 3600
+        event["local_received"] = time.time() if now is None else now
         return event
 
 
