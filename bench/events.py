@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="off/on pairs")
     parser.add_argument("--pool", default="prefork", choices=["prefork", "threads"])
     parser.add_argument("--trials", type=int, default=500, help="idle-latency tasks")
-    parser.add_argument("--gap", type=float, default=0.01, help="seconds between them")
+    parser.add_argument("--gap", type=float, default=0.05, help="seconds between them")
     parser.add_argument("--port", type=int, default=6394)
     args = parser.parse_args(argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")

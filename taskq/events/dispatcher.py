@@ -42,11 +42,13 @@ log = logging.getLogger("taskq.events")
 BUFFER_LIMIT = 10_000
 #: Most task events in one message.
 BATCH_MAX = 1000
-#: Shortest time between two publishes. Events that come while it runs wait and go
-#: out together: a busy worker publishes at most 1/FLUSH_GAP messages a second
-#: (each costs the worker's own process a few hundred microseconds of Python)
-#: instead of one per event; an idle one still publishes its first event at once.
+#: After a publish of at least BUSY events, the next waits FLUSH_GAP seconds, so
+#: events that come meanwhile go out together: a busy worker publishes at most
+#: 1/FLUSH_GAP messages a second (each costs the worker's own process a few hundred
+#: microseconds of Python) instead of one per event. A quiet worker's events, a
+#: few at a time, go out at once.
 FLUSH_GAP = 0.02
+BUSY = 32
 #: Longest pause between two attempts to reach a broker that is down.
 RECONNECT_MAX = 5.0
 #: Seconds between two warnings about dropped events.
@@ -200,7 +202,7 @@ class EventDispatcher:
 
     def _run(self) -> None:
         beat_at = time.monotonic() + self._interval
-        flushed_at = 0.0
+        flushed_at, busy = 0.0, False
         while True:
             now = time.monotonic()
             waits = [self._retry_at - now] if self._buffer and self._retry_at > now else []
@@ -208,7 +210,7 @@ class EventDispatcher:
                 waits.append(beat_at - now)
             self._wake.wait(max(0.0, min(waits)) if waits else None)
             pause = flushed_at + FLUSH_GAP - time.monotonic()
-            if pause > 0:
+            if busy and pause > 0:
                 self._closed.wait(pause)  # let a busy worker's events gather
             self._wake.clear()  # before taking the buffer: a send after it wakes us again
             if self._closing:
@@ -218,14 +220,15 @@ class EventDispatcher:
             if self._load is not None and now >= beat_at:
                 self._worker_event("worker-heartbeat")
                 beat_at = now + self._interval
-            self._flush(final=False)
+            busy = self._flush(final=False) >= BUSY
             flushed_at = time.monotonic()
 
-    def _flush(self, final: bool) -> None:
-        buffer = self._buffer
+    def _flush(self, final: bool) -> int:
+        """Publish what is buffered; returns how many events were taken."""
+        buffer, taken = self._buffer, 0
         while buffer:
             if not self._connected(final):
-                return
+                return taken
             tasks: list[dict[str, Any]] = []
             while buffer and len(tasks) < BATCH_MAX:
                 item = buffer.popleft()
@@ -233,10 +236,12 @@ class EventDispatcher:
                     tasks.append(item)
                 else:
                     self._publish([item], ev.routing_key(item["type"]))
+                taken += 1
             if len(tasks) == 1:
                 self._publish(tasks, ev.routing_key(tasks[0]["type"]))
             elif tasks:
                 self._publish(tasks, "task.multi")
+        return taken
 
     def _connected(self, final: bool) -> bool:
         if self._producer is not None:
