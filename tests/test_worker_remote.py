@@ -14,6 +14,8 @@ from taskq.worker.worker import Worker
 from tests.waiting import wait_until
 from tests.worker_support import Ledger
 
+pytestmark = pytest.mark.slow  # starts workers
+
 
 def _names(worker: Worker) -> list[str]:
     return [worker.hostname]
@@ -89,6 +91,30 @@ def test_broadcast_revoke_stops_a_task_before_it_runs(
         revoked = app.control.inspect(destination=names, timeout=5).revoked()
         assert revoked == {names[0]: [doomed.id]}
     assert doomed.state == states.REVOKED and ledger.entries() == []
+
+
+def test_broadcast_revoke_reaches_a_request_waiting_for_its_rate_limit(
+    app: App, unique: str, ledger: Ledger
+) -> None:
+    @app.task(name="t.slow_note", rate_limit="30/m")  # one start every 2 s
+    def slow_note(text: str) -> str:
+        ledger.append(text)
+        return text
+
+    with running_worker(app, hostname=f"rl-{unique}@x") as worker:
+        _ready(worker)
+        names = _names(worker)
+        first = slow_note.delay("first")
+        parked = slow_note.delay("parked")
+        wait_until(lambda: worker.holding.parked == 1, 5, "the second request parked")
+        reserved = app.control.inspect(destination=names, timeout=5).reserved()
+        assert reserved is not None
+        assert [t["id"] for t in reserved[names[0]]] == [parked.id]
+        app.control.broadcast("revoke", {"task_id": [parked.id]}, names, reply=True, timeout=5)
+        assert first.get(timeout=10) == "first"
+        with pytest.raises(TaskRevokedError):
+            parked.get(timeout=10)
+    assert parked.state == states.REVOKED and ledger.entries() == ["first"]
 
 
 def test_shutdown_by_remote_control(app: App, unique: str) -> None:

@@ -10,7 +10,8 @@ rest go to the pool. Broker errors are retried with jittered backoff.
 
 A request is revoked when the result backend says so (``taskq.control.revokes``)
 or when remote control's broadcast ``revoke`` named it (``revoke``: remembered
-here, the newest ``REVOKES_MAX``). Remote control changes the queues consumed
+here, the newest ``REVOKES_MAX``; one revoked while it waits in the holding area
+does not start either). Remote control changes the queues consumed
 (``add_queue``, ``cancel_queue``) on this thread, before the next fetch. With
 task events on, ``task-received`` is sent for each request decoded.
 """
@@ -115,7 +116,7 @@ class Consumer:
         while not stopping.is_set():
             while self._changes:  # remote control's (add_queue, cancel_queue)
                 self._changes.popleft()()
-            self._start_all(self._holding.release())
+            self._start_all(self._released())
             free = self._window.free(self._holding.parked)
             if free <= 0:
                 self._window.wait(min(0.5, self._wait(False)))
@@ -322,6 +323,20 @@ class Consumer:
                 request.ack()
                 return
         self._holding.hold(request, eta)
+
+    def _released(self) -> list[Request]:
+        """What the holding area lets start now, less what remote control revoked
+        while it waited (an ETA or a rate limit)."""
+        released = self._holding.release()
+        if not released or not self._revokes:
+            return released
+        with self._revokes_lock:
+            revoked = {r.id for r in released if r.id in self._revokes}
+        for request in released:
+            if request.id in revoked:
+                error = TaskRevokedError(f"task {request.id} was revoked")
+                self._settlement.finish_unrun(request, error, "revoked")
+        return [r for r in released if r.id not in revoked]
 
     def _start_all(self, requests: list[Request]) -> None:
         for request in requests:
