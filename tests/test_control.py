@@ -128,6 +128,7 @@ def celery_app(url: str) -> Any:
     return celery.Celery("ctl", broker=url)
 
 
+@pytest.mark.slow  # runs Celery's control client
 def test_celery_inspect_reaches_a_taskq_worker(
     url: str, server: ControlServer, handle: Handle
 ) -> None:
@@ -140,6 +141,7 @@ def test_celery_inspect_reaches_a_taskq_worker(
     assert inspect.stats()[handle.hostname]["total"] == {"proj.add": 3}
 
 
+@pytest.mark.slow  # runs Celery's control client
 def test_celery_control_commands_reach_the_worker(
     url: str, server: ControlServer, handle: Handle
 ) -> None:

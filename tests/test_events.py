@@ -105,6 +105,7 @@ def taskq_receiver(url: str, handler: Any) -> Iterator[EventReceiver]:
         thread.join(5)
 
 
+@pytest.mark.slow  # runs Celery's event receiver
 def test_celery_receiver_reads_taskq_worker_and_task_events(url: str, hostname: str) -> None:
     seen = Collected(hostname)
     dispatcher = EventDispatcher(
@@ -139,6 +140,7 @@ def test_celery_receiver_reads_taskq_worker_and_task_events(url: str, hostname: 
     assert dispatcher.counts()["dropped"] == 0
 
 
+@pytest.mark.slow  # runs Celery's event dispatcher
 def test_taskq_receiver_reads_celery_events(url: str, hostname: str) -> None:
     seen = Collected(hostname)
     fleet = FleetState()
@@ -161,6 +163,7 @@ def test_taskq_receiver_reads_celery_events(url: str, hostname: str) -> None:
     assert worker is not None and worker.alive() and worker.processed == 5
 
 
+@pytest.mark.slow  # waits out a connect timeout
 def test_events_are_dropped_and_counted_when_the_broker_is_down(hostname: str) -> None:
     dispatcher = EventDispatcher(
         lambda: kombu.Connection("redis://127.0.0.1:1/0", connect_timeout=0.2),

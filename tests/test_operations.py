@@ -31,6 +31,8 @@ from tests.waiting import wait_until
 pytest.importorskip("celery")
 pytest.importorskip("flower")
 
+pytestmark = pytest.mark.slow  # starts taskq workers, Celery's tools and Flower
+
 CELERY = [sys.executable, "-m", "celery", "-A", "celery_proj"]
 POOLS = {"prefork": ["-c", "2"], "threads": ["-c", "2"], "asyncio": ["-c", "10"]}
 
