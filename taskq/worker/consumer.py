@@ -228,7 +228,7 @@ class Consumer:
     def _revoked(self, ids: list[str]) -> set[str]:
         """Which of ``ids`` were revoked: by broadcast (remembered here) or in the
         result backend."""
-        found = set()
+        found: set[str] = set()
         if self._revokes:
             with self._revokes_lock:
                 found = {i for i in ids if i in self._revokes}
