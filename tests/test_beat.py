@@ -643,3 +643,17 @@ def test_beat_status_shows_the_last_run_its_task_and_the_next_run() -> None:
     assert idle.next_run_at == datetime(2026, 5, 2, 3, 0, tzinfo=timezone.utc)
     assert found.lease.startswith("local") and found.holder is None
     assert found.as_dict()["entries"][0]["last_state"] in ("SUCCESS", None)
+
+
+def test_beat_status_lists_entries_added_by_on_after_configure() -> None:
+    from taskq import App
+    from taskq.beat.status import beat_status
+
+    app = App("beatstatus2", broker="memory://", backend="memory://")
+
+    @app.on_after_configure.connect
+    def setup(sender: App, **kwargs: Any) -> None:
+        sender.add_periodic_task(30.0, sender.signature("proj.ping"), name="ping")
+
+    found = beat_status(app)
+    assert [(e.name, e.task) for e in found.entries] == [("ping", "proj.ping")]

@@ -69,6 +69,7 @@ def beat_status(app: App, now: datetime | None = None) -> BeatStatus:
         ConfigurationError: a periodic entry is malformed (as beat would say).
         BackendError: the result backend or the lease's Redis cannot be read.
     """
+    app.finalize()  # as beat does: handlers may add periodic tasks (on_after_configure)
     now = now or datetime.now(timezone.utc)
     tz = ZoneInfo(app.conf.timezone)
     backend = app.results.backend
