@@ -3,6 +3,7 @@ revokes and shutdown, through ``app.control`` on Redis."""
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import pytest
@@ -145,3 +146,21 @@ def test_remote_control_can_be_turned_off(unique: str) -> None:
             assert app.control.ping(destination=[worker.hostname], timeout=0.5) == []
     finally:
         app.close()
+
+
+def test_a_signing_worker_warns_that_remote_control_is_not_signed(
+    unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.worker_support import redis_app
+
+    app = redis_app(unique, security_keys={"k1": "a-secret-of-at-least-32-bytes-" + unique})
+    try:
+        with (
+            caplog.at_level(logging.WARNING, logger="taskq.worker"),
+            running_worker(app, hostname=f"sig-{unique}@x"),
+        ):
+            pass
+    finally:
+        app.close()
+    warned = [r.getMessage() for r in caplog.records if "not signed" in r.getMessage()]
+    assert warned and "worker_enable_remote_control=False" in warned[0]

@@ -169,6 +169,14 @@ class Worker:
         self.app.finalize()  # Celery's on_after_configure / on_after_finalize
         for line in self.app.conf.unimplemented():  # Celery settings taskq ignores
             log.warning(line)
+        if self.remote is not None and self.app.conf.security_keys:
+            # Celery's pidbox has no signatures: security_keys does not cover it.
+            log.warning(
+                "Remote control is on and its commands are not signed: whoever can write "
+                "to the broker can shut this worker down, change its limits or revoke "
+                "tasks. Set worker_enable_remote_control=False to refuse them "
+                "(docs/security.md)."
+            )
         # Declared as the app's queue table says, as its producers declare them.
         specs = [self.broker.queues[q] for q in self.queues]
         if not connect_on_startup(
