@@ -83,7 +83,7 @@ class App:
         self.results = ResultStore(self.conf, self.security)
         #: Remote control of workers: ``revoke``, ``inspect()``, ``rate_limit``, ...
         #: (Celery's names; ``taskq.control``).
-        self.control = Control(self.results, self.conf)
+        self.control = Control(self.results, self.conf, self.security)
         self._periodic: dict[str, dict[str, Any]] = {}
         #: ``autodiscover_tasks`` calls, imported by a worker at start (taskq.loader).
         self.autodiscovery: list[Autodiscovery] = []

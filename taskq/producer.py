@@ -139,6 +139,7 @@ class Producer:
             f"gen{os.getpid()}@{socket.gethostname()}",
             task_events=can,
             exchange_name=conf.event_exchange,
+            redact=_redacted(conf),
         )
         dispatcher.start()
         return dispatcher
@@ -451,6 +452,13 @@ class Producer:
             pauses.append(interval)
             interval = min(interval + step, ceiling)
         return pauses
+
+
+def _redacted(conf: Settings) -> frozenset[str]:
+    """The event fields to hide when the settings encrypt messages or results."""
+    if not conf.security_keys:
+        return frozenset()
+    return events.redacted_fields(conf.security_encrypt, conf.security_encrypt_results)
 
 
 def _unknown_option(name: str, options: Mapping[str, Any]) -> NoReturn:

@@ -148,12 +148,17 @@ def test_remote_control_can_be_turned_off(unique: str) -> None:
         app.close()
 
 
-def test_a_signing_worker_warns_that_remote_control_is_not_signed(
-    unique: str, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("accept_unsigned", [False, True])
+def test_a_signing_worker_warns_only_when_it_runs_unsigned_commands(
+    unique: str, caplog: pytest.LogCaptureFixture, accept_unsigned: bool
 ) -> None:
     from tests.worker_support import redis_app
 
-    app = redis_app(unique, security_keys={"k1": "a-secret-of-at-least-32-bytes-" + unique})
+    app = redis_app(
+        unique,
+        security_keys={"k1": "a-secret-of-at-least-32-bytes-" + unique},
+        security_accept_unsigned=accept_unsigned,
+    )
     try:
         with (
             caplog.at_level(logging.WARNING, logger="taskq.worker"),
@@ -162,5 +167,5 @@ def test_a_signing_worker_warns_that_remote_control_is_not_signed(
             pass
     finally:
         app.close()
-    warned = [r.getMessage() for r in caplog.records if "not signed" in r.getMessage()]
-    assert warned and "worker_enable_remote_control=False" in warned[0]
+    warned = [r.getMessage() for r in caplog.records if "run unsigned" in r.getMessage()]
+    assert bool(warned) == accept_unsigned

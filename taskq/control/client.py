@@ -20,10 +20,12 @@ from taskq.control.mailbox import mailbox
 from taskq.control.revokes import persist, signal_number
 from taskq.errors import ConfigurationError
 from taskq.events.connection import broadcasts, connect
+from taskq.security.commands import sign_command
 
 if TYPE_CHECKING:
     from taskq.backends.store import ResultStore
     from taskq.config import Settings
+    from taskq.security import Security
 
 Reply = dict[str, Any]
 
@@ -50,11 +52,14 @@ class Control:
         conf: the app's settings: the broker to broadcast on, the pidbox names,
             how long revoked ids are kept. Read at each command, so settings
             changed after the app was made apply.
+        security: with ``security_keys`` set, every command is signed
+            (``taskq.security.commands``), as workers then require.
     """
 
-    def __init__(self, results: ResultStore, conf: Settings) -> None:
+    def __init__(self, results: ResultStore, conf: Settings, security: Security) -> None:
         self.results = results
         self.conf = conf
+        self.security = security
 
     @property
     def broker_url(self) -> str:
@@ -91,6 +96,11 @@ class Control:
                 f"write destination=[{destination!r}]."
             )
         conf = self.conf
+        names = list(destination) if destination else None
+        arguments = dict(arguments or {})
+        sealer = self.security.sealer
+        if sealer is not None:
+            arguments = sign_command(sealer.keyring, command, arguments, names)
         conn = connect(
             self.broker_url,
             connect_timeout=conf.broker_connection_timeout,
@@ -98,16 +108,15 @@ class Control:
         )
         with conn:
             box = mailbox(conf)(conn)
-            names = list(destination) if destination else None
             if not reply:
                 if names:
-                    box.cast(names, command, arguments or {})
+                    box.cast(names, command, arguments)
                 else:
-                    box.abcast(command, arguments or {})
+                    box.abcast(command, arguments)
                 return None
             if names:
-                return list(box.call(names, command, arguments or {}, timeout, callback))
-            return list(box.multi_call(command, arguments or {}, timeout, limit, callback))
+                return list(box.call(names, command, arguments, timeout, callback))
+            return list(box.multi_call(command, arguments, timeout, limit, callback))
 
     def inspect(
         self,

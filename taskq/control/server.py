@@ -24,6 +24,8 @@ from kombu.pidbox import Mailbox
 
 from taskq.control import commands
 from taskq.control.handle import WorkerHandle
+from taskq.errors import SecurityError
+from taskq.security.commands import SIGNATURE, CommandVerifier
 
 log = logging.getLogger("taskq.control")
 
@@ -36,6 +38,8 @@ class ControlServer:
         handle: the worker, as commands may see it.
         mailbox: the pidbox (``taskq.control.mailbox.mailbox``).
         clock: the worker's Lamport clock, moved past each command's.
+        verifier: with ``security_keys`` set, checks each command's signature
+            (``taskq.security.commands``); a command it refuses gets an error reply.
     """
 
     def __init__(
@@ -44,8 +48,10 @@ class ControlServer:
         handle: WorkerHandle,
         mailbox: Mailbox,
         clock: LamportClock,
+        verifier: CommandVerifier | None = None,
     ) -> None:
         self.handle = handle
+        self._verifier = verifier
         self.ready = threading.Event()
         self._connect = connection
         self._mailbox = mailbox
@@ -125,8 +131,7 @@ class ControlServer:
         elif not isinstance(arguments, dict) or not all(isinstance(k, str) for k in arguments):
             reply = {"error": f"'arguments' of {method!r} must be an object, got {arguments!r}."}
         else:
-            log.debug("Remote control: %s(%r)", method, arguments)
-            reply = commands.dispatch(self.handle, method, arguments)
+            reply = self._command(method, arguments, body.get("destination"))
         reply_to = body.get("reply_to")
         if reply_to is None:
             if isinstance(reply, dict) and "error" in reply:
@@ -143,6 +148,18 @@ class ControlServer:
             routing_key=reply_to["routing_key"],
             ticket=body.get("ticket"),
         )
+
+    def _command(self, method: str, arguments: dict[str, Any], destination: Any) -> Any:
+        if self._verifier is not None:
+            try:
+                arguments = self._verifier.check(method, arguments, destination)
+            except SecurityError as exc:
+                log.warning("Remote control: refused: %s", exc)
+                return {"error": f"refused: {exc}"}
+        else:
+            arguments.pop(SIGNATURE, None)  # signed by a client with keys this worker lacks
+        log.debug("Remote control: %s(%r)", method, arguments)
+        return commands.dispatch(self.handle, method, arguments)
 
     def _for_me(self, body: dict[str, Any]) -> bool:
         """Celery's rule: named in ``destination``, or matching ``pattern``, or both unset."""

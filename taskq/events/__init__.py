@@ -6,7 +6,7 @@
 """
 
 from taskq.events.connection import broadcasts, connect
-from taskq.events.dispatcher import EventDispatcher
+from taskq.events.dispatcher import EventDispatcher, redacted_fields
 from taskq.events.receiver import EventReceiver
 from taskq.events.state import FleetState, TaskState, WorkerState
 
@@ -18,4 +18,5 @@ __all__ = [
     "WorkerState",
     "broadcasts",
     "connect",
+    "redacted_fields",
 ]

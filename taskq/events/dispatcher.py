@@ -58,6 +58,21 @@ WARN_EVERY = 10.0
 Load = Callable[[], "tuple[int, int]"]
 
 
+#: What a redacted field of an event says instead of its value.
+REDACTED = "<encrypted>"
+
+
+def redacted_fields(encrypt: bool, encrypt_results: bool) -> frozenset[str]:
+    """The event fields that would show what ``security_encrypt`` (the arguments) and
+    ``security_encrypt_results`` (results and errors) keep from the broker."""
+    fields: set[str] = set()
+    if encrypt:
+        fields |= {"args", "kwargs"}
+    if encrypt_results:
+        fields |= {"result", "exception", "traceback"}
+    return frozenset(fields)
+
+
 class EventDispatcher:
     """Publishes events from a background thread (see the module docstring).
 
@@ -84,8 +99,11 @@ class EventDispatcher:
         heartbeat_interval: float = 2.0,
         buffer_limit: int = BUFFER_LIMIT,
         exchange_name: str = ev.EXCHANGE_NAME,
+        redact: frozenset[str] = frozenset(),
     ) -> None:
         self.hostname = hostname
+        #: Fields sent as ``REDACTED``: what the messages or results encrypt.
+        self.redact = redact
         self.clock = clock or LamportClock()
         #: Callers check this before building a task event (the whole cost when off).
         self.task_events = task_events
@@ -119,11 +137,19 @@ class EventDispatcher:
             with self._lock:
                 self.dropped += 1
             return
-        fields["type"] = event_type
-        fields["timestamp"] = time.time()
-        self._buffer.append(fields)
+        self._buffer.append(self.event(event_type, fields))
         if not self._wake.is_set():
             self._wake.set()
+
+    def event(self, event_type: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """The event ``send`` queues for these fields (``fields`` is updated in place):
+        the type and time added, and the fields in ``redact`` hidden."""
+        if self.redact:
+            for name in self.redact.intersection(fields):
+                fields[name] = REDACTED
+        fields["type"] = event_type
+        fields["timestamp"] = time.time()
+        return fields
 
     def start(self) -> None:
         """Start the thread when there is anything to send (worker events or task

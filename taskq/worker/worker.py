@@ -37,8 +37,9 @@ from taskq.control import terminations
 from taskq.control.mailbox import mailbox
 from taskq.control.server import ControlServer
 from taskq.errors import BackendError, BrokerError
-from taskq.events import EventDispatcher, broadcasts, connect
+from taskq.events import EventDispatcher, broadcasts, connect, redacted_fields
 from taskq.queues import Queues
+from taskq.security.commands import CommandVerifier
 from taskq.urls import mask_url
 from taskq.worker.consumer import Consumer
 from taskq.worker.executor import Executor
@@ -146,8 +147,18 @@ class Worker:
         #: Answers remote control (None: turned off, or the broker cannot broadcast).
         self.remote: ControlServer | None = None
         if conf.worker_enable_remote_control and broadcasts(app.broker_url):
+            sealer = app.security.sealer
+            verifier = (
+                CommandVerifier(sealer.keyring, accept_unsigned=sealer.accept_unsigned)
+                if sealer is not None
+                else None
+            )
             self.remote = ControlServer(
-                self._broadcast_connection, RemoteHandle(self), mailbox(conf), self.events.clock
+                self._broadcast_connection,
+                RemoteHandle(self),
+                mailbox(conf),
+                self.events.clock,
+                verifier,
             )
         self.ready = threading.Event()
         self._stopping = threading.Event()
@@ -169,13 +180,15 @@ class Worker:
         self.app.finalize()  # Celery's on_after_configure / on_after_finalize
         for line in self.app.conf.unimplemented():  # Celery settings taskq ignores
             log.warning(line)
-        if self.remote is not None and self.app.conf.security_keys:
-            # Celery's pidbox has no signatures: security_keys does not cover it.
+        if (
+            self.remote is not None
+            and self.app.conf.security_keys
+            and self.app.conf.security_accept_unsigned
+        ):
             log.warning(
-                "Remote control is on and its commands are not signed: whoever can write "
-                "to the broker can shut this worker down, change its limits or revoke "
-                "tasks. Set worker_enable_remote_control=False to refuse them "
-                "(docs/security.md)."
+                "security_accept_unsigned is on, so remote control commands run unsigned: "
+                "whoever can write to the broker can shut this worker down, change its "
+                "limits or revoke tasks (docs/security.md)."
             )
         # Declared as the app's queue table says, as its producers declare them.
         specs = [self.broker.queues[q] for q in self.queues]
@@ -260,6 +273,11 @@ class Worker:
             load=None if opts.without_heartbeat or not can else self._load,
             heartbeat_interval=opts.heartbeat_interval or conf.worker_heartbeat_interval,
             exchange_name=conf.event_exchange,
+            redact=(
+                redacted_fields(conf.security_encrypt, conf.security_encrypt_results)
+                if conf.security_keys
+                else frozenset()
+            ),
         )
 
     def _broadcast_connection(self) -> Any:
