@@ -81,8 +81,9 @@ class App:
         self.producer = Producer(self.conf, self.security)
         #: The result backend, opened on first use.
         self.results = ResultStore(self.conf, self.security)
-        #: Remote control of workers (``revoke``).
-        self.control = Control(self.results, self.conf)
+        #: Remote control of workers: ``revoke``, ``inspect()``, ``rate_limit``, ...
+        #: (Celery's names; ``taskq.control``).
+        self.control = Control(self.results, self.conf, self.security)
         self._periodic: dict[str, dict[str, Any]] = {}
         #: ``autodiscover_tasks`` calls, imported by a worker at start (taskq.loader).
         self.autodiscovery: list[Autodiscovery] = []

@@ -272,7 +272,8 @@ _NO_SIGNING = (
     "taskq signs messages with HMAC keys, not X.509 certificates (Celery's auth "
     "serializer): see security_keys and docs/security.md"
 )
-_EVENTS = "taskq workers send no Celery events and answer no remote control (pidbox) yet"
+_PIDBOX = "taskq's remote control queues are exclusive and not durable, Celery's defaults"
+_EVENT_QUEUES = "taskq's event receivers use queues that are not durable and go when they stop"
 
 #: Why each Celery setting without a ``Settings`` field is not implemented.
 GAPS: dict[str, Gap] = {
@@ -332,22 +333,12 @@ GAPS: dict[str, Gap] = {
     "broker_user": Gap(_URL, (None,)),
     "broker_vhost": Gap(_URL, (None,)),
     "broker_write_url": Gap("taskq reads and writes through broker_url", (None,)),
-    # monitoring and remote control
-    "control_exchange": Gap(_EVENTS, ("celery",)),
-    "control_queue_durable": Gap(_EVENTS, (False,)),
-    "control_queue_exclusive": Gap(_EVENTS, (True,)),
-    "control_queue_expires": Gap(_EVENTS, (10.0, 10)),
-    "control_queue_ttl": Gap(_EVENTS, (300.0, 300)),
-    "event_exchange": Gap(_EVENTS, ("celeryev",)),
-    "event_queue_durable": Gap(_EVENTS, (False,)),
-    "event_queue_exclusive": Gap(_EVENTS, (True,)),
-    "event_queue_expires": Gap(_EVENTS, (60.0, 60)),
-    "event_queue_prefix": Gap(_EVENTS, ("celeryev",)),
-    "event_queue_ttl": Gap(_EVENTS, (5.0, 5)),
-    "event_serializer": Gap(_EVENTS, ("json",)),
-    "task_send_sent_event": Gap(_EVENTS, (False,)),
-    "worker_enable_remote_control": Gap(_EVENTS, (False,)),
-    "worker_send_task_events": Gap(_EVENTS, (False,)),
+    # monitoring and remote control (the rest are Settings fields: docs/monitoring.md)
+    "control_queue_durable": Gap(_PIDBOX, (False,)),
+    "control_queue_exclusive": Gap(_PIDBOX, (True,)),
+    "event_queue_durable": Gap(_EVENT_QUEUES, (False,)),
+    "event_queue_exclusive": Gap(_EVENT_QUEUES),
+    "event_serializer": Gap("taskq sends and reads events as JSON, Celery's default", ("json",)),
     # the SQL result backend
     "database_create_tables_at_setup": Gap(
         "taskq's SQL backend creates its table on first use", (True, False)

@@ -111,6 +111,7 @@ def _resolve_app(ctx: click.Context, local: str | None) -> App:
     return app
 
 
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the replies as JSON.")
 app_option = click.option(
     "-A", "--app", "app_spec", default=None, help="module, module:attr or package holding the App."
 )
@@ -186,6 +187,16 @@ def _autoscale(ctx: click.Context, param: click.Parameter, value: str | None) ->
     "--autoscale", callback=_autoscale, default=None, help="Prefork: MAX,MIN children, by load."
 )
 @click.option("-B", "--beat", "embed_beat", is_flag=True, help="Also run beat, in a child process.")
+@click.option(
+    "-E", "--task-events", is_flag=True, default=None, help="Send task events (monitoring)."
+)
+@click.option("--without-heartbeat", is_flag=True, help="Send no worker events.")
+@click.option(
+    "--heartbeat-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds between worker-heartbeat events (default 2).",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -204,6 +215,9 @@ def worker(
     soft_time_limit: float | None,
     autoscale: tuple[int, int] | None,
     embed_beat: bool,
+    task_events: bool | None,
+    without_heartbeat: bool,
+    heartbeat_interval: float | None,
 ) -> None:
     """Start a worker. SIGTERM or Ctrl-C: warm shutdown (running tasks finish);
     a second one, or SIGQUIT: cold shutdown (running tasks go back to the queue)."""
@@ -224,6 +238,9 @@ def worker(
         time_limit=time_limit,
         soft_time_limit=soft_time_limit,
         autoscale=autoscale,
+        task_events=task_events,
+        without_heartbeat=without_heartbeat,
+        heartbeat_interval=heartbeat_interval,
     )
     try:
         w = Worker(app, options)
@@ -414,18 +431,23 @@ def purge(ctx: click.Context, app_spec: str | None, queues: str | None, force: b
     click.echo(f"Purged {total} message(s) from {', '.join(names)}.")
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @app_option
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.option("--logfile", type=click.Path(dir_okay=False), default=None)
 @click.pass_context
 def beat(ctx: click.Context, app_spec: str | None, loglevel: str, logfile: str | None) -> None:
-    """Send periodic tasks (beat_schedule and add_periodic_task) when due."""
+    """Send periodic tasks (beat_schedule and add_periodic_task) when due;
+    'taskq beat status' shows what beat did."""
     import signal as signals
     import threading
 
     from taskq.beat import run_beat, scheduler_for, wait_for_broker
 
+    if app_spec:
+        ctx.obj["app_spec"] = app_spec
+    if ctx.invoked_subcommand is not None:
+        return
     _configure_logging(loglevel, logfile)
     app = _resolve_app(ctx, app_spec)
     try:
@@ -444,6 +466,225 @@ def beat(ctx: click.Context, app_spec: str | None, loglevel: str, logfile: str |
         _fail(exc)
     if connected:
         run_beat(scheduler, stop)
+
+
+@beat.command("status")
+@app_option
+@json_option
+@click.pass_context
+def beat_status(ctx: click.Context, app_spec: str | None, as_json: bool) -> None:
+    """Each periodic entry: schedule, next run, last run, its task's id, state and
+    runtime; and which beat holds the lease."""
+    from taskq.beat.status import beat_status as read_status
+
+    app = _resolve_app(ctx, app_spec)
+    try:
+        found = read_status(app)
+    except TaskqError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EX_UNAVAILABLE)
+    if as_json:
+        click.echo(json.dumps(found.as_dict(), indent=2))
+        return
+    holder = found.holder or "nobody (no beat is running)"
+    click.echo(f"Lease: {found.lease}" + (f", held by {holder}" if found.lease == "redis" else ""))
+    if not found.entries:
+        click.echo("No periodic tasks (beat_schedule is empty).")
+    for e in found.entries:
+
+        def when(t: Any) -> str:
+            return t.strftime("%Y-%m-%d %H:%M:%S UTC") if t else "never"
+
+        runtime = f"{e.last_runtime:.4g}s" if e.last_runtime is not None else "-"
+        click.echo(
+            f"\n{e.name}  ({e.task})\n"
+            f"    schedule  {e.schedule}\n"
+            f"    next run  {when(e.next_run_at)}\n"
+            f"    last run  {when(e.last_run_at)} (sent {when(e.last_sent_at)}, "
+            f"{e.total_run_count} run(s) so far)\n"
+            f"    last task {e.last_task_id or '-'}  state {e.last_state or '-'}  runtime {runtime}"
+        )
+
+
+# -- monitoring and remote control (docs/monitoring.md) ------------------------------
+
+
+def _destination(value: str | None) -> list[str] | None:
+    return [n.strip() for n in value.split(",") if n.strip()] if value else None
+
+
+destination_option = click.option(
+    "-d", "--destination", default=None, help="Comma-separated worker names (default: all)."
+)
+timeout_option = click.option(
+    "-t", "--timeout", type=float, default=None, help="Seconds to wait for replies."
+)
+
+
+def _remote(
+    ctx: click.Context,
+    app_spec: str | None,
+    kind: str,
+    method: str,
+    words: tuple[str, ...],
+    destination: str | None,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Send one command and print the replies; exit 69 when nobody answered."""
+    from taskq.control import CommandError, commands, flatten
+    from taskq.control.text import nodes
+
+    app = _resolve_app(ctx, app_spec)
+    try:
+        command = commands.lookup(method)
+        if command.kind != kind:
+            other = "control" if kind == "inspect" else "inspect"
+            raise click.UsageError(f"{method!r} is a {command.kind} command: use 'taskq {other}'.")
+        arguments = command.parse(words)
+        replies = app.control.broadcast(
+            command.name,
+            arguments,
+            _destination(destination),
+            reply=True,
+            timeout=timeout if timeout is not None else command.timeout,
+        )
+    except CommandError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except TaskqError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EX_UNAVAILABLE)
+    by_node = flatten(replies or [])
+    if as_json:
+        click.echo(json.dumps(by_node, indent=2, sort_keys=True, default=str))
+    elif by_node:
+        click.echo(nodes(by_node))
+    if not by_node:
+        click.echo("Error: No nodes replied within time constraint.", err=True)
+        sys.exit(EX_UNAVAILABLE)
+    if any(isinstance(r, dict) and "error" in r for r in by_node.values()):
+        sys.exit(EX_FAILURE)
+
+
+def _command_help(kind: str) -> str:
+    from taskq.control import commands
+
+    rows = [
+        f"  {c.name} {c.signature}".rstrip() + f"\n      {c.help}"
+        for c in sorted(commands.COMMANDS.values(), key=lambda c: c.name)
+        if c.kind == kind
+    ]
+    return "\n".join(rows)
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@app_option
+@click.argument("method")
+@click.argument("words", nargs=-1)
+@destination_option
+@timeout_option
+@json_option
+@click.pass_context
+def inspect(
+    ctx: click.Context,
+    app_spec: str | None,
+    method: str,
+    words: tuple[str, ...],
+    destination: str | None,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Ask workers: active, reserved, scheduled, registered, stats, revoked,
+    active_queues, conf, query_task, report, clock, ping."""
+    _remote(ctx, app_spec, "inspect", method, words, destination, timeout, as_json)
+
+
+@main.command()
+@app_option
+@click.argument("method")
+@click.argument("words", nargs=-1)
+@destination_option
+@timeout_option
+@json_option
+@click.pass_context
+def control(
+    ctx: click.Context,
+    app_spec: str | None,
+    method: str,
+    words: tuple[str, ...],
+    destination: str | None,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Steer workers: enable_events, disable_events, rate_limit, time_limit, pool_grow,
+    pool_shrink, autoscale, add_consumer, cancel_consumer, revoke, terminate,
+    shutdown, heartbeat."""
+    _remote(ctx, app_spec, "control", method, words, destination, timeout, as_json)
+
+
+inspect.help = f"{inspect.help}\n\n\b\nCommands:\n{_command_help('inspect')}"
+control.help = f"{control.help}\n\n\b\nCommands:\n{_command_help('control')}"
+
+
+@main.command()
+@app_option
+@timeout_option
+@json_option
+@click.pass_context
+def status(ctx: click.Context, app_spec: str | None, timeout: float | None, as_json: bool) -> None:
+    """List the workers that answer a ping."""
+    app = _resolve_app(ctx, app_spec)
+    from taskq.control import flatten
+
+    try:
+        replies = flatten(app.control.ping(timeout=timeout or 1.0))
+    except TaskqError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EX_UNAVAILABLE)
+    if as_json:
+        click.echo(json.dumps(sorted(replies), indent=2))
+    else:
+        for name in sorted(replies):
+            click.echo(f"->  {name}: OK")
+        if replies:
+            count = len(replies)
+            click.echo(f"\n{count} node{'s' if count != 1 else ''} online.")
+    if not replies:
+        click.echo("Error: No nodes replied within time constraint.", err=True)
+        sys.exit(EX_UNAVAILABLE)
+
+
+@main.command()
+@app_option
+@click.option("--dump", is_flag=True, help="Print every event as one JSON object per line.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="Stop after this many events."
+)
+@click.option(
+    "--max-tasks", type=click.IntRange(min=1), default=10_000, show_default=True,
+    help="Tasks kept in the live view.",
+)  # fmt: skip
+@click.pass_context
+def events(
+    ctx: click.Context, app_spec: str | None, dump: bool, limit: int | None, max_tasks: int
+) -> None:
+    """Watch workers and tasks live (Ctrl-C to quit), or --dump the raw events."""
+    import threading
+
+    from taskq.events import view
+
+    app = _resolve_app(ctx, app_spec)
+    stop = threading.Event()
+    try:
+        if dump:
+            view.dump(app.conf, stop, click.echo, limit, wakeup=app.control.heartbeat)
+        else:
+            view.live(app.conf, stop, max_tasks=max_tasks, wakeup=app.control.heartbeat)
+    except KeyboardInterrupt:
+        stop.set()
+    except TaskqError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EX_UNAVAILABLE)
 
 
 class JsonFormatter(logging.Formatter):

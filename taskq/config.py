@@ -56,6 +56,11 @@ _DURATIONS = frozenset(
         "broker_publish_timeout",
         "beat_max_loop_interval",
         "beat_lease_timeout",
+        "event_queue_ttl",
+        "event_queue_expires",
+        "control_queue_ttl",
+        "control_queue_expires",
+        "worker_heartbeat_interval",
     }
 )
 
@@ -153,6 +158,19 @@ class Settings:
     # print() in a task goes to the log with the task's name and id (Celery's names).
     worker_redirect_stdouts: bool = True
     worker_redirect_stdouts_level: str = "WARNING"
+    # Monitoring and remote control (docs/monitoring.md), Celery's names and defaults.
+    worker_send_task_events: bool = False
+    worker_enable_remote_control: bool = True
+    # Seconds between worker-heartbeat events (Celery's --heartbeat-interval); taskq's.
+    worker_heartbeat_interval: float = 2.0
+    task_send_sent_event: bool = False
+    event_exchange: str = "celeryev"
+    event_queue_prefix: str = "celeryev"
+    event_queue_ttl: float = 5.0
+    event_queue_expires: float = 60.0
+    control_exchange: str = "celery"
+    control_queue_ttl: float = 300.0
+    control_queue_expires: float = 10.0
     # Beat
     beat_schedule: dict[str, Any] = dataclasses.field(default_factory=dict)
     beat_max_loop_interval: float = 5.0

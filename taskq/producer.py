@@ -1,7 +1,9 @@
 """The producer: turning a call into a message and handing it to the broker.
 
 ``Producer`` owns what sending needs: the broker connection (opened on the first
-publish), the route cache, and the publish retry policy. The app makes one and
+publish), the route cache, the publish retry policy, and, with
+``task_send_sent_event``, the dispatcher of ``task-sent`` events (started on the
+first send; with the setting off, a send costs one attribute check for it). The app makes one and
 hands it to its tasks; canvas and the worker (retries, chain steps, callbacks)
 send through it too. A call's options are ``apply_async``'s public ones; what
 only the package passes (the task object, the request being retried) travels as
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import threading
 import time
 import uuid
@@ -21,12 +24,15 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 from zoneinfo import ZoneInfo
 
-from taskq import message, routing, serialization
+from taskq import events, message, routing, serialization
 from taskq.broker import connect
 from taskq.canvas import Signature
+from taskq.config import broker_url_of
 from taskq.context import Context, current_request
 from taskq.errors import BrokerError, ConfigurationError, EncodeError, did_you_mean
+from taskq.events import EventDispatcher
 from taskq.queues import Queues
+from taskq.urls import mask_url
 
 if TYPE_CHECKING:
     from taskq.broker.base import Broker, Envelope
@@ -91,7 +97,8 @@ class Producer:
         self._routes: routing.RouteCache | None = None
         self._queue_table: tuple[Any, Queues] | None = None  # (task_queues, its table)
         self._oid = (0, "")  # (pid, reply address): see _reply_to
-        self._inherited: list[Broker] = []  # see reset
+        self._events: EventDispatcher | None = None
+        self._inherited: list[Broker | EventDispatcher] = []  # see reset
 
     @property
     def broker(self) -> Broker:
@@ -104,6 +111,38 @@ class Producer:
                     self.conf, f"producer-{uuid.uuid4().hex[:12]}", producer=True
                 )
             return self._broker
+
+    @property
+    def events(self) -> EventDispatcher:
+        """The dispatcher of ``task-sent`` events, started on first use. On a broker
+        that cannot broadcast (SQLite) it sends nothing, and says so once."""
+        if self._events is not None:
+            return self._events
+        with self._lock:
+            if self._events is None:
+                self._events = self._new_events()
+            return self._events
+
+    def _new_events(self) -> EventDispatcher:
+        conf, url = self.conf, broker_url_of(self.conf)
+        can = events.broadcasts(url)
+        if not can:
+            log.warning(
+                "task_send_sent_event is set but the broker %s cannot broadcast events; "
+                "no task-sent events are sent (docs/monitoring.md).",
+                mask_url(url),
+            )
+        dispatcher = EventDispatcher(
+            lambda: events.connect(
+                url, connect_timeout=conf.broker_connection_timeout, what="Events"
+            ),
+            f"gen{os.getpid()}@{socket.gethostname()}",
+            task_events=can,
+            exchange_name=conf.event_exchange,
+            redact=_redacted(conf),
+        )
+        dispatcher.start()
+        return dispatcher
 
     def send_task(
         self,
@@ -134,10 +173,10 @@ class Producer:
         """Forget the connection without closing it (a forked child's is its
         parent's: closing it here could close the parent's session), so the next
         send opens a new one. The old one stays referenced, never collected here."""
-        if self._broker is not None:
-            self._inherited.append(self._broker)
+        self._inherited.extend(c for c in (self._broker, self._events) if c is not None)
         self._lock = threading.Lock()  # another thread may have held it at the fork
         self._broker = None
+        self._events = None  # its thread did not survive the fork
 
     def close(self) -> None:
         """Close the connection; the next send opens a new one."""
@@ -145,6 +184,9 @@ class Producer:
             if self._broker is not None:
                 self._broker.close()
                 self._broker = None
+            events, self._events = self._events, None
+        if events is not None:
+            events.close()  # outside the lock: it may wait for the last events to go
 
     # -- building --------------------------------------------------------------------
 
@@ -274,6 +316,27 @@ class Producer:
             out.envelope, out.queue, out.priority, eta,
             retry=out.retry, retry_policy=out.retry_policy,
         )  # fmt: skip
+        if self.conf.task_send_sent_event:
+            self._sent_event(out)
+
+    def _sent_event(self, out: Outgoing) -> None:
+        """Celery's ``task-sent`` event for a published call (``task_send_sent_event``)."""
+        headers = out.envelope.headers
+        self.events.send(
+            "task-sent",
+            uuid=out.id,
+            root_id=headers.get("root_id"),
+            parent_id=headers.get("parent_id"),
+            name=headers.get("task"),
+            args=headers.get("argsrepr"),
+            kwargs=headers.get("kwargsrepr"),
+            retries=headers.get("retries"),
+            eta=headers.get("eta"),
+            expires=headers.get("expires"),
+            queue=out.queue,
+            exchange="",
+            routing_key=out.queue,
+        )
 
     def send_many(self, outgoing: Iterable[Outgoing]) -> None:
         """Publish prepared calls in chunks of ``BULK_CHUNK`` through ``broker.publish_many``
@@ -308,6 +371,9 @@ class Producer:
             first.retry,
             first.retry_policy,
         )
+        if self.conf.task_send_sent_event:
+            for out in batch:
+                self._sent_event(out)
 
     def publish(
         self,
@@ -386,6 +452,13 @@ class Producer:
             pauses.append(interval)
             interval = min(interval + step, ceiling)
         return pauses
+
+
+def _redacted(conf: Settings) -> frozenset[str]:
+    """The event fields to hide when the settings encrypt messages or results."""
+    if not conf.security_keys:
+        return frozenset()
+    return events.redacted_fields(conf.security_encrypt, conf.security_encrypt_results)
 
 
 def _unknown_option(name: str, options: Mapping[str, Any]) -> NoReturn:

@@ -294,3 +294,49 @@ def test_shutdown_hands_back_unstarted_at_once(
     finally:
         probe.close()
         done.delete()
+
+
+def test_remote_control_and_task_events_on_a_green_worker(
+    app: App, unique: str, release: Gate
+) -> None:
+    """The worker's control and event threads are greenlets here: ping, inspect a
+    running task, grow the pool, and read the task's events, as on any pool."""
+    from taskq.events import EventReceiver, connect
+
+    seen: list[dict[str, Any]] = []
+
+    @app.task(name="green.held")
+    def held() -> str:
+        release.wait(30)
+        return "done"
+
+    receiver = EventReceiver(
+        lambda: connect(servers.REDIS_URL, connect_timeout=4.0, what="Events"), seen.append
+    )
+    stop = threading.Event()
+    listening = threading.Thread(target=receiver.run, args=(stop, 0.1), daemon=True)
+    listening.start()
+    name = f"{POOL}-{unique}@x"
+    options = {"pool": POOL, "concurrency": 2, "hostname": name, "task_events": True}
+    try:
+        assert receiver.ready.wait(10)
+        with running_worker(app, **options) as worker:
+            assert worker.remote is not None and worker.remote.ready.wait(10)
+            assert app.control.ping(destination=[name], timeout=5) == [{name: {"ok": "pong"}}]
+            result = held.delay()
+            inspect = app.control.inspect(destination=[name], timeout=5)
+            wait_until(lambda: (inspect.active() or {}).get(name), 10, "the task listed active")
+            grown = app.control.pool_grow(3, destination=[name], reply=True, timeout=5)
+            assert grown == [{name: {"ok": "pool will grow to 5"}}]
+            release.open()
+            assert result.get(timeout=10) == "done"
+            wait_until(
+                lambda: any(
+                    e.get("type") == "task-succeeded" and e.get("uuid") == result.id for e in seen
+                ),  # fmt: skip
+                10,
+                "task-succeeded seen",
+            )
+    finally:
+        stop.set()
+        listening.join(5)

@@ -587,3 +587,73 @@ def test_ha_overlapping_leaders_still_send_each_tick_once(redis_url: str, lock_p
         assert {name for name, _ in sent} == {"a", "b"}  # whoever came first sent it
     finally:
         redis_lock.close()
+
+
+# -- beat status ---------------------------------------------------------------------
+
+
+def test_beat_status_shows_the_last_run_its_task_and_the_next_run() -> None:
+    from taskq import App
+    from taskq.beat.scheduler import KeyValueStore
+    from taskq.beat.status import beat_status
+
+    app = App(
+        "beatstatus",
+        broker="memory://",
+        backend="memory://",
+        beat_schedule={
+            "every-minute": {"task": "proj.report", "schedule": 60.0},
+            "never-ran": {"task": "proj.other", "schedule": crontab(minute="0", hour="3")},
+        },
+    )
+    backend = app.require_backend()
+    start = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
+
+    def send(entry: Any) -> str:
+        task_id = f"id-{entry.name}"
+        backend.store(task_id, "SUCCESS", 42, extra={"runtime": 0.25})
+        return task_id
+
+    scheduler = Scheduler(
+        entries_from_config({"every-minute": app.periodic_tasks["every-minute"]}),
+        send=send,
+        store=KeyValueStore(backend),
+        tz=timezone.utc,
+        owner="beat-1",
+        clock=lambda: start + timedelta(seconds=60),
+    )
+    scheduler.tick(start)
+    scheduler.tick(start + timedelta(seconds=60))
+    found = beat_status(app, now=start + timedelta(seconds=70))
+    ran, idle = sorted(found.entries, key=lambda e: e.name)[0], found.entries[1]
+    assert (ran.name, ran.task, ran.schedule) == (
+        "every-minute",
+        "proj.report",
+        "<every: 60 seconds>",
+    )
+    assert ran.last_run_at == start + timedelta(seconds=60)
+    assert ran.next_run_at == start + timedelta(seconds=120)
+    assert (ran.last_task_id, ran.last_state, ran.last_runtime) == (
+        "id-every-minute",
+        "SUCCESS",
+        0.25,
+    )
+    assert (ran.total_run_count, ran.sent_by) == (1, "beat-1")
+    assert idle.name == "never-ran" and idle.last_run_at is None and idle.last_task_id is None
+    assert idle.next_run_at == datetime(2026, 5, 2, 3, 0, tzinfo=timezone.utc)
+    assert found.lease.startswith("local") and found.holder is None
+    assert found.as_dict()["entries"][0]["last_state"] in ("SUCCESS", None)
+
+
+def test_beat_status_lists_entries_added_by_on_after_configure() -> None:
+    from taskq import App
+    from taskq.beat.status import beat_status
+
+    app = App("beatstatus2", broker="memory://", backend="memory://")
+
+    @app.on_after_configure.connect
+    def setup(sender: App, **kwargs: Any) -> None:
+        sender.add_periodic_task(30.0, sender.signature("proj.ping"), name="ping")
+
+    found = beat_status(app)
+    assert [(e.name, e.task) for e in found.entries] == [("ping", "proj.ping")]

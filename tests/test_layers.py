@@ -27,7 +27,8 @@ LAYERS = [
     ["security"],
     ["result", "canvas"],
     ["redisclient"],
-    ["broker", "backends"],
+    # Events travel beside the broker (kombu broadcasts); producers and workers send them.
+    ["broker", "backends", "events"],
     # Running one task: the worker's executor, also what Task.apply runs.
     ["worker.executor", "worker.policy", "worker.ratelimit", "worker.limits"],
     ["task"],

@@ -116,3 +116,43 @@ def test_a_prefetch_window_above_the_batch_cap_is_never_cut_to_it() -> None:
     clock.advance(1.0)
     window.fetched(got=10, asked=4000)
     assert window.size == 4000
+
+
+# -- what remote control changes (taskq.worker.remote) ------------------------------
+
+
+def test_a_rate_limit_set_by_remote_control_applies_to_the_next_request() -> None:
+    app = test_app()
+    app.task(name="t.limited", rate_limit="2/s")(lambda: None)
+    clock = Clock()
+    policies = Policies(app.tasks, app.conf)
+    holding = Holding(policies, clock)
+    assert holding.admit(request("t.limited", "1"))
+    policies.set_rate_limit("t.limited", None)  # remote control: no limit
+    assert holding.admit(request("t.limited", "2"))
+    policies.set_rate_limit("t.limited", "1/m")
+    clock.advance(0.5)  # the token the old rate promised
+    assert holding.admit(request("t.limited", "3"))
+    waiting = request("t.limited", "4")
+    assert not holding.admit(waiting) and holding.wait_at_most(120.0) == 60.0
+    assert holding.parked_requests() == [waiting] and holding.held_requests() == []
+
+
+def test_time_limits_set_by_remote_control_apply_to_messages_received_after() -> None:
+    app = test_app()
+    app.task(name="t.limited", time_limit=10)(lambda: None)
+    policies = Policies(app.tasks, app.conf)
+    message = TaskMessage(id="1", task="t.limited")
+    assert policies["t.limited"].limits_for(message) == (None, 10.0)
+    policies.set_time_limits("t.limited", 2.0, 5.0)
+    assert policies["t.limited"].limits_for(message) == (2.0, 5.0)
+    assert policies["t.limited"].acks_late == policies["t.other"].acks_late  # the rest kept
+
+
+def test_the_window_follows_the_pool_when_it_grows_or_shrinks() -> None:
+    clock = Clock()
+    window = Window(capacity=8, concurrency=2, batching=True, timing=Timing(), clock=clock)
+    window.set_concurrency(5)  # the same multiplier of 4
+    assert (window.concurrency, window.capacity, window.free(parked=0)) == (5, 20, 20)
+    window.set_concurrency(1)
+    assert (window.capacity, window.free(parked=0)) == (4, 4)

@@ -67,6 +67,8 @@ class Entry:
         last_run_at: the due time of the latest run (aware, UTC), None before the
             first. The due time, not the moment of sending, so intervals do not drift.
         total_run_count: runs sent, as far as this scheduler and its store know.
+        last_task_id: the id of the task the latest run sent.
+        last_sent_at: when the latest run was sent (aware, UTC).
     """
 
     name: str
@@ -77,6 +79,8 @@ class Entry:
     options: dict[str, Any] = field(default_factory=dict)
     last_run_at: datetime | None = None
     total_run_count: int = 0
+    last_task_id: str | None = None
+    last_sent_at: datetime | None = None
 
 
 _ENTRY_KEYS = ("task", "schedule", "args", "kwargs", "options")
@@ -136,11 +140,13 @@ class ScheduleStore(Protocol):
     """Keeps each entry's progress across restarts and takeovers."""
 
     def load(self) -> dict[str, dict[str, Any]]:
-        """``{name: {"last_run_at": aware datetime, "total_run_count": int}}``."""
+        """``{name: {"last_run_at": aware datetime, "total_run_count": int}}``, plus
+        ``last_task_id``, ``last_sent_at`` and ``sent_by`` where recorded."""
         ...
 
-    def save(self, name: str, last_run_at: datetime, total_run_count: int) -> None:
-        """Record an entry's progress after a run."""
+    def save(self, name: str, last_run_at: datetime, total_run_count: int, **run: Any) -> None:
+        """Record an entry's progress after a run; ``run`` may add ``last_task_id``,
+        ``last_sent_at`` (aware datetime) and ``sent_by`` (the beat's owner id)."""
         ...
 
 
@@ -155,9 +161,13 @@ class MemoryStore:
         with self._lock:
             return {name: dict(state) for name, state in self._data.items()}
 
-    def save(self, name: str, last_run_at: datetime, total_run_count: int) -> None:
+    def save(self, name: str, last_run_at: datetime, total_run_count: int, **run: Any) -> None:
         with self._lock:
-            self._data[name] = {"last_run_at": last_run_at, "total_run_count": total_run_count}
+            self._data[name] = {
+                "last_run_at": last_run_at,
+                "total_run_count": total_run_count,
+                **run,
+            }
 
 
 class KeyValueBackend(Protocol):
@@ -172,7 +182,8 @@ class KeyValueStore:
     """Progress in a result backend, so it outlives the process and beats can share it.
 
     One key per entry, ``<prefix>entry-<name>``, holds JSON ``{"last_run_at": ISO
-    8601, "total_run_count": n}``; ``<prefix>entries`` lists the names, since the
+    8601, "total_run_count": n, "last_task_id": id, "last_sent_at": ISO 8601,
+    "sent_by": owner}`` (what ``taskq beat status`` shows); ``<prefix>entries`` lists the names, since the
     primitives cannot scan. Nothing expires. Unreadable state is logged and ignored
     (the entry then behaves as never run).
     """
@@ -194,14 +205,26 @@ class KeyValueStore:
                 data = json.loads(raw)
                 last = _utc(datetime.fromisoformat(data["last_run_at"]), "last_run_at")
                 count = int(data["total_run_count"])
+                sent = data.get("last_sent_at")
+                run = {
+                    "last_task_id": data.get("last_task_id"),
+                    "last_sent_at": _utc(datetime.fromisoformat(sent), "sent") if sent else None,
+                    "sent_by": data.get("sent_by"),
+                }
             except (ValueError, KeyError, TypeError) as exc:
                 logger.warning("Ignoring unreadable beat state of %r: %s", name, exc)
                 continue
-            states[name] = {"last_run_at": last, "total_run_count": count}
+            recorded = {k: v for k, v in run.items() if v is not None}
+            states[name] = {"last_run_at": last, "total_run_count": count, **recorded}
         return states
 
-    def save(self, name: str, last_run_at: datetime, total_run_count: int) -> None:
-        state = {"last_run_at": last_run_at.isoformat(), "total_run_count": total_run_count}
+    def save(self, name: str, last_run_at: datetime, total_run_count: int, **run: Any) -> None:
+        state: dict[str, Any] = {
+            "last_run_at": last_run_at.isoformat(),
+            "total_run_count": total_run_count,
+        }
+        for key, value in run.items():
+            state[key] = value.isoformat() if isinstance(value, datetime) else value
         self.backend.set(f"{self.key_prefix}entry-{name}", json.dumps(state).encode(), None)
         if name not in self._indexed:
             names = self._read_index()
@@ -231,8 +254,9 @@ class Scheduler:
 
     Args:
         entries: the periodic tasks; names must be unique.
-        send: publishes one entry's task. If it raises, the error is logged and the
-            run is retried on the next tick.
+        send: publishes one entry's task and returns its id (kept as the entry's
+            ``last_task_id``). If it raises, the error is logged and the run is
+            retried on the next tick.
         store: where progress is kept; loaded on the first tick as holder.
         tz: the zone crontab fields are read in (unless a crontab names its own).
         lock: several beats share one to decide who sends; None sends always.
@@ -247,7 +271,7 @@ class Scheduler:
         self,
         entries: Iterable[Entry],
         *,
-        send: Callable[[Entry], None],
+        send: Callable[[Entry], str | None],
         store: ScheduleStore,
         tz: tzinfo,
         lock: BeatLock | None = None,
@@ -381,12 +405,21 @@ class Scheduler:
                 return
             self._claimed[entry.name] = key  # a failed send is retried without a new claim
         logger.info("Scheduler: Sending due task %s (%s)", entry.name, entry.task)
-        self.send(entry)
+        task_id = self.send(entry)
         self._claimed.pop(entry.name, None)
         entry.last_run_at = due
         entry.total_run_count += 1
+        entry.last_task_id = task_id if isinstance(task_id, str) else None
+        entry.last_sent_at = self.clock()
         try:
-            self.store.save(entry.name, due, entry.total_run_count)
+            self.store.save(
+                entry.name,
+                due,
+                entry.total_run_count,
+                last_task_id=entry.last_task_id,
+                last_sent_at=entry.last_sent_at,
+                sent_by=self.owner,
+            )
         except Exception:  # sent is sent: after a restart it may run once more, no worse
             logger.exception("Scheduler: sent %s but could not save its progress", entry.name)
 
@@ -431,6 +464,19 @@ def run_beat(scheduler: Scheduler, stop: threading.Event) -> None:
         scheduler.close()
 
 
+def lock_url(app: App) -> str | None:
+    """The Redis URL beats share their lease on (the backend's, else the broker's),
+    or None: then a single beat runs with a local lock."""
+    return next(
+        (
+            u
+            for u in (app.backend_url, app.broker_url)
+            if u and u.startswith(("redis://", "rediss://"))
+        ),
+        None,
+    )
+
+
 def scheduler_for(app: App) -> Scheduler:
     """The scheduler for an app's ``beat_schedule`` and ``add_periodic_task`` entries.
 
@@ -444,21 +490,14 @@ def scheduler_for(app: App) -> Scheduler:
     app.finalize()  # handlers may add periodic tasks (Celery's on_after_configure)
     for line in conf.unimplemented():
         logger.warning(line)
-    redis_url = next(
-        (
-            u
-            for u in (app.backend_url, app.broker_url)
-            if u and u.startswith(("redis://", "rediss://"))
-        ),
-        None,
-    )
+    redis_url = lock_url(app)
     lock: BeatLock = RedisBeatLock(redis_url) if redis_url else LocalBeatLock()
     backend = app.results.backend
     store: ScheduleStore = KeyValueStore(backend) if backend is not None else MemoryStore()
     producer = app.producer
 
-    def send(entry: Entry) -> None:
-        producer.send_task(entry.task, entry.args, entry.kwargs, entry.options)
+    def send(entry: Entry) -> str:
+        return producer.send_task(entry.task, entry.args, entry.kwargs, entry.options)
 
     return Scheduler(
         entries_from_config(app.periodic_tasks),

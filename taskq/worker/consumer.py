@@ -7,14 +7,22 @@ revoked requests are recorded and acked without running; requests whose ETA is i
 the future go back to the broker's delayed store, or wait in the ``Holding``
 area on brokers without one; rate-limited ones wait there for their token; the
 rest go to the pool. Broker errors are retried with jittered backoff.
+
+A request is revoked when the result backend says so (``taskq.control.revokes``)
+or when remote control's broadcast ``revoke`` named it (``revoke``: remembered
+here, the newest ``REVOKES_MAX``; one revoked while it waits in the holding area
+does not start either). Remote control changes the queues consumed
+(``add_queue``, ``cancel_queue``) on this thread, before the next fetch. With
+task events on, ``task-received`` is sent for each request decoded.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from taskq.errors import (
@@ -26,6 +34,7 @@ from taskq.errors import (
     WorkerLostError,
 )
 from taskq.message import decode, worker_lost_count
+from taskq.worker import monitor
 from taskq.worker.holding import Holding
 from taskq.worker.policy import Policies
 from taskq.worker.request import Request
@@ -37,12 +46,17 @@ if TYPE_CHECKING:
     from taskq.backends.store import ResultStore
     from taskq.broker.base import Broker, Delivery
     from taskq.config import Settings
+    from taskq.events import EventDispatcher
+    from taskq.queues import QueueSpec
     from taskq.security import Sealer
     from taskq.task import Task
 
-__all__ = ["Consumer"]
+__all__ = ["REVOKES_MAX", "Consumer"]
 
 log = logging.getLogger("taskq.worker")
+
+#: Revoked ids a worker remembers from remote control (Celery's REVOKES_MAX).
+REVOKES_MAX = 50_000
 
 
 class Consumer:
@@ -52,6 +66,7 @@ class Consumer:
         tasks: the task registry (a message for a task not in it is kept in the
             dead-letter queue: ``Settlement.not_registered``).
         submit: hands a request to the pool (``Pool.submit``).
+        events: where ``task-received`` goes (sent only while ``events.task_events``).
         sealer: opens signed messages and refuses the others (``taskq.security``).
     """
 
@@ -71,9 +86,11 @@ class Consumer:
         submit: Callable[[Request], None],
         timing: Timing,
         clock: Clock,
+        events: EventDispatcher,
         sealer: Sealer | None = None,
     ) -> None:
         self.broker = broker
+        #: The queues consumed now; replaced (never changed in place) by remote control.
         self.queues = list(queues)
         self._conf = conf
         self._tasks = tasks
@@ -87,13 +104,19 @@ class Consumer:
         self._timing = timing
         self._clock = clock
         self._sealer = sealer
+        self._events = events
+        self._revokes: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._revokes_lock = threading.Lock()
+        self._changes: collections.deque[Callable[[], None]] = collections.deque()
 
     def run(self, stopping: threading.Event, burst: bool = False) -> None:
         """Consume until ``stopping`` is set (or, with ``burst``, until the queues and
         this worker are empty). What was fetched when the stop came goes back."""
         backoff = 0.1
         while not stopping.is_set():
-            self._start_all(self._holding.release())
+            while self._changes:  # remote control's (add_queue, cancel_queue)
+                self._changes.popleft()()
+            self._start_all(self._released())
             free = self._window.free(self._holding.parked)
             if free <= 0:
                 self._window.wait(min(0.5, self._wait(False)))
@@ -195,18 +218,94 @@ class Consumer:
         policy = self._policies[message.task]
         request.acks_late = policy.acks_late
         request.soft_time_limit, request.time_limit = policy.limits_for(message)
+        events = self._events
+        if events.task_events:
+            request.events = events  # for task-started
+            monitor.received(events, request)
         log.info("Task %s[%s] received", message.task, message.id)
         return request
 
     def _revoked(self, ids: list[str]) -> set[str]:
+        """Which of ``ids`` were revoked: by broadcast (remembered here) or in the
+        result backend."""
+        found: set[str] = set()
+        if self._revokes:
+            with self._revokes_lock:
+                found = {i for i in ids if i in self._revokes}
         backend = self._results.backend
         if backend is None or not ids:
-            return set()
+            return found
         try:
-            return backend.revoked(ids)
+            return found | backend.revoked(ids)
         except BackendError as exc:
             log.warning("Could not check revoked ids: %s", exc)
-            return set()
+            return found
+
+    # -- what remote control changes (taskq.worker.remote) -------------------------------
+
+    def revoke(self, ids: Iterable[str]) -> None:
+        """Never start ``ids`` (those received from now on are recorded as revoked);
+        the newest ``REVOKES_MAX`` are remembered."""
+        with self._revokes_lock:
+            for task_id in ids:
+                self._revokes[task_id] = None
+                self._revokes.move_to_end(task_id)
+            while len(self._revokes) > REVOKES_MAX:
+                self._revokes.popitem(last=False)
+
+    def revoked_ids(self) -> list[str]:
+        """The ids revoked through ``revoke``, oldest first."""
+        with self._revokes_lock:
+            return list(self._revokes)
+
+    def add_queue(self, name: str) -> bool:
+        """Start consuming ``name`` (declared as the app's queue table says, then
+        fetched from, before the next fetch); False if it is consumed already.
+
+        Raises:
+            ConfigurationError: the queue table has no ``name`` and
+                ``task_create_missing_queues`` is off.
+        """
+        if name in self.queues:
+            return False
+        spec = self.broker.queues[name]
+        self._change(lambda: self._add_queue(spec))
+        return True
+
+    def cancel_queue(self, name: str) -> bool:
+        """Stop consuming ``name`` from the next fetch; False if it is not consumed.
+
+        Raises:
+            ValueError: ``name`` is the only queue consumed.
+        """
+        if name not in self.queues:
+            return False
+        if len(self.queues) == 1:
+            raise ValueError(f"{name!r} is the only queue consumed")
+        self._change(lambda: self._cancel_queue(name))
+        return True
+
+    def _change(self, change: Callable[[], None]) -> None:
+        self._changes.append(change)
+        self._window.wake()
+
+    def _add_queue(self, spec: QueueSpec) -> None:
+        name = spec.name
+        if name in self.queues:
+            return
+        try:
+            self.broker.declare([spec])
+        except BrokerError as exc:
+            log.error("Could not declare queue %r to consume it: %s", name, exc)
+            return
+        self.queues = [*self.queues, name]
+        log.info("Consuming from %r too (remote control)", name)
+
+    def _cancel_queue(self, name: str) -> None:
+        remaining = [q for q in self.queues if q != name]
+        if remaining and len(remaining) < len(self.queues):
+            self.queues = remaining
+            log.info("No longer consuming from %r (remote control)", name)
 
     def _hold(self, request: Request, eta: float) -> None:
         if self.broker.supports_delayed:
@@ -224,6 +323,20 @@ class Consumer:
                 request.ack()
                 return
         self._holding.hold(request, eta)
+
+    def _released(self) -> list[Request]:
+        """What the holding area lets start now, less what remote control revoked
+        while it waited (an ETA or a rate limit)."""
+        released = self._holding.release()
+        if not released or not self._revokes:
+            return released
+        with self._revokes_lock:
+            revoked = {r.id for r in released if r.id in self._revokes}
+        for request in released:
+            if request.id in revoked:
+                error = TaskRevokedError(f"task {request.id} was revoked")
+                self._settlement.finish_unrun(request, error, "revoked")
+        return [r for r in released if r.id not in revoked]
 
     def _start_all(self, requests: list[Request]) -> None:
         for request in requests:

@@ -74,10 +74,22 @@ class Action(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """An ``Action`` and, for dead letters and lost workers, why."""
+    """An ``Action`` and, for dead letters and lost workers, why; and what happened,
+    for task events: ``traced`` when the task ran in this process, ``summary`` when
+    a child process reported it or the task did not run (unregistered, expired,
+    terminated)."""
 
     action: Action
     reason: str = ""
+    traced: Traced | None = None
+    summary: Summary | None = None
+
+    def summarize(self) -> Summary | None:
+        """What happened, as task events tell it (None: nothing to tell). Called only
+        while task events are on: it takes the repr of the result."""
+        if self.summary is not None:
+            return self.summary
+        return summarize(self.traced) if self.traced is not None else None
 
 
 def internal_error(request: object, exc: Exception) -> Outcome:
@@ -102,6 +114,31 @@ class Traced:
     traceback: str | None = None
     runtime: float = 0.0
     requeue: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """A task's run as its events show it: the state, the result's or exception's
+    repr (Celery's ``result`` / ``exception`` fields), the traceback, the run time."""
+
+    state: State
+    text: str
+    traceback: str | None = None
+    runtime: float = 0.0
+    requeue: bool = False
+
+
+#: Longest repr of a result or exception in an event (Celery's resultrepr_maxsize).
+REPR_MAX = 1024
+
+
+def summarize(traced: Traced) -> Summary:
+    """``traced`` for events: reprs cut at ``REPR_MAX`` characters."""
+    value = traced.value
+    if isinstance(value, Retry) and value.exc is not None:
+        value = value.exc
+    text = _short(value, REPR_MAX)
+    return Summary(traced.state, text, traced.traceback, traced.runtime, traced.requeue)
 
 
 class Executor:
@@ -147,14 +184,18 @@ class Executor:
             error = NotRegistered(f"Worker {ctx.hostname}: {self.app.not_registered(name)}")
             log.error("Received unregistered task %s[%s]. %s", ctx.task, ctx.id, error)
             self.store(None, ctx, State.FAILURE, error)
-            return Outcome(Action.DEAD_LETTER, f"NotRegistered: {error}")
+            return Outcome(
+                Action.DEAD_LETTER,
+                f"NotRegistered: {error}",
+                summary=Summary(State.FAILURE, repr(error)),
+            )
         if ctx.expires is not None and ctx.expires <= datetime.now(timezone.utc):
             log.info("Task %s[%s] expired: not run", ctx.task, ctx.id)
             self.store(task, ctx, State.REVOKED, TaskRevokedError("expired"))
             signals.task_revoked.send(
                 task, request=ctx, terminated=False, signum=None, expired=True
             )
-            return Outcome(Action.ACK)
+            return Outcome(Action.ACK, summary=Summary(State.REVOKED, "expired"))
         if self.policies[task.name].track_started:
             self.store(task, ctx, State.STARTED, {"pid": os.getpid(), "hostname": ctx.hostname})
         signals.task_prerun.send(task, task_id=ctx.id, task=task, args=ctx.args, kwargs=ctx.kwargs)
@@ -167,9 +208,11 @@ class Executor:
         announce(task, ctx, traced)
         if traced.state == State.REJECTED:
             if traced.requeue:
-                return Outcome(Action.REQUEUE)
-            return Outcome(Action.DEAD_LETTER, f"rejected by the task: {traced.value}")
-        return Outcome(Action.ACK)
+                return Outcome(Action.REQUEUE, traced=traced)
+            return Outcome(
+                Action.DEAD_LETTER, f"rejected by the task: {traced.value}", traced=traced
+            )
+        return Outcome(Action.ACK, traced=traced)
 
     def record(self, task: Task[Any, Any], ctx: Context, traced: Traced) -> None:
         """Store the outcome, run callbacks and log it (the worker's bookkeeping)."""

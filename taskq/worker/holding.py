@@ -8,7 +8,8 @@ Two kinds wait here, each in a heap by the time it may start:
 * rate-limited requests waiting for their token (``RateLimiter``), by monotonic
   time. Parking one delays only its own kind: the others go on.
 
-Owned by the consumer thread; not thread-safe.
+Owned by the consumer thread; not thread-safe, except for the copies remote
+control reads (``held_requests``, ``parked_requests``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ class Holding:
     def parked(self) -> int:
         """Rate-limited requests waiting for their token."""
         return len(self._parked)
+
+    def held_requests(self) -> list[Request]:
+        """The ETA-held requests, soonest first (a copy: safe from another thread)."""
+        return [item[2] for item in sorted(self._held[:])]
+
+    def parked_requests(self) -> list[Request]:
+        """The rate-limited requests, soonest first (a copy: safe from another thread)."""
+        return [item[2] for item in sorted(self._parked[:])]
 
     def __bool__(self) -> bool:
         return bool(self._held or self._parked)

@@ -36,6 +36,9 @@ class WorkerOptions:
     time_limit: float | None = None
     soft_time_limit: float | None = None
     autoscale: tuple[int, int] | None = None  # (max, min) prefork children
+    task_events: bool | None = None  # -E: send task events (worker_send_task_events)
+    without_heartbeat: bool = False  # send no worker events
+    heartbeat_interval: float | None = None  # seconds between worker-heartbeat events
 
 
 def expand_hostname(name: str | None) -> str:

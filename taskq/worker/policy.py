@@ -4,7 +4,9 @@ A worker resolves every registered task's policy once at start (``Policies``),
 and every part that used to ask the task and then the settings (the consumer,
 the executor, the pools, time limits) reads the policy instead. A task the
 worker does not know gets the app's defaults. Changing a task's options or the
-settings after a worker started does not change that worker.
+settings after a worker started does not change that worker; remote control's
+``rate_limit`` and ``time_limit`` change its policies (``set_rate_limit``,
+``set_time_limits``).
 
 Time limits keep one more level: a message's own ``timelimit`` header (set per
 call) wins over the policy (see ``limits_for``).
@@ -128,6 +130,28 @@ class Policies:
             policy = Policy.resolve(task, self._conf, *self._worker)
             self._by_name[name] = policy
         return policy
+
+    @property
+    def default(self) -> Policy:
+        """The policy of a task this worker does not know: the worker's and the app's
+        defaults (``inspect stats`` shows its time limits)."""
+        return Policy.resolve(None, self._conf, *self._worker)
+
+    def set_rate_limit(self, name: str, rate: str | float | None) -> None:
+        """Replace the rate limit of ``name`` on this worker (None: no limit). Requests
+        already waiting for a token keep their turn.
+
+        Raises:
+            ConfigurationError: ``rate`` is not a rate.
+        """
+        self._by_name[name] = dataclasses.replace(self[name], rate=parse_rate(rate))
+
+    def set_time_limits(self, name: str, soft: float | None, hard: float | None) -> None:
+        """Replace the time limits of ``name`` on this worker, in seconds (None: none),
+        for the messages received from now on."""
+        self._by_name[name] = dataclasses.replace(
+            self[name], soft_time_limit=_first(soft), time_limit=_first(hard)
+        )
 
     def resolve_all(self) -> None:
         """Resolve every registered task's policy now.

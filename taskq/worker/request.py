@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from taskq.context import Context
@@ -18,6 +19,7 @@ from taskq.message import CONTEXT_NAMES, TaskMessage
 
 if TYPE_CHECKING:
     from taskq.broker.base import Broker, Delivery
+    from taskq.events import EventDispatcher
 
 log = logging.getLogger("taskq.worker")
 
@@ -52,6 +54,11 @@ class Request:
         #: The (soft, hard) time limits in seconds the worker resolved for it.
         self.soft_time_limit: float | None = message.soft_time_limit
         self.time_limit: float | None = message.time_limit
+        #: When a pool began it (Unix time), and the process it runs in if not this one.
+        self.time_start: float | None = None
+        self.worker_pid: int | None = None
+        #: Where its task-started event goes (None: task events are off).
+        self.events: EventDispatcher | None = None
         self._settled = False
         self._lock = threading.Lock()
 
@@ -125,8 +132,12 @@ class Request:
         return False
 
     def started(self) -> None:
-        """The pool is about to run it: ack now unless ``acks_late``. This ack is sent
-        before the task runs (at most once: a crash must not run it again)."""
+        """The pool is about to run it: note the time, send ``task-started`` when task
+        events are on, and ack now unless ``acks_late``. This ack is sent before the
+        task runs (at most once: a crash must not run it again)."""
+        self.time_start = time.time()
+        if self.events is not None:
+            self.events.send("task-started", uuid=self.message.id)
         if not self.acks_late and self._settle():
             self.broker.ack([self.delivery])
 

@@ -6,7 +6,9 @@ redelivers it with a count in the ``x-taskq-worker-lost`` header (the poison
 guard: a task that kills its process every time ends in the dead-letter queue)
 or, with ``reject_on_worker_lost`` off, records the failure. ``finish_unrun``
 settles a request the worker decided not to run (revoked, poison) after
-recording why and failing its workflow.
+recording why and failing its workflow. With task events on, each settled
+request's event (``task-succeeded``, ``task-failed``, ...) is sent here
+(``taskq.worker.monitor``); with them off that costs one attribute check.
 
 A request is settled once (``Request`` guards it); settle errors are logged and
 the message's lease returns it.
@@ -14,8 +16,10 @@ the message's lease returns it.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -29,6 +33,7 @@ from taskq.errors import (
 )
 from taskq.message import LOST_HEADER, worker_lost_count
 from taskq.result import State
+from taskq.worker import monitor
 from taskq.worker.executor import Action, Executor, Outcome
 from taskq.worker.policy import Policies
 from taskq.worker.request import Request
@@ -36,6 +41,7 @@ from taskq.worker.window import Window
 
 if TYPE_CHECKING:
     from taskq.broker.base import Broker, Delivery
+    from taskq.events import EventDispatcher
 
 __all__ = ["LOST_HEADER", "Settlement"]
 
@@ -51,6 +57,7 @@ class Settlement:
         policies: each task's ``reject_on_worker_lost``.
         window: told when a request is settled, so the consumer may fetch more.
         parked: how many rate-limited requests wait (``Window.free`` reads it).
+        events: where task events go (sent only while ``events.task_events``).
     """
 
     def __init__(
@@ -60,12 +67,21 @@ class Settlement:
         policies: Policies,
         window: Window,
         parked: Callable[[], int],
+        events: EventDispatcher,
     ) -> None:
         self._broker = broker
         self._executor = executor
         self._policies = policies
         self._window = window
         self._parked = parked
+        self._events = events
+        self._totals: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def totals(self) -> dict[str, int]:
+        """Requests settled so far, by task name (``inspect stats``)."""
+        with self._lock:
+            return dict(self._totals)
 
     def settle(self, request: Request, outcome: Outcome) -> None:
         """What the pool calls once per request it ran. A request already settled
@@ -84,6 +100,11 @@ class Settlement:
         except Exception:
             log.exception("Could not settle %r; its lease will return it", request)
         finally:
+            if self._events.task_events:
+                monitor.finished(self._events, request, outcome)
+            if outcome.action is not Action.GONE:  # it did not run here
+                with self._lock:
+                    self._totals[request.name] += 1
             self._window.settled(self._parked())
 
     def worker_lost(self, request: Request, reason: str) -> None:
@@ -96,7 +117,8 @@ class Settlement:
             self._executor.store(None, request.context(), State.FAILURE, error)
             return
         if not self._policies[request.name].reject_on_worker_lost:
-            self.finish_unrun(request, WorkerLostError(reason), None)
+            # No event here: ``settle`` sends task-failed for every lost worker.
+            self._unrun(request, WorkerLostError(reason), None)
             return
         env = request.delivery.envelope
         headers = {**env.headers, LOST_HEADER: worker_lost_count(env.headers) + 1}
@@ -145,6 +167,17 @@ class Settlement:
     ) -> None:
         """Record why ``request`` did not run (REVOKED for a revoke, else FAILURE),
         fail its workflow, then ack it (or dead-letter it with ``dead_letter``)."""
+        if self._events.task_events:
+            monitor.not_run(self._events, request, exc)
+        self._unrun(request, exc, reason, dead_letter)
+
+    def _unrun(
+        self,
+        request: Request,
+        exc: BaseException,
+        reason: str | None,
+        dead_letter: str | None = None,
+    ) -> None:
         ctx = request.context()
         revoked = isinstance(exc, TaskRevokedError)
         state = State.REVOKED if revoked else State.FAILURE

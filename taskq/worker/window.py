@@ -36,6 +36,7 @@ class Window:
     ) -> None:
         self.capacity = capacity
         self.concurrency = concurrency
+        self._multiplier = max(1, capacity // max(1, concurrency))
         self._batching = batching
         self._timing = timing
         self._clock = clock
@@ -84,6 +85,14 @@ class Window:
         self._rate_mark = (now, self._settled)
         batch = int(rate * self._timing.batch_span) if self._batching and self._backlog else 0
         self.size = max(self.capacity, min(self._timing.batch_max, batch))
+
+    def set_concurrency(self, concurrency: int) -> None:
+        """The pool grew or shrank to ``concurrency``: the window follows, with the
+        same prefetch multiplier (remote control's ``pool_grow`` / ``pool_shrink``)."""
+        with self._lock:
+            self.concurrency = concurrency
+            self.capacity = self.size = max(1, concurrency * self._multiplier)
+        self.wake()
 
     def started(self) -> None:
         """A request went to the pool."""

@@ -10,6 +10,12 @@ running tasks revoked with ``terminate=True`` (see ``taskq.control``); in a
 gevent or eventlet process a thread of the OS also renews the lease
 (``taskq.worker.lease``).
 
+Monitoring (docs/monitoring.md): an ``EventDispatcher`` sends worker events
+(online, a heartbeat every ``worker_heartbeat_interval``, offline) and, while
+task events are on, the consumer, the pool's requests and the settlement send
+task events; a ``ControlServer`` answers remote control through ``RemoteHandle``.
+Both need a broker that can broadcast (Redis, RabbitMQ).
+
 Warm shutdown stops fetching, gives unstarted messages back at once, lets
 running tasks finish within ``worker_shutdown_timeout`` and then gives back what
 is still running; cold shutdown skips the wait.
@@ -24,13 +30,19 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from taskq import monkey, signals
 from taskq.broker.startup import connect_on_startup
 from taskq.control import terminations
+from taskq.control.mailbox import mailbox
+from taskq.control.server import ControlServer
 from taskq.errors import BackendError, BrokerError
+from taskq.events import EventDispatcher, broadcasts, connect, redacted_fields
 from taskq.queues import Queues
+from taskq.security.commands import CommandVerifier
+from taskq.urls import mask_url
 from taskq.worker.consumer import Consumer
 from taskq.worker.executor import Executor
 from taskq.worker.holding import Holding
@@ -39,6 +51,7 @@ from taskq.worker.options import WorkerOptions, expand_hostname, pool_settings
 from taskq.worker.policy import Policies
 from taskq.worker.pools import make_pool
 from taskq.worker.pools.base import Pool
+from taskq.worker.remote import RemoteHandle
 from taskq.worker.request import Request
 from taskq.worker.settlement import Settlement
 from taskq.worker.timing import SYSTEM_CLOCK, Clock, Timing
@@ -104,10 +117,18 @@ class Worker:
             timing=timing,
             clock=clock,
         )
+        self.started_at = time.time()
+        self.events = self._event_dispatcher(opts)
         self.settlement = Settlement(
-            self.broker, self.executor, self.policies, self.window, lambda: self.holding.parked
+            self.broker,
+            self.executor,
+            self.policies,
+            self.window,
+            lambda: self.holding.parked,
+            self.events,
         )
         self.pool: Pool = make_pool(self.pool_name, settings, self.executor, self.settlement.settle)
+        self.pool.set_task_events(self.events.task_events)
         self.consumer = Consumer(
             broker=self.broker,
             queues=self.queues,
@@ -124,7 +145,24 @@ class Worker:
             clock=clock,
             # Built now, so unusable keys stop start-up rather than fail every message.
             sealer=app.security.sealer,
+            events=self.events,
         )
+        #: Answers remote control (None: turned off, or the broker cannot broadcast).
+        self.remote: ControlServer | None = None
+        if conf.worker_enable_remote_control and broadcasts(app.broker_url):
+            sealer = app.security.sealer
+            verifier = (
+                CommandVerifier(sealer.keyring, accept_unsigned=sealer.accept_unsigned)
+                if sealer is not None
+                else None
+            )
+            self.remote = ControlServer(
+                self._broadcast_connection,
+                RemoteHandle(self),
+                mailbox(conf),
+                self.events.clock,
+                verifier,
+            )
         self.ready = threading.Event()
         self._stopping = threading.Event()
         self._closed = threading.Event()
@@ -149,6 +187,16 @@ class Worker:
         self.app.finalize()  # Celery's on_after_configure / on_after_finalize
         for line in self.app.conf.unimplemented():  # Celery settings taskq ignores
             log.warning(line)
+        if (
+            self.remote is not None
+            and self.app.conf.security_keys
+            and self.app.conf.security_accept_unsigned
+        ):
+            log.warning(
+                "security_accept_unsigned is on, so remote control commands run unsigned: "
+                "whoever can write to the broker can shut this worker down, change its "
+                "limits or revoke tasks (docs/security.md)."
+            )
         # Declared as the app's queue table says, as its producers declare them.
         specs = [self.broker.queues[q] for q in self.queues]
         if not connect_on_startup(
@@ -163,8 +211,11 @@ class Worker:
         self.pool.start()
         if self._keeper is not None:
             self._keeper.start()
-        for target, name in ((self._heartbeat, "heartbeat"), (self._watch_revokes, "control")):
+        for target, name in ((self._heartbeat, "heartbeat"), (self._watch_revokes, "revokes")):
             threading.Thread(target=target, name=f"taskq-{name}", daemon=True).start()
+        self.events.start()
+        if self.remote is not None:
+            self.remote.start()
         self.ready.set()
         log.info("%s ready.", self.hostname)
         signals.worker_ready.send(self)
@@ -196,6 +247,59 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(sig, on_signal)
 
+    def terminate(self, task_ids: Iterable[str], signum: int) -> list[str]:
+        """Send ``signum`` to those of ``task_ids`` that run here (once each: a task
+        already told is not told again). Returns the ids told."""
+        wanted = set(task_ids) - self._terminated
+        told = []
+        for request in self.pool.running():
+            if request.id in wanted:
+                self._terminated.add(request.id)
+                if self.pool.terminate(request.id, signum):
+                    log.info("Terminating task %s with %s", request.id, signal.Signals(signum).name)
+                    told.append(request.id)
+        return told
+
+    # -- monitoring ------------------------------------------------------------------
+
+    def _event_dispatcher(self, opts: WorkerOptions) -> EventDispatcher:
+        """Worker events always (unless ``without_heartbeat``), task events with
+        ``-E`` / ``worker_send_task_events``; on a broker that cannot broadcast
+        (SQLite) none, and the worker says so."""
+        conf, url = self.app.conf, self.app.broker_url
+        task_events = conf.worker_send_task_events if opts.task_events is None else opts.task_events
+        can = broadcasts(url)
+        if not can and (task_events or conf.worker_enable_remote_control):
+            log.info(
+                "Events and remote control are off: the broker %s cannot broadcast "
+                "(docs/monitoring.md).",
+                mask_url(url),
+            )
+        return EventDispatcher(
+            self._broadcast_connection,
+            self.hostname,
+            task_events=task_events and can,
+            load=None if opts.without_heartbeat or not can else self._load,
+            heartbeat_interval=opts.heartbeat_interval or conf.worker_heartbeat_interval,
+            exchange_name=conf.event_exchange,
+            redact=(
+                redacted_fields(conf.security_encrypt, conf.security_encrypt_results)
+                if conf.security_keys
+                else frozenset()
+            ),
+        )
+
+    def _broadcast_connection(self) -> Any:
+        """A kombu connection for events and remote control (see ``taskq.events``)."""
+        conf = self.app.conf
+        return connect(
+            self.app.broker_url, connect_timeout=conf.broker_connection_timeout, what="Events"
+        )
+
+    def _load(self) -> tuple[int, int]:
+        """Tasks running now and tasks done so far (worker-heartbeat events)."""
+        return self.window.in_flight, sum(self.settlement.totals().values())
+
     # -- background ------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
@@ -218,9 +322,7 @@ class Worker:
                 log.warning("Could not check revoked ids: %s", exc)
                 continue
             for task_id, signum in found.items():
-                self._terminated.add(task_id)
-                if self.pool.terminate(task_id, signum):
-                    log.info("Terminating task %s with %s", task_id, signal.Signals(signum).name)
+                self.terminate([task_id], signum)
 
     # -- shutdown --------------------------------------------------------------------
 
@@ -241,6 +343,9 @@ class Worker:
         if self._keeper is not None:
             self._keeper.stop()
         self.broker.close()
+        if self.remote is not None:
+            self.remote.stop()
+        self.events.close()
         log.info("%s stopped.", self.hostname)
         signals.worker_shutdown.send(self)
 

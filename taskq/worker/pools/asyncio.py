@@ -34,7 +34,15 @@ from taskq import signals
 from taskq.context import Context, current_request
 from taskq.errors import SoftTimeLimitExceeded, TaskqError, TaskRevokedError, TimeLimitExceeded
 from taskq.result import State
-from taskq.worker.executor import Action, Executor, Outcome, Traced, classify, internal_error
+from taskq.worker.executor import (
+    Action,
+    Executor,
+    Outcome,
+    Summary,
+    Traced,
+    classify,
+    internal_error,
+)
 from taskq.worker.limits import describe
 from taskq.worker.pools.base import QueuedPool
 
@@ -119,7 +127,9 @@ class AsyncioPool(QueuedPool):
             # A clock read; a broker round trip only after a lapsed lease.
             if not request.may_run():
                 return Outcome(Action.GONE)
-            if not request.acks_late:
+            if request.acks_late:
+                request.started()  # no I/O: the time and, maybe, a task-started event
+            else:
                 await self._blocking(request.started)
             task = self._executor.tasks.get(request.name)
             if task is not None and inspect.iscoroutinefunction(task.fn):
@@ -164,10 +174,18 @@ class AsyncioPool(QueuedPool):
         log.info("Task %s[%s] terminated (cancelled)", request.name, request.id)
         self._executor.store(task, ctx, State.REVOKED, TaskRevokedError("terminated (cancelled)"))
         signals.task_revoked.send(task, request=ctx, terminated=True, signum=signum, expired=False)
-        return Outcome(Action.ACK)
+        return Outcome(Action.ACK, summary=Summary(State.REVOKED, "terminated (cancelled)"))
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._loop.run_in_executor(self._io, functools.partial(fn, *args))
+
+    def resize(self, delta: int) -> int:
+        """Allow ``delta`` more (or fewer) coroutines at once. Plain functions still
+        share the thread executor sized at start."""
+        with self._cond:
+            self.concurrency = max(1, self.concurrency + delta)
+        self._loop.call_soon_threadsafe(self._pump)
+        return self.concurrency
 
     def terminate(self, task_id: str, signum: int) -> bool:
         """Cancel the coroutine of ``task_id`` (plain functions cannot be stopped)."""

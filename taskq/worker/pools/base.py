@@ -71,6 +71,20 @@ class Pool(Protocol):
 
     def running(self) -> list[Request]: ...
 
+    def waiting(self) -> list[Request]:
+        """The requests submitted and not started yet."""
+
+    def resize(self, delta: int) -> int:
+        """Grow or shrink by ``delta`` slots; the new size.
+
+        Raises:
+            ValueError: this pool cannot be resized (the message says why).
+        """
+
+    def set_task_events(self, enabled: bool) -> None:
+        """Task events were turned on or off (a pool running tasks in other processes
+        tells them to report what events need)."""
+
     def join(self, timeout: float) -> bool:
         """Wait until nothing runs; False if ``timeout`` passed first."""
 
@@ -98,6 +112,13 @@ class QueuedPool:
     def running(self) -> list[Request]:
         with self._cond:
             return list(self._running)
+
+    def waiting(self) -> list[Request]:
+        with self._cond:
+            return list(self._waiting)
+
+    def set_task_events(self, enabled: bool) -> None:
+        pass  # tasks run in this process: the worker sees their outcomes itself
 
     def join(self, timeout: float) -> bool:
         with self._cond:

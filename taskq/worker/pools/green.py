@@ -155,10 +155,21 @@ class GreenPool(QueuedPool):
                 self._report(request, Outcome(Action.REQUEUE))
             with self._cond:
                 self._running.pop(request, None)
-                request = self._waiting.popleft() if self._waiting else None
+                room = len(self._running) < self.concurrency  # the pool may have shrunk
+                request = self._waiting.popleft() if self._waiting and room else None
                 if request is not None:
                     self._running[request] = self._current()
                 self._cond.notify_all()
+
+    def resize(self, delta: int) -> int:
+        """Let ``delta`` more (or fewer) tasks run at once: growing starts waiting
+        requests now; shrinking lets running tasks finish, then runs fewer."""
+        with self._cond:
+            self.concurrency = max(1, self.concurrency + delta)
+            while self._waiting and len(self._running) < self.concurrency:
+                request = self._waiting.popleft()
+                self._running[request] = self._spawn(self._serve, request)
+            return self.concurrency
 
     def _run(self, request: Request) -> None:
         try:

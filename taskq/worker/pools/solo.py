@@ -35,6 +35,18 @@ class SoloPool:
     def running(self) -> list[Request]:
         return [self._current] if self._current else []
 
+    def waiting(self) -> list[Request]:
+        return []
+
+    def resize(self, delta: int) -> int:
+        raise ValueError(
+            "The solo pool runs one task at a time in the worker's own thread and cannot "
+            "grow or shrink; use -P threads, prefork or asyncio."
+        )
+
+    def set_task_events(self, enabled: bool) -> None:
+        pass
+
     def join(self, timeout: float) -> bool:
         return self._current is None
 

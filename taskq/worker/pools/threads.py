@@ -21,16 +21,33 @@ class ThreadPool(QueuedPool):
         self._running: set[Request] = set()
         self._cond = threading.Condition()
         self._stopped = False
+        self._excess = 0  # threads to end (the pool shrank)
         self._threads: list[threading.Thread] = []
 
     def describe(self) -> str:
         return f"{self.concurrency} (threads)"
 
     def start(self) -> None:
-        for n in range(self.concurrency):
-            thread = threading.Thread(target=self._loop, name=f"taskq-pool-{n}", daemon=True)
+        self._add_threads(self.concurrency)
+
+    def _add_threads(self, count: int) -> None:
+        for _ in range(count):
+            name = f"taskq-pool-{len(self._threads)}"
+            thread = threading.Thread(target=self._loop, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def resize(self, delta: int) -> int:
+        """Start ``delta`` more threads, or let ``-delta`` of them end after their task."""
+        with self._cond:
+            size = max(1, self.concurrency + delta)
+            grow, self.concurrency = size - self.concurrency, size
+            if grow < 0:
+                self._excess -= grow
+                self._cond.notify_all()
+        if grow > 0:
+            self._add_threads(grow)
+        return size
 
     def submit(self, request: Request) -> None:
         with self._cond:
@@ -40,9 +57,12 @@ class ThreadPool(QueuedPool):
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._waiting and not self._stopped:
+                while not self._waiting and not self._stopped and not self._excess:
                     self._cond.wait()
                 if self._stopped:
+                    return
+                if self._excess:  # the pool shrank: this thread ends
+                    self._excess -= 1
                     return
                 request = self._waiting.popleft()
                 self._running.add(request)

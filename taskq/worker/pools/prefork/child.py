@@ -7,14 +7,19 @@ in as few system calls as possible. Parent to child:
   ``Context`` field values in ``CONTEXT_FIELDS`` order: a tuple pickles in a
   fraction of the time the dataclass takes);
 * ``BACK``: hand back the requests received but not started yet;
+* ``Events(on)``: task events were turned on or off (a child started later is
+  told at start, ``child_main``'s ``task_events``);
 * ``None`` (or the parent's end closing): exit.
 
 Child to parent:
 
-* ``Done(seq, action, reason, runtime, rss_kib)`` after each task, written
-  before the next one starts, so the first request the parent has not heard
-  about is the one that runs (or that was running when the child died) and the
-  ones after it never started. ``rss_kib`` is 0 unless ``max_memory`` is set.
+* ``Done(seq, action, reason, runtime, rss_kib, summary)`` after each task,
+  written before the next one starts, so the first request the parent has not
+  heard about is the one that runs (or that was running when the child died) and
+  the ones after it never started. ``rss_kib`` is 0 unless ``max_memory`` is set.
+  ``summary`` (the fields of an ``executor.Summary``) tells the parent's task
+  events what happened; it is None while task events are off, so nothing is
+  repr'd for nobody.
 * ``Back([seq, ...])``: these were never started; the parent owns them again.
 
 A child reads everything waiting on its socket before it starts each task, so a
@@ -41,7 +46,7 @@ from typing import Any, NamedTuple
 from taskq import signals
 from taskq.context import Context
 from taskq.errors import SoftTimeLimitExceeded
-from taskq.worker.executor import Action, Executor, Outcome, internal_error
+from taskq.worker.executor import Action, Executor, Outcome, Summary, internal_error
 
 log = logging.getLogger("taskq.worker")
 
@@ -58,13 +63,22 @@ _running = False
 
 class Done(NamedTuple):
     """Child to parent: the task sent as ``seq`` ended with ``action`` (and
-    ``reason``), after ``runtime`` seconds; ``rss_kib`` is 0 unless ``max_memory``."""
+    ``reason``), after ``runtime`` seconds; ``rss_kib`` is 0 unless ``max_memory``;
+    ``summary`` is for task events (None while they are off)."""
 
     seq: int
     action: Action
     reason: str
     runtime: float
     rss_kib: int
+    # A plain tuple of ``Summary``'s fields: it pickles in a fraction of a dataclass's time.
+    summary: tuple[Any, ...] | None = None
+
+
+class Events(NamedTuple):
+    """Parent to child: report summaries for task events from now on, or stop."""
+
+    on: bool
 
 
 class Back(NamedTuple):
@@ -140,6 +154,7 @@ def child_main(
     name: str,
     inherited: Iterable[Any],
     max_memory: int | None,
+    task_events: bool = False,
 ) -> None:
     """Run requests from ``sock`` until told to stop.
 
@@ -151,6 +166,8 @@ def child_main(
             children that this process got by fork and must not hold open.
         max_memory: KiB of resident memory past which this child, after the task
             that crossed it, hands back what it holds and takes no more work.
+        task_events: report what each task did for task events (``Done.summary``)
+            until told otherwise (``Events``).
     """
     for item in inherited:
         _close(item)
@@ -164,12 +181,12 @@ def child_main(
     executor.reset_connections()
     signals.worker_process_init.send(None, pid=os.getpid())
     try:
-        _serve(executor, Wire(sock), max_memory)
+        _serve(executor, Wire(sock), max_memory, task_events)
     except (EOFError, OSError):
         return  # the parent is gone
 
 
-def _serve(executor: Executor, wire: Wire, max_memory: int | None) -> None:
+def _serve(executor: Executor, wire: Wire, max_memory: int | None, task_events: bool) -> None:
     queued: collections.deque[tuple[int, tuple[Any, ...]]] = collections.deque()
     full = False  # past max_memory: every request goes back
     while True:
@@ -177,7 +194,9 @@ def _serve(executor: Executor, wire: Wire, max_memory: int | None) -> None:
         for message in wire.receive(block=not queued):
             if message is None:
                 return
-            if message == BACK or full:
+            if isinstance(message, Events):
+                task_events = message.on
+            elif message == BACK or full:
                 _give_back(wire, queued, message)
             else:
                 queued.extend(message)
@@ -188,10 +207,17 @@ def _serve(executor: Executor, wire: Wire, max_memory: int | None) -> None:
         outcome = _run(executor, Context(*fields))
         runtime = time.monotonic() - start
         rss = rss_kib() if max_memory else 0
-        wire.send(Done(seq, outcome.action, outcome.reason, runtime, rss))
+        summary = None
+        if task_events and (done := outcome.summarize()) is not None:
+            summary = _fields_of(done)
+        wire.send(Done(seq, outcome.action, outcome.reason, runtime, rss, summary))
         if max_memory and rss > max_memory:
             full = True
             _give_back(wire, queued, BACK)
+
+
+def _fields_of(summary: Summary) -> tuple[Any, ...]:
+    return (summary.state, summary.text, summary.traceback, summary.runtime, summary.requeue)
 
 
 def _give_back(wire: Wire, queued: collections.deque[tuple[int, Any]], message: Any) -> None:

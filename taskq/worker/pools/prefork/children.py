@@ -30,7 +30,7 @@ import billiard
 from taskq import signals
 from taskq.errors import TaskRevokedError, TimeLimitExceeded
 from taskq.result import State
-from taskq.worker.executor import Action, Executor, Outcome, Traced, announce
+from taskq.worker.executor import Action, Executor, Outcome, Summary, Traced, announce
 from taskq.worker.pools.prefork.child import Wire, child_main
 
 if TYPE_CHECKING:
@@ -120,11 +120,13 @@ def start_child(
     siblings: list[Wire],
     pool_fds: list[int],
     max_memory: int | None,
+    task_events: bool = False,
 ) -> Child:
     """Fork a child process running ``child_main`` on a new socket pair.
 
     ``siblings`` (the other children's wires) and ``pool_fds`` are closed in the
-    child. Raises ``OSError`` if the process could not be started.
+    child; ``task_events`` says whether it reports what task events need. Raises
+    ``OSError`` if the process could not be started.
     """
     parent_end, child_end = socket.socketpair()
     for end in (parent_end, child_end):
@@ -134,7 +136,7 @@ def start_child(
     inherited = [*siblings, parent_end, *pool_fds]
     process = billiard.get_context("fork").Process(
         target=child_main,
-        args=(executor, child_end, name, inherited, max_memory),
+        args=(executor, child_end, name, inherited, max_memory, task_events),
         name=name,
         daemon=True,
     )
@@ -178,7 +180,7 @@ def after_death(executor: Executor, request: Request, child: Child) -> Outcome:
         else:
             executor.record(task, ctx, traced)
             announce(task, ctx, traced)
-        return Outcome(Action.ACK)
+        return Outcome(Action.ACK, traced=traced)
     if child.killed == TERMINATE:
         name = signal.Signals(child.signum).name
         log.info("Task %s[%s] terminated by %s", request.name, request.id, name)
@@ -187,5 +189,5 @@ def after_death(executor: Executor, request: Request, child: Child) -> Outcome:
         signals.task_revoked.send(
             task, request=ctx, terminated=True, signum=child.signum, expired=False
         )
-        return Outcome(Action.ACK)
+        return Outcome(Action.ACK, summary=Summary(State.REVOKED, f"terminated by {name}"))
     return Outcome(Action.WORKER_LOST, f"worker process {child.pid} {child.exit_status()}")

@@ -37,9 +37,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from taskq.worker.executor import Action, Executor, Outcome, internal_error
+from taskq.worker.executor import Action, Executor, Outcome, Summary, internal_error
 from taskq.worker.pools.base import QueuedPool
-from taskq.worker.pools.prefork.child import BACK, CONTEXT_FIELDS, PROTOCOL, Done
+from taskq.worker.pools.prefork.child import BACK, CONTEXT_FIELDS, PROTOCOL, Done, Events
 from taskq.worker.pools.prefork.children import (
     TERMINATE,
     Child,
@@ -79,6 +79,8 @@ class PreforkPool(QueuedPool):
             self._max = self._min = settings.concurrency
         self.concurrency = self._max
         self._size = self._min  # children wanted now
+        self._autoscaled = settings.autoscale is not None
+        self._task_events = False  # children report summaries for task events
         self._children: list[Child] = []
         self._waiting: collections.deque[Request] = collections.deque()
         self._cond = threading.Condition(threading.Lock())
@@ -158,6 +160,61 @@ class PreforkPool(QueuedPool):
                         child.terminate[task_id] = signum
                     return True
         return False
+
+    def set_task_events(self, enabled: bool) -> None:
+        """Tell the children (and those started later) whether to report summaries."""
+        with self._cond:
+            self._task_events = enabled
+            for child in self._children:
+                self._post(child, Events(enabled))
+            self._wake_locked()
+
+    def resize(self, delta: int) -> int:
+        """Grow or shrink by ``delta`` children (at least one stays); returns the new
+        size. A child leaving finishes its running task first; what waits behind it
+        goes back to the queue.
+
+        Raises:
+            ValueError: the pool autoscales (change its bounds with ``autoscale``).
+        """
+        with self._cond:
+            if self._min != self._max:
+                raise ValueError(
+                    f"This pool autoscales ({self._min}-{self._max}); set new bounds with "
+                    "autoscale MAX MIN instead of pool_grow / pool_shrink."
+                )
+            size = max(1, self._size + delta)
+            self._retire_beyond(size)
+            self._size = self._max = self._min = self.concurrency = size
+            self._wake_locked()
+            return size
+
+    def autoscale(self, high: int, low: int) -> tuple[int, int]:
+        """New autoscale bounds (``high`` >= ``low`` >= 1).
+
+        Raises:
+            ValueError: bad bounds, or the pool was not started with ``--autoscale``.
+        """
+        if not 1 <= low <= high:
+            raise ValueError(f"autoscale takes MAX >= MIN >= 1, got max={high} min={low}.")
+        with self._cond:
+            if self._min == self._max and not self._autoscaled:
+                raise ValueError("Autoscale is not enabled: start the worker with --autoscale.")
+            self._max, self._min, self.concurrency = high, low, high
+            size = min(max(self._size, low), high)
+            self._retire_beyond(size)
+            self._size = size
+            self._wake_locked()
+            return high, low
+
+    def _retire_beyond(self, size: int) -> None:
+        """Retire children past ``size``, idle ones first (with the lock held)."""
+        live = [c for c in self._children if not c.retiring]
+        for child in sorted(live, key=lambda c: len(c.sent))[: max(0, len(live) - size)]:
+            self._retire(child)
+            if not child.sent:
+                child.told_to_exit = True
+                self._post(child, None)
 
     def pids(self) -> list[int]:
         """The pids of the live children."""
@@ -336,6 +393,7 @@ class PreforkPool(QueuedPool):
             request.started()
         except Exception:
             log.exception("Could not ack %r before running it; running it anyway", request)
+        request.worker_pid = child.pid
         seq = next(self._seq)
         expected = self._times.expected.get(request.name, self._times.unknown)
         child.sent.append((seq, request, expected))
@@ -372,14 +430,16 @@ class PreforkPool(QueuedPool):
         return kept
 
     def _done_one(self, child: Child, message: Done, finished: _Finished, now: float) -> None:
-        seq, action, reason, runtime, rss = message
+        seq, action, reason, runtime, rss, summary = message
         if not child.sent or child.sent[0][0] != seq:
             log.error("Child %d reported a task it was not given (%s); ignored", child.pid, seq)
             return
         request = child.sent.popleft()[1]
-        finished.append(
-            (request, _ACKED if action is Action.ACK and not reason else Outcome(action, reason))
-        )
+        if summary is None and action is Action.ACK and not reason:
+            finished.append((request, _ACKED))
+        else:
+            brief = Summary(*summary) if summary is not None else None
+            finished.append((request, Outcome(action, reason, summary=brief)))
         child.tasks += 1
         self._times.learn(request.name, runtime)
         if child.killed:
@@ -468,7 +528,12 @@ class PreforkPool(QueuedPool):
         siblings = [c.wire for c in self._children]
         try:
             child = start_child(
-                self._executor, name, siblings, [self._wake_r, self._wake_w], self._max_memory
+                self._executor,
+                name,
+                siblings,
+                [self._wake_r, self._wake_w],
+                self._max_memory,
+                self._task_events,
             )
         except OSError as exc:
             log.error("Could not start a child process: %s; retrying in 1s", exc)
