@@ -181,6 +181,30 @@ def test_events_are_dropped_and_counted_when_the_broker_is_down(hostname: str) -
     assert dispatcher.counts()["sent"] == 0
 
 
+def test_a_connection_that_cannot_be_built_drops_events_and_the_thread_lives(
+    hostname: str,
+) -> None:
+    # A plain install once lacked a module kombu's Redis transport imports: building
+    # the connection raised, the events thread died and no event was ever sent again.
+    attempts = threading.Semaphore(0)
+
+    def broken() -> kombu.Connection:
+        attempts.release()
+        raise ModuleNotFoundError("No module named 'packaging'")
+
+    dispatcher = EventDispatcher(broken, hostname, task_events=True)
+    dispatcher.start()
+    try:
+        dispatcher.send("task-succeeded", uuid="1", result="None", runtime=0.0)
+        assert attempts.acquire(timeout=10)
+        dispatcher.send("task-succeeded", uuid="2", result="None", runtime=0.0)
+        assert attempts.acquire(timeout=10), "the events thread stopped trying"
+    finally:
+        dispatcher.close(timeout=2)
+    assert dispatcher.counts()["sent"] == 0
+    assert dispatcher.counts()["dropped"] >= 1
+
+
 def test_no_thread_without_worker_or_task_events(hostname: str) -> None:
     dispatcher = EventDispatcher(lambda: kombu.Connection("memory://"), hostname)
     before = threading.active_count()

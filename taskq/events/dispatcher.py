@@ -274,15 +274,17 @@ class EventDispatcher:
             return True
         if not final and time.monotonic() < self._retry_at:
             return False
-        conn = self._connect()
+        conn: kombu.Connection | None = None
         try:
+            conn = self._connect()  # inside: building it can fail too (a missing transport)
             conn.ensure_connection(max_retries=1)
             self._errors = (OSError, *conn.connection_errors, *conn.channel_errors)
             self._exchange = ev.exchange(conn.transport.driver_type, self._exchange_name)
             self._producer = kombu.Producer(conn.channel(), auto_declare=False)
             self._producer.maybe_declare(self._exchange)
         except Exception as exc:
-            self._drop_conn(conn)
+            if conn is not None:
+                self._drop_conn(conn)
             self._retry_at = time.monotonic() + self._pause
             self._pause = min(self._pause * 2, RECONNECT_MAX)
             log.warning("Events: cannot reach the broker (%s); retrying", exc)

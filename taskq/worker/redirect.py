@@ -74,6 +74,11 @@ class LoggingStream(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
+        if sys.is_finalizing():
+            # Python flushes sys.stdout and sys.stderr on its way out; a green pool's
+            # patched thread-local cannot be read then (gevent raises), and a raise
+            # here turns the worker's exit status 0 into 120.
+            return
         pending = getattr(self._local, "pending", "")
         if pending:
             self._local.pending = ""
