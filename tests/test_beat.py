@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis
 
+from taskq import App
 from taskq.beat.locks import BeatLock, LocalBeatLock, RedisBeatLock
 from taskq.beat.scheduler import (
     Entry,
@@ -21,6 +22,7 @@ from taskq.beat.scheduler import (
     ScheduleStore,
     entries_from_config,
     run_beat,
+    shared_lock,
 )
 from taskq.errors import BackendError, ConfigurationError
 from taskq.schedules import crontab, every, solar
@@ -416,6 +418,26 @@ def test_redis_lock_lease_expires_when_not_renewed(redis_url: str, lock_prefix: 
         lock.close()
 
 
+def test_projects_apart_by_key_prefix_have_a_lease_each(redis_url: str, lock_prefix: str) -> None:
+    apps = [
+        App(
+            name, broker=redis_url, broker_transport_options={"key_prefix": f"{lock_prefix}{name}:"}
+        )
+        for name in ("one", "two")
+    ]
+    locks = [shared_lock(app) for app in apps]
+    try:
+        assert locks[0] is not None and locks[1] is not None
+        assert locks[0].acquire_or_renew("beat-of-one", 30)
+        assert locks[1].acquire_or_renew("beat-of-two", 30), "one project's beat blocked the other"
+        assert locks[0].holder() == "beat-of-one" and locks[1].holder() == "beat-of-two"
+    finally:
+        for lock in locks:
+            if lock is not None:
+                lock.close()
+    assert shared_lock(App("local", broker="memory://")) is None
+
+
 def test_redis_lock_errors_are_backend_errors_without_the_password() -> None:
     lock = RedisBeatLock("redis://:s3cret@127.0.0.1:1/0")  # nothing listens on port 1
     with pytest.raises(BackendError) as info:
@@ -593,7 +615,7 @@ def test_ha_overlapping_leaders_still_send_each_tick_once(redis_url: str, lock_p
 
 
 def test_beat_status_shows_the_last_run_its_task_and_the_next_run() -> None:
-    from taskq import App
+
     from taskq.beat.scheduler import KeyValueStore
     from taskq.beat.status import beat_status
 
@@ -646,7 +668,7 @@ def test_beat_status_shows_the_last_run_its_task_and_the_next_run() -> None:
 
 
 def test_beat_status_lists_entries_added_by_on_after_configure() -> None:
-    from taskq import App
+
     from taskq.beat.status import beat_status
 
     app = App("beatstatus2", broker="memory://", backend="memory://")

@@ -464,17 +464,23 @@ def run_beat(scheduler: Scheduler, stop: threading.Event) -> None:
         scheduler.close()
 
 
-def lock_url(app: App) -> str | None:
-    """The Redis URL beats share their lease on (the backend's, else the broker's),
-    or None: then a single beat runs with a local lock."""
-    return next(
-        (
-            u
-            for u in (app.backend_url, app.broker_url)
-            if u and u.startswith(("redis://", "rediss://"))
-        ),
-        None,
-    )
+def shared_lock(app: App) -> RedisBeatLock | None:
+    """The Redis lease beats share (on the backend's server, else the broker's), or
+    None: then a single beat runs with a local lock.
+
+    Its keys take the ``key_prefix`` of that server's transport options, as the
+    app's other keys do, so projects kept apart on one Redis by their prefix keep
+    separate leases.
+    """
+    conf = app.conf
+    for url, options in (
+        (app.backend_url, conf.result_backend_transport_options),
+        (app.broker_url, conf.broker_transport_options),
+    ):
+        if url and url.startswith(("redis://", "rediss://")):
+            prefix = str(options.get("key_prefix", ""))
+            return RedisBeatLock(url, key_prefix=f"{prefix}taskq-beat:")
+    return None
 
 
 def scheduler_for(app: App) -> Scheduler:
@@ -490,8 +496,7 @@ def scheduler_for(app: App) -> Scheduler:
     app.finalize()  # handlers may add periodic tasks (Celery's on_after_configure)
     for line in conf.unimplemented():
         logger.warning(line)
-    redis_url = lock_url(app)
-    lock: BeatLock = RedisBeatLock(redis_url) if redis_url else LocalBeatLock()
+    lock: BeatLock = shared_lock(app) or LocalBeatLock()
     backend = app.results.backend
     store: ScheduleStore = KeyValueStore(backend) if backend is not None else MemoryStore()
     producer = app.producer

@@ -16,8 +16,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from taskq.beat.locks import RedisBeatLock
-from taskq.beat.scheduler import KeyValueStore, entries_from_config, lock_url
+from taskq.beat.scheduler import KeyValueStore, entries_from_config, shared_lock
 
 if TYPE_CHECKING:
     from taskq.app import App
@@ -99,10 +98,9 @@ def beat_status(app: App, now: datetime | None = None) -> BeatStatus:
                 last_runtime=float(runtime) if isinstance(runtime, (int, float)) else None,
             )
         entries.append(status)
-    url = lock_url(app)
-    if url is None:
+    lock = shared_lock(app)
+    if lock is None:
         return BeatStatus(entries, "local (one beat process; no shared lease)", None)
-    lock = RedisBeatLock(url)
     try:
         holder = lock.holder()
     finally:
