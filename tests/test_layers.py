@@ -36,6 +36,8 @@ LAYERS = [
     ["integrations", "discovery", "shared", "app"],
     ["worker", "beat", "loader"],
     ["testing"],
+    # The web dashboard reads events, the broker, beat and remote control.
+    ["dashboard"],
     ["cli", "__main__"],
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}

@@ -68,10 +68,21 @@ def revoke(monitor: Monitor, form: Form) -> str:
     terminate = bool(form.get("terminate"))
     signal = form.get("signal") or "SIGTERM"
     replies = monitor.app.control.revoke(
-        task_id, terminate=terminate, signal=signal, reply=True, timeout=REPLY_TIMEOUT
+        task_id,
+        terminate=terminate,
+        signal=signal,
+        reply=True,
+        timeout=REPLY_TIMEOUT,
+        limit=_alive(monitor),
     )
     doing = "Terminated" if terminate else "Revoked"
     return _replies(replies, f"{doing} {task_id}")
+
+
+def _alive(monitor: Monitor) -> int | None:
+    """Workers known to be up: a broadcast stops waiting once that many replied."""
+    up = sum(1 for worker in monitor.fleet.workers() if worker.alive())
+    return up or None
 
 
 def _destination(form: Form) -> list[str]:
@@ -111,8 +122,9 @@ def rate_limit(monitor: Monitor, form: Form) -> str:
     task = _required(form, "task")
     rate = (form.get("rate") or "").strip() or None
     worker = (form.get("worker") or "").strip()
+    destination = [worker] if worker else None
     replies = monitor.app.control.rate_limit(
-        task, rate, [worker] if worker else None, reply=True, timeout=REPLY_TIMEOUT
+        task, rate, destination, reply=True, timeout=REPLY_TIMEOUT, limit=_alive(monitor)
     )
     return _replies(replies, f"Rate limit of {task} set to {rate or 'none'}")
 

@@ -13,13 +13,16 @@ change, which is what the live stream watches.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from taskq.beat.status import beat_status
+from taskq.broker import dlq
 from taskq.dashboard.history import History
 from taskq.errors import TaskqError
 from taskq.events.state import FleetState
@@ -37,6 +40,8 @@ log = logging.getLogger("taskq.dashboard")
 LAG_SAMPLES = 10_000
 #: Queue names learned from events, at most (the configured ones always count).
 MAX_QUEUES = 100
+#: Dead letters read each poll to learn the queues they came from.
+DLQ_LOOK = 100
 _FINISHED = {"task-succeeded": False, "task-failed": True}
 
 
@@ -83,9 +88,8 @@ class Monitor:
         kind = event.get("type")
         if kind in _FINISHED:
             self.history.record(_FINISHED[kind], event.get("local_received"))
-        queue = event.get("queue")
-        if isinstance(queue, str) and queue and len(self.queue_names) < MAX_QUEUES:
-            self.queue_names.add(queue)
+        if "queue" in event:
+            self._learn_queues([event["queue"]])
         if self.metrics is not None:
             try:
                 self.metrics.observe(event)
@@ -119,7 +123,16 @@ class Monitor:
         self._read_workers()
         self._read_beat()
 
+    def _learn_queues(self, names: Iterable[object]) -> None:
+        for name in names:
+            if isinstance(name, str) and name and len(self.queue_names) < MAX_QUEUES:
+                self.queue_names.add(name)
+
     def _read_depths(self) -> None:
+        # Queues nobody configured or consumes still show once a message of theirs
+        # is dead-lettered.
+        with contextlib.suppress(TaskqError, NotImplementedError):
+            self._learn_queues(p.queue for p in dlq.parked(self.app.broker, DLQ_LOOK))
         try:
             depths = self.app.broker.queue_depths(sorted(self.queue_names))
             error = None
@@ -146,9 +159,13 @@ class Monitor:
         inspect = self.app.control.inspect(timeout=1.0, limit=len(alive))
         try:
             stats, active = inspect.stats() or {}, inspect.active() or {}
+            queues = inspect.active_queues() or {}
             error = None
         except TaskqError as exc:
-            stats, active, error = self.stats, self.active, str(exc)
+            stats, active, queues, error = self.stats, self.active, {}, str(exc)
+        self._learn_queues(
+            q.get("name") for listed in queues.values() if isinstance(listed, list) for q in listed
+        )
         if (stats, active, error) != (self.stats, self.active, self.control_error):
             self.stats, self.active, self.control_error = stats, active, error
             self.version += 1

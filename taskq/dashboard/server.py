@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -49,6 +51,13 @@ def serve(app: App, options: DashboardOptions, say: Callable[[str], None] = prin
         f"taskq dashboard on http://{options.host}:{options.port}/ "
         f"(authentication: {auth}; keeping {max_tasks} tasks)"
     )
+    # uvicorn raises the signal it stopped on again once it has shut down; with
+    # this handler in place that ends the process normally (exit 0), as a worker
+    # stopped with SIGTERM does, instead of killed by the signal.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    # Workers on the same broker under one name are the operator's to fix; the
+    # poller asking every few seconds must not repeat the warning each time.
+    warnings.filterwarnings("ignore", message="Two workers replied as", category=UserWarning)
     uvicorn.run(
         web,
         host=options.host,

@@ -15,7 +15,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import jinja2
 from starlette.applications import Starlette
@@ -80,6 +80,17 @@ def _seconds(value: object) -> str:
     return f"{value:.3f}s" if isinstance(value, (int, float)) else "-"
 
 
+def _here(request: Request) -> str:
+    """Where an action's form comes back to: this page, without the fragment flag
+    and the last action's message."""
+    query = [
+        (k, v)
+        for k, v in request.query_params.multi_items()
+        if k not in ("fragment", "msg", "ok", "token")
+    ]
+    return request.url.path + (f"?{urlencode(query)}" if query else "")
+
+
 def rss_bytes() -> int | None:
     """This process's resident set size (Linux), or None."""
     try:
@@ -104,7 +115,7 @@ def create_app(monitor: Monitor, options: DashboardOptions, start: bool = True) 
                 csrf=guard.csrf_token,
                 message=request.query_params.get("msg"),
                 ok=request.query_params.get("ok") == "1",
-                here=request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+                here=_here(request),
                 version=__version__,
                 app_name=monitor.app.main or "taskq",
             )
@@ -133,7 +144,10 @@ def create_app(monitor: Monitor, options: DashboardOptions, start: bool = True) 
         return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
     async def act(request: Request) -> Response:
-        form = {k: str(v) for k, v in (await request.form()).items()}
+        # The forms are urlencoded (no file uploads), read here rather than through
+        # python-multipart, which Starlette's request.form() would need.
+        body = (await request.body()).decode("utf-8", "replace")
+        form = dict(parse_qsl(body, keep_blank_values=True))
         refusal = guard.csrf_refusal(request, form.get("csrf"))
         if refusal is not None:
             return refusal
