@@ -733,8 +733,7 @@ def dashboard(
         )
         options.check()
     except ConfigurationError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(EX_USAGE)
+        _fail(exc)
     try:
         from taskq.dashboard.server import serve
     except ImportError as exc:
@@ -750,8 +749,7 @@ def dashboard(
     except KeyboardInterrupt:
         pass
     except TaskqError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(EX_UNAVAILABLE)
+        _fail(exc)
 
 
 class JsonFormatter(logging.Formatter):

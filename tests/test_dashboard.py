@@ -67,12 +67,12 @@ def test_option_mistakes_are_named() -> None:
 
 def test_the_cli_refuses_a_public_address_without_auth() -> None:
     out = CliRunner().invoke(main, ["-A", "tests.sample_config", "dashboard", "--host", "0.0.0.0"])
-    assert out.exit_code == 64, out.output
+    assert out.exit_code == 2, out.output
     assert "Refusing to listen on '0.0.0.0' without authentication" in out.output
     out = CliRunner().invoke(
         main, ["dashboard", "--basic-auth", "nocolon"], env={"TASKQ_DASHBOARD_TOKEN": ""}
     )
-    assert out.exit_code == 64 and "USER:PASSWORD" in out.output
+    assert out.exit_code == 2 and "USER:PASSWORD" in out.output
 
 
 def test_without_auth_only_loopback_host_names_are_answered() -> None:

@@ -241,13 +241,18 @@ def test_a_sent_task_appears_and_its_state_changes_live(page: Any, fleet: Fleet)
     assert page.evaluate("window.notReloaded") is True  # the live stream did it
 
 
-def test_a_failing_tasks_traceback_is_shown(page: Any, fleet: Fleet) -> None:
-    result = fleet.app.send_task("proj.fail", ("boom",))
+def test_a_failing_tasks_traceback_and_workflow_are_shown(page: Any, fleet: Fleet) -> None:
+    sig = fleet.app.signature
+    workflow = sig("proj.add", (1, 2)) | sig("proj.add", (3,)) | sig("proj.fail")
+    result = workflow.apply_async()
     page.goto(f"/tasks/{result.id}")
     expect(page.locator("#task-state")).to_have_text("FAILURE")
     traceback = page.locator("#traceback")
     expect(traceback).to_contain_text("Traceback (most recent call last)")
-    expect(traceback).to_contain_text("ValueError: could not take boom")
+    expect(traceback).to_contain_text("ValueError: could not take 6")
+    tree = page.locator("#tree")  # add -> add -> fail, each the parent of the next
+    expect(tree.locator("li")).to_have_count(3)
+    expect(tree.locator("li li li")).to_contain_text("proj.fail")
     shoot(page, "task")
     page.goto("/failures")
     expect(page.locator("#failed")).to_contain_text(result.id)

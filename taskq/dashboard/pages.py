@@ -46,7 +46,7 @@ def overview(monitor: Monitor) -> dict[str, Any]:
         "counts": sorted(monitor.fleet.counts().items()),
         "throughput": chart(done, "tasks/min"),
         "failure_rate": chart(rate, "% failed", ceiling=100.0),
-        "hour_done": sum(done),
+        "hour_done": sum(m.done for m in series),
         "hour_failed": sum(m.failed for m in series),
     }
 
@@ -154,9 +154,13 @@ def task(monitor: Monitor, task_id: str) -> dict[str, Any]:
         except TaskqError as exc:
             meta = {"status": "unknown", "error": str(exc)}
         stored = {k: v for k, v in meta.items() if v is not None}
+    runtime = found.runtime if found else None
+    if found and runtime is None and found.started and (found.failed or found.succeeded):
+        runtime = (found.failed or found.succeeded or 0.0) - found.started  # failures carry none
     return {
         "task_id": task_id,
         "task": found,
+        "runtime": runtime,
         "stored": stored,
         "tree": family_tree(monitor, found) if found else None,
         "running": found is not None and found.state in ("RECEIVED", "STARTED", "PENDING"),
