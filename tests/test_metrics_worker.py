@@ -7,11 +7,13 @@ children, recycled ones too (``--max-tasks-per-child 1``), and no events are on.
 from __future__ import annotations
 
 import tempfile
+import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import kombu
 import pytest
 import redis
 
@@ -54,7 +56,11 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 def scrape(url: str) -> Samples:
     with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
+        return parse(response.read())
+
+
+def parse(body: bytes) -> Samples:
+    text = body.decode()
     return {
         (s.name, frozenset(s.labels.items())): s.value
         for family in text_string_to_metric_families(text)
@@ -185,3 +191,44 @@ def test_the_setting_turns_it_on(project: Project) -> None:
         assert value(scrape(url), "taskq_worker_concurrency") == 1
     finally:
         proc.stop()
+
+
+def test_fleet_metrics_from_a_real_workers_events(project: Project) -> None:
+    """The dashboard's side: FleetMetrics fed by an EventReceiver while a prefork
+    worker with -E runs tasks sent with task_send_sent_event."""
+    from taskq.events import EventReceiver
+    from taskq.metrics.fleet import FleetMetrics
+
+    fleet = FleetMetrics()
+    receiver = EventReceiver(lambda: kombu.Connection(servers.REDIS_URL), fleet.observe)
+    stop = threading.Event()
+    thread = threading.Thread(target=receiver.run, args=(stop, 0.1), daemon=True)
+    thread.start()
+    assert receiver.ready.wait(10)
+    project.app.conf.task_send_sent_event = True
+    proc, _ = project.worker("-P", "prefork", "-c", "2", "-E")
+    try:
+        for i in range(5):
+            project.app.send_task("proj.add", (i, 1))
+        for i in range(3):
+            project.app.send_task("proj.boom", (i,))
+
+        def counted() -> bool:
+            found = parse(fleet.render()[0])
+            return (
+                value(found, "taskq_tasks_total", task="proj.add", state="succeeded") == 5
+                and value(found, "taskq_tasks_total", task="proj.boom", state="failed") == 3
+            )
+
+        wait_until(counted, 30, "the fleet metrics to count every task")
+    finally:
+        proc.stop()
+        stop.set()
+        thread.join(5)
+    found = parse(fleet.render()[0])
+    for name, count in (("proj.add", 5), ("proj.boom", 3)):
+        assert value(found, "taskq_tasks_total", task=name, state="sent") == count
+        assert value(found, "taskq_tasks_total", task=name, state="started") == count
+        assert value(found, "taskq_task_wait_seconds_count", task=name) == count
+        assert value(found, "taskq_task_runtime_seconds_count", task=name) == count
+    assert fleet.tracked == 0

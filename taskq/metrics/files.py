@@ -4,9 +4,9 @@ multiprocess files in a directory of the worker's own.
 A prefork worker runs its tasks in child processes, so each process counts in a
 file of its own (``counter_<pid>.db``, ``histogram_<pid>.db``: the layout
 prometheus_client's multiprocess mode writes) and the worker's scrape adds them
-up with ``MultiProcessCollector``. A process that finds it was forked (its pid
-changed) opens files of its own before it writes, so children count from the
-moment they run tasks, whatever forked them. The files of a process that ended
+up with ``MultiProcessCollector``. A forked process opens files of its own before
+it first writes (``os.register_at_fork``: a pid check on each write costs more
+than the write), so children count from the moment they run tasks. The files of a process that ended
 stay (its counts still count); at each scrape the worker folds those of ended
 processes into one ``*_ended.db`` file, so recycled children
 (``--max-tasks-per-child``) never make a scrape read thousands of files.
@@ -22,6 +22,7 @@ import contextlib
 import glob
 import os
 import threading
+import weakref
 from collections.abc import Iterable
 
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
@@ -43,9 +44,16 @@ class ProcessFiles:
     def __init__(self, directory: str) -> None:
         self.directory = directory
         self._lock = threading.Lock()
-        self._pid = 0
+        self._pid = 0  # whose files are open (0: none yet)
         self._files: dict[str, MmapedDict] = {}
         self._values: dict[str, float] = {}
+        _EVERY.add(self)
+
+    def _forked(self) -> None:
+        # In the child: another thread may have held the lock when the process
+        # forked; the files and values are the parent's.
+        self._lock = threading.Lock()
+        self._pid = 0
 
     def add(self, samples: Iterable[tuple[str, str, float]], family: Iterable[str] = ()) -> None:
         """Add each ``(kind, key, amount)`` to this process's file of that kind. The
@@ -53,7 +61,7 @@ class ProcessFiles:
         buckets) are written too, at 0: a scrape shows only the samples some file
         holds, and a histogram needs all its buckets."""
         with self._lock:
-            if self._pid != os.getpid():
+            if not self._pid:
                 self._open()
             values = self._values
             for kind, name, amount in samples:
@@ -71,8 +79,8 @@ class ProcessFiles:
                 file.write_value(name, value, 0.0)
 
     def _open(self) -> None:
-        # The files mapped here are the parent's when this process was forked: drop
-        # them unclosed-for-the-parent (closing a copy closes nothing of the parent's).
+        # After a fork these are the parent's files: closing this process's copies
+        # of them leaves the parent's open.
         for file in self._files.values():
             with contextlib.suppress(Exception):
                 file.close()
@@ -89,6 +97,17 @@ class ProcessFiles:
                 file.close()
             self._files = {}
             self._pid = 0
+
+
+_EVERY: weakref.WeakSet[ProcessFiles] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for files in list(_EVERY):
+        files._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class Collector(MultiProcessCollector):
