@@ -197,6 +197,17 @@ def _autoscale(ctx: click.Context, param: click.Parameter, value: str | None) ->
     default=None,
     help="Seconds between worker-heartbeat events (default 2).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port (0: any free one); needs taskq[metrics].",
+)
+@click.option(
+    "--metrics-host",
+    default=None,
+    help="The address metrics are served on (default 127.0.0.1).",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -218,6 +229,8 @@ def worker(
     task_events: bool | None,
     without_heartbeat: bool,
     heartbeat_interval: float | None,
+    metrics_port: int | None,
+    metrics_host: str | None,
 ) -> None:
     """Start a worker. SIGTERM or Ctrl-C: warm shutdown (running tasks finish);
     a second one, or SIGQUIT: cold shutdown (running tasks go back to the queue)."""
@@ -241,6 +254,8 @@ def worker(
         task_events=task_events,
         without_heartbeat=without_heartbeat,
         heartbeat_interval=heartbeat_interval,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
     try:
         w = Worker(app, options)

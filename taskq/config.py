@@ -163,6 +163,10 @@ class Settings:
     worker_enable_remote_control: bool = True
     # Seconds between worker-heartbeat events (Celery's --heartbeat-interval); taskq's.
     worker_heartbeat_interval: float = 2.0
+    # Prometheus metrics of this worker at http://<host>:<port>/metrics (taskq's;
+    # None: off). Needs the extra taskq[metrics]. docs/monitoring.md.
+    worker_metrics_port: int | None = None
+    worker_metrics_host: str = "127.0.0.1"
     task_send_sent_event: bool = False
     event_exchange: str = "celeryev"
     event_queue_prefix: str = "celeryev"
