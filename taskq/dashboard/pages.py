@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 #: Rows a task list shows at most.
 ROWS = 100
+#: Tasks of one workflow drawn at most.
+TREE_LIMIT = 1000
 STATES = sorted(set(TASK_STATES.values()))
 CHART_WIDTH, CHART_HEIGHT = 600, 120
 
@@ -108,11 +110,11 @@ def tasks(monitor: Monitor, query: Mapping[str, str]) -> dict[str, Any]:
     """The tasks matching the search, the most recently changed first."""
     wanted = TaskFilter.of(query)
     now = time.time()
-    found = [t for t in monitor.fleet.tasks() if wanted.matches(t, now)]
+    found, total = monitor.fleet.find(lambda t: wanted.matches(t, now), ROWS)
     return {
         "filter": wanted,
-        "tasks": found[:ROWS],
-        "total": len(found),
+        "tasks": found,
+        "total": total,
         "states": STATES,
         "kept": monitor.fleet.max_tasks,
     }
@@ -129,7 +131,8 @@ class Node:
 def family_tree(monitor: Monitor, task: TaskState) -> Node | None:
     """The tree of every known task sharing ``task``'s root, or None when it is alone."""
     root_id = task.root_id or task.uuid
-    members = {t.uuid: t for t in monitor.fleet.tasks() if (t.root_id or t.uuid) == root_id}
+    family, _ = monitor.fleet.find(lambda t: (t.root_id or t.uuid) == root_id, TREE_LIMIT)
+    members = {t.uuid: t for t in family}
     if len(members) < 2:
         return None
     nodes = {uuid: Node(t) for uuid, t in members.items()}

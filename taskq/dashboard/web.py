@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -69,8 +70,6 @@ def templates() -> Jinja2Templates:
 
 
 def _when(timestamp: object) -> str:
-    import time
-
     if not isinstance(timestamp, (int, float)) or not timestamp:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
@@ -177,7 +176,7 @@ def create_app(monitor: Monitor, options: DashboardOptions, start: bool = True) 
             {
                 "events": monitor.fleet.event_count,
                 "version": monitor.version,
-                "tasks": len(monitor.fleet.tasks()),
+                "tasks": monitor.fleet.task_count(),
                 "max_tasks": monitor.fleet.max_tasks,
                 "lag": monitor.lag(),
                 "rss_bytes": rss_bytes(),
