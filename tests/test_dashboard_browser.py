@@ -112,7 +112,7 @@ class Fleet:
             "broker_transport_options": {"key_prefix": f"taskq-test-{tag}:"},
             "worker_lease_timeout": 10.0,
             "beat_schedule": {
-                "heartbeat": {"task": "proj.add", "schedule": 30.0, "args": (1, 1)},
+                "heartbeat": {"task": "proj.add", "schedule": 2.0, "args": (1, 1)},
             },
         }
         self.app = App("proj", **self.settings)
@@ -314,12 +314,38 @@ def test_terminate_stops_a_running_task(page: Any, fleet: Fleet) -> None:
     assert fleet.app.send_task("proj.add", (1, 2)).get(timeout=10) == 3
 
 
-def test_the_schedules_page_lists_beat_entries(page: Any, fleet: Fleet) -> None:
+def test_pool_grow_and_rate_limit_buttons_steer_the_worker(page: Any, fleet: Fleet) -> None:
+    page.goto("/workers")
+    ours = page.locator(f'section.worker[data-worker^="dash-{fleet.tag}@"]')
+    expect(ours.locator(".concurrency")).to_have_text("2")
+    ours.locator("button.grow").click()
+    expect(page.locator("#flash")).to_contain_text(f"Pool grow by 1: dash-{fleet.tag}@")
+    expect(ours.locator(".concurrency")).to_have_text("3")  # the next stats poll
+    ours.locator("button.shrink").click()
+    expect(ours.locator(".concurrency")).to_have_text("2")
+    ours.locator('input[name="task"]').fill("proj.add")
+    ours.locator('input[name="rate"]').fill("100/m")
+    ours.locator("button", has_text="Set rate limit").click()
+    expect(page.locator("#flash")).to_contain_text("Rate limit of proj.add set to 100/m")
+    registered = fleet.app.control.inspect(timeout=2.0).registered("rate_limit") or {}
+    ours_registered = [v for k, v in registered.items() if k.startswith(f"dash-{fleet.tag}@")]
+    assert ours_registered and "100/m" in str(ours_registered[0])
+
+
+def test_the_schedules_page_shows_beat_entries_and_their_last_run(page: Any, fleet: Fleet) -> None:
     page.goto("/schedules")
     table = page.locator("#schedules")
     expect(table).to_contain_text("heartbeat")
-    expect(table).to_contain_text("proj.add")
-    expect(table).to_contain_text("every: 30 seconds")
+    expect(table).to_contain_text("every: 2 seconds")
+    expect(table).to_contain_text("never")
+    beat = proc.Proc([*proc.TASKQ, "-A", "proj", "beat", "-l", "info"], fleet.root, proc.env())
+    try:
+        beat.wait_for("Sending due task heartbeat", timeout=20)
+        row = table.locator("tr", has_text="heartbeat")
+        expect(row.locator(".state")).to_have_text("SUCCESS")  # the last run's, live
+        expect(row).not_to_contain_text("never")
+    finally:
+        assert beat.stop() == 0, beat.output
     shoot(page, "schedules")
 
 

@@ -76,7 +76,9 @@ def _when(timestamp: object) -> str:
 
 
 def _seconds(value: object) -> str:
-    return f"{value:.3f}s" if isinstance(value, (int, float)) else "-"
+    if not isinstance(value, (int, float)):
+        return "-"
+    return f"{value:.3f} s" if value >= 1 else f"{value * 1000:.2f} ms"
 
 
 def _here(request: Request) -> str:
