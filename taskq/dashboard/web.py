@@ -157,8 +157,8 @@ def create_app(monitor: Monitor, options: DashboardOptions, start: bool = True) 
         )
         monitor.version += 1
         back = form.get("back") or "/"
-        if not back.startswith("/") or back.startswith("//"):
-            back = "/"
+        if not back.startswith("/") or back.startswith("//") or "\\" in back:
+            back = "/"  # only this dashboard's own pages: never a redirect elsewhere
         path, _, query = back.partition("?")
         kept = [p for p in query.split("&") if p and not p.startswith(("msg=", "ok="))]
         kept.append(urlencode({"msg": message, "ok": "1" if ok else "0"}))
