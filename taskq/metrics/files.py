@@ -86,10 +86,7 @@ class ProcessFiles:
                 file.close()
         self._pid = os.getpid()
         self._values = {}
-        self._files = {
-            kind: MmapedDict(os.path.join(self.directory, f"{kind}_{self._pid}.db"))
-            for kind in KINDS
-        }
+        self._files = {kind: _opened(self.directory, f"{kind}_{self._pid}.db") for kind in KINDS}
 
     def close(self) -> None:
         with self._lock:
@@ -97,6 +94,17 @@ class ProcessFiles:
                 file.close()
             self._files = {}
             self._pid = 0
+
+
+def _opened(directory: str, name: str) -> MmapedDict:
+    """The file ``name``, made whole before a scrape can see it: MmapedDict creates
+    an empty file and then sizes it, and a scrape reading it between the two fails."""
+    path = os.path.join(directory, name)
+    if not os.path.exists(path):  # else left by an ended process with this pid
+        partial = f"{path}.new"  # the scrape reads only *.db
+        MmapedDict(partial).close()
+        os.replace(partial, path)
+    return MmapedDict(path)
 
 
 _EVERY: weakref.WeakSet[ProcessFiles] = weakref.WeakSet()
