@@ -132,10 +132,14 @@ def project(tmp_path: Path) -> Iterator[Project]:
         ["-P", "prefork", "-c", "2", "--max-tasks-per-child", "1"],
         ["-P", "threads", "-c", "2"],
         ["-P", "solo"],
+        ["-P", "asyncio", "-c", "10"],
+        ["-P", "gevent", "-c", "10"],
     ],
-    ids=["prefork", "prefork-recycled", "threads", "solo"],
+    ids=["prefork", "prefork-recycled", "threads", "solo", "asyncio", "gevent"],
 )
 def test_counts_equal_what_was_sent(project: Project, pool: list[str]) -> None:
+    if pool[1] == "gevent":
+        pytest.importorskip("gevent")
     proc, url = project.worker(*pool)
     try:
         ok, bad = 14, 6
@@ -160,7 +164,9 @@ def test_counts_equal_what_was_sent(project: Project, pool: list[str]) -> None:
         samples = scrape(url)
     finally:
         code = proc.stop()
-    assert code == 0, proc.output
+    # A gevent worker exits 120 after SIGTERM with or without metrics (Python could
+    # not flush stdout at exit): not what this test is about.
+    assert code == 0 or (pool[1] == "gevent" and code == 120), proc.output
     added = {"task": "proj.add"}
     assert value(samples, "taskq_worker_tasks_total", **added, state="succeeded") == ok
     assert value(samples, "taskq_worker_tasks_total", task="proj.boom", state="failed") == bad
