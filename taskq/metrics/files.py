@@ -6,10 +6,13 @@ file of its own (``counter_<pid>.db``, ``histogram_<pid>.db``: the layout
 prometheus_client's multiprocess mode writes) and the worker's scrape adds them
 up with ``MultiProcessCollector``. A forked process opens files of its own before
 it first writes (``os.register_at_fork``: a pid check on each write costs more
-than the write), so children count from the moment they run tasks. The files of a process that ended
-stay (its counts still count); at each scrape the worker folds those of ended
-processes into one ``*_ended.db`` file, so recycled children
-(``--max-tasks-per-child``) never make a scrape read thousands of files.
+than the write), so children count from the moment they run tasks. The files of
+a process that ended stay (its counts still count); at each scrape the worker
+folds those of ended processes into one ``*_ended.db`` file, so recycled
+children (``--max-tasks-per-child``) never make a scrape read thousands of
+files. (A new process that got the pid of an ended one in the instant between
+the scrape's check and the fold could lose its first counts: pids are reused
+only after the system's pid range wraps.)
 
 Unlike prometheus_client's own multiprocess mode this needs no environment
 variable set before prometheus_client is first imported (an app's module may

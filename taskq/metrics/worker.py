@@ -16,7 +16,6 @@ import dataclasses
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry
@@ -77,15 +76,17 @@ class WorkerMeter:
         self.directory = directory
         self._tasks = tasks
         self._files = files.ProcessFiles(directory)
-        # (task, outcome) -> the samples to add: built once, then one dict lookup.
+        # (task, state) -> the keys of its samples: built once, then one dict lookup.
+        # Bounded: names not registered share one entry. No lock (a fork could
+        # inherit it held): building an entry twice is harmless.
         self._counted: dict[tuple[str, str], tuple[str, str, list[str]]] = {}
-        self._lock = threading.Lock()
 
     def task_done(self, task: str | None, state: str, runtime: float | None = None) -> None:
         """Count how ``task`` ended (a key of ``OUTCOMES``), and how long it ran."""
-        keys = self._counted.get((task or "", state))
+        name = task if task is not None and task in self._tasks else UNREGISTERED
+        keys = self._counted.get((name, state))
         if keys is None:
-            keys = self._keys(task or "", state)
+            keys = self._counted[name, state] = self._keys(name, state)
         counter, total, buckets = keys
         if runtime is None or not buckets:
             self._files.add((("counter", counter, 1.0),))
@@ -102,8 +103,8 @@ class WorkerMeter:
             buckets,
         )
 
-    def _keys(self, task: str, state: str) -> tuple[str, str, list[str]]:
-        name = task if task in self._tasks else UNREGISTERED
+    @staticmethod
+    def _keys(name: str, state: str) -> tuple[str, str, list[str]]:
         outcome = OUTCOMES.get(str(state), str(state).lower())
         counter = files.key(
             _TASKS, f"{_TASKS}_total", {"task": name, "state": outcome}, _TASKS_HELP
@@ -120,10 +121,7 @@ class WorkerMeter:
                 )
                 for bound in (*BUCKETS, float("inf"))
             ]
-        keys = (counter, total, buckets)
-        with self._lock:
-            self._counted[task, state] = keys
-        return keys
+        return counter, total, buckets
 
 
 class WorkerMetrics:
