@@ -57,7 +57,7 @@ class Live:
     hostname: str
     pool: str
     concurrency: int
-    active: int  # running now
+    active: int  # running now (prefork: handed to a child)
     reserved: int  # received, waiting for a pool slot or a rate limit
     scheduled: int  # received, waiting for their ETA
     started_at: float  # Unix time
