@@ -20,7 +20,9 @@ TASKS = {"proj.add": object()}
 
 
 def live() -> Live:
-    return Live("w@h", "prefork", 2, active=1, reserved=2, scheduled=3, started_at=100.0)
+    return Live(
+        "w@h", "prefork", 2, active=1, reserved=2, scheduled=3, prefetched=6, started_at=100.0
+    )
 
 
 def scrape(registry: CollectorRegistry) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -99,6 +101,7 @@ def test_live_gauges_and_info() -> None:
     assert found["taskq_worker_active_tasks", none] == 1
     assert found["taskq_worker_reserved_tasks", none] == 2
     assert found["taskq_worker_scheduled_tasks", none] == 3
+    assert found["taskq_worker_prefetched_messages", none] == 6
     assert found["taskq_worker_concurrency", none] == 2
     assert found["taskq_worker_start_time_seconds", none] == 100.0
     info = next(k for k in found if k[0] == "taskq_worker_info")

@@ -158,6 +158,7 @@ def test_counts_equal_what_was_sent(project: Project, pool: list[str]) -> None:
                 >= ok + bad
                 and value(samples, "taskq_worker_active_tasks") == 0
                 and value(samples, "taskq_worker_reserved_tasks") == 0
+                and value(samples, "taskq_worker_prefetched_messages") == 0
             )
 
         wait_until(settled, 60, "every task counted and none held")

@@ -6,7 +6,7 @@ task's outcome, in the process where the outcome is known (a prefork child for a
 task it ran, the worker for one it did not run); each process counts in files of
 its own (``taskq.metrics.files``), which the scrape adds up, so a prefork
 worker's numbers include its children's, recycled ones too. What the worker holds
-now (running, reserved, scheduled tasks) and what it is (``info``) are read from
+now (running, reserved, scheduled tasks, leased messages) and what it is (``info``) are read from
 the worker when scraped (``Live``), so they cost nothing per task.
 """
 
@@ -60,6 +60,7 @@ class Live:
     active: int  # running now (prefork: handed to a child)
     reserved: int  # received, waiting for a pool slot or a rate limit
     scheduled: int  # received, waiting for their ETA
+    prefetched: int  # messages leased from the broker and not settled yet
     started_at: float  # Unix time
 
 
@@ -164,6 +165,11 @@ class _LiveCollector(Collector):
                 "taskq_worker_scheduled_tasks",
                 now.scheduled,
                 "Tasks received, waiting for their ETA.",
+            ),
+            (
+                "taskq_worker_prefetched_messages",
+                now.prefetched,
+                "Messages leased from the broker and not settled yet.",
             ),
             ("taskq_worker_concurrency", now.concurrency, "How many tasks may run at once."),
             (

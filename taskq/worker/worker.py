@@ -357,6 +357,7 @@ class Worker:
             active=len(self.pool.running()),
             reserved=len(self.pool.waiting()) + self.holding.parked,
             scheduled=self.holding.held,
+            prefetched=self.window.in_flight,
             started_at=self.started_at,
         )
 
