@@ -5,9 +5,10 @@ The executor and the settlement call ``WorkerMeter.task_done`` once for each
 task's outcome, in the process where the outcome is known (a prefork child for a
 task it ran, the worker for one it did not run); each process counts in files of
 its own (``taskq.metrics.files``), which the scrape adds up, so a prefork
-worker's numbers include its children's, recycled ones too. What the worker holds
-now (running, reserved, scheduled tasks, leased messages) and what it is (``info``) are read from
-the worker when scraped (``Live``), so they cost nothing per task.
+worker's numbers include its children's, recycled ones too. What the worker
+holds now (running, reserved, scheduled tasks, leased messages) and what it is
+(``info``) are read from the worker when scraped (``Live``), so they cost nothing
+per task.
 """
 
 from __future__ import annotations
