@@ -49,6 +49,7 @@ def in_child(meter: WorkerMeter, count: int) -> None:
 
 def test_children_count_in_files_of_their_own_and_ended_ones_are_folded() -> None:
     metrics = WorkerMetrics(TASKS, live)
+    metrics.open()
     try:
         meter = metrics.meter
         meter.task_done("proj.add", State.SUCCESS, 0.01)  # the parent opens its files first
@@ -93,6 +94,7 @@ def test_children_count_in_files_of_their_own_and_ended_ones_are_folded() -> Non
 
 def test_live_gauges_and_info() -> None:
     metrics = WorkerMetrics(TASKS, live)
+    metrics.open()
     try:
         found = scrape(metrics.registry)
     finally:

@@ -17,6 +17,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry
@@ -24,6 +25,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from taskq.errors import ConfigurationError
 from taskq.metrics import files
 from taskq.metrics.fleet import BUCKETS
 from taskq.version import __version__
@@ -130,18 +132,38 @@ class WorkerMetrics:
     """A worker's metrics: its ``meter`` for the executor and the settlement, and the
     ``registry`` a scrape reads (the files of every process, and ``live``).
 
+    The files' directory is made by ``open`` (so a worker that never runs leaves
+    nothing behind) and removed by ``close``.
+
     Args:
         tasks: the worker's registered tasks.
         live: what the worker holds and is now (called at each scrape).
     """
 
     def __init__(self, tasks: Mapping[str, object], live: Callable[[], Live]) -> None:
-        self.directory = tempfile.mkdtemp(prefix=f"taskq-metrics-{os.getpid()}-")
+        self._owner = os.getpid()
+        name = f"taskq-metrics-{self._owner}-{uuid.uuid4().hex[:8]}"
+        self.directory = os.path.join(tempfile.gettempdir(), name)
         self.meter = WorkerMeter(self.directory, tasks)
         self.registry = CollectorRegistry(auto_describe=False)
+        self._live = live
+
+    def open(self) -> None:
+        """Make the directory; before the pool starts, since children write there.
+
+        Raises:
+            ConfigurationError: it cannot be made (the temporary directory is not
+                writable).
+        """
+        try:
+            os.mkdir(self.directory, 0o700)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"Cannot make the metrics directory {self.directory}: {exc.strerror or exc}. "
+                "Point TMPDIR at a writable directory."
+            ) from exc
         self.registry.register(files.Collector(self.directory))
-        self.registry.register(_LiveCollector(live))
-        self._owner = os.getpid()
+        self.registry.register(_LiveCollector(self._live))
 
     def close(self) -> None:
         """Remove the files (in the worker only; a forked child leaves them)."""

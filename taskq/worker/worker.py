@@ -333,6 +333,7 @@ class Worker:
         port = opts.metrics_port if opts.metrics_port is not None else conf.worker_metrics_port
         host = opts.metrics_host or conf.worker_metrics_host
         try:
+            self.metrics.open()
             self.metrics_server = MetricsServer(self.metrics.registry, host, port or 0)
         except ConfigurationError:
             self.metrics.close()
