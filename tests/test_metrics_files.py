@@ -20,7 +20,9 @@ TASKS = {"proj.add": object()}
 
 
 def live() -> Live:
-    return Live("w@h", "prefork", 2, active=1, reserved=2, scheduled=3, started_at=100.0)
+    return Live(
+        "w@h", "prefork", 2, active=1, reserved=2, scheduled=3, prefetched=6, started_at=100.0
+    )
 
 
 def scrape(registry: CollectorRegistry) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -47,6 +49,7 @@ def in_child(meter: WorkerMeter, count: int) -> None:
 
 def test_children_count_in_files_of_their_own_and_ended_ones_are_folded() -> None:
     metrics = WorkerMetrics(TASKS, live)
+    metrics.open()
     try:
         meter = metrics.meter
         meter.task_done("proj.add", State.SUCCESS, 0.01)  # the parent opens its files first
@@ -91,6 +94,7 @@ def test_children_count_in_files_of_their_own_and_ended_ones_are_folded() -> Non
 
 def test_live_gauges_and_info() -> None:
     metrics = WorkerMetrics(TASKS, live)
+    metrics.open()
     try:
         found = scrape(metrics.registry)
     finally:
@@ -99,6 +103,7 @@ def test_live_gauges_and_info() -> None:
     assert found["taskq_worker_active_tasks", none] == 1
     assert found["taskq_worker_reserved_tasks", none] == 2
     assert found["taskq_worker_scheduled_tasks", none] == 3
+    assert found["taskq_worker_prefetched_messages", none] == 6
     assert found["taskq_worker_concurrency", none] == 2
     assert found["taskq_worker_start_time_seconds", none] == 100.0
     info = next(k for k in found if k[0] == "taskq_worker_info")

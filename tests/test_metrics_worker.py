@@ -49,6 +49,16 @@ def add(x, y):
 @app.task
 def boom(x):
     raise ValueError(x)
+
+
+@app.task
+def die():
+    # Kills its process the first time only: the worker redelivers it.
+    import redis
+
+    if redis.Redis.from_url(os.environ["M_REDIS"]).incr(os.environ["M_PREFIX"] + "died") == 1:
+        os._exit(1)
+    return "second time"
 """
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -122,10 +132,14 @@ def project(tmp_path: Path) -> Iterator[Project]:
         ["-P", "prefork", "-c", "2", "--max-tasks-per-child", "1"],
         ["-P", "threads", "-c", "2"],
         ["-P", "solo"],
+        ["-P", "asyncio", "-c", "10"],
+        ["-P", "gevent", "-c", "10"],
     ],
-    ids=["prefork", "prefork-recycled", "threads", "solo"],
+    ids=["prefork", "prefork-recycled", "threads", "solo", "asyncio", "gevent"],
 )
 def test_counts_equal_what_was_sent(project: Project, pool: list[str]) -> None:
+    if pool[1] == "gevent":
+        pytest.importorskip("gevent")
     proc, url = project.worker(*pool)
     try:
         ok, bad = 14, 6
@@ -135,18 +149,25 @@ def test_counts_equal_what_was_sent(project: Project, pool: list[str]) -> None:
             project.app.send_task("proj.boom", (i,))
 
         def settled() -> bool:
+            # A child counts a task before its parent hears it ended: the gauges of
+            # what the worker holds reach 0 a moment after the counts are complete.
             samples = scrape(url)
             return (
                 value(samples, "taskq_worker_tasks_total", task="proj.add", state="succeeded")
                 + value(samples, "taskq_worker_tasks_total", task="proj.boom", state="failed")
                 >= ok + bad
+                and value(samples, "taskq_worker_active_tasks") == 0
+                and value(samples, "taskq_worker_reserved_tasks") == 0
+                and value(samples, "taskq_worker_prefetched_messages") == 0
             )
 
-        wait_until(settled, 60, "every task counted")
+        wait_until(settled, 60, "every task counted and none held")
         samples = scrape(url)
     finally:
         code = proc.stop()
-    assert code == 0, proc.output
+    # A gevent worker exits 120 after SIGTERM with or without metrics (Python could
+    # not flush stdout at exit): not what this test is about.
+    assert code == 0 or (pool[1] == "gevent" and code == 120), proc.output
     added = {"task": "proj.add"}
     assert value(samples, "taskq_worker_tasks_total", **added, state="succeeded") == ok
     assert value(samples, "taskq_worker_tasks_total", task="proj.boom", state="failed") == bad
@@ -160,6 +181,31 @@ def test_counts_equal_what_was_sent(project: Project, pool: list[str]) -> None:
     assert len(info) == 1 and ("pool", pool[1]) in info[0][1]
     # The worker's private metrics files went with it.
     assert not list(Path(tempfile.gettempdir()).glob(f"taskq-metrics-{proc.popen.pid}-*"))
+
+
+def test_lost_processes_and_revoked_tasks_are_counted(project: Project) -> None:
+    """The outcomes the worker, not the child, decides: the child died under the
+    task (counted, then the redelivery runs), a revoked task is never run."""
+    revoked = project.app.send_task("proj.add", (1, 1))
+    project.app.control.revoke(revoked.id)
+    project.app.send_task("proj.die")
+    proc, url = project.worker("-P", "prefork", "-c", "2")
+    try:
+
+        def counted() -> bool:
+            found = scrape(url)
+            return (
+                value(found, "taskq_worker_tasks_total", task="proj.die", state="succeeded") == 1
+                and value(found, "taskq_worker_tasks_total", task="proj.add", state="revoked") == 1
+            )
+
+        wait_until(counted, 60, "the redelivered and the revoked task counted")
+        found = scrape(url)
+    finally:
+        proc.stop()
+    assert value(found, "taskq_worker_tasks_total", task="proj.die", state="lost") == 1
+    assert value(found, "taskq_worker_tasks_total", task="proj.add", state="succeeded") == 0
+    assert value(found, "taskq_worker_task_runtime_seconds_count", task="proj.die") == 1
 
 
 def test_a_port_in_use_stops_start_up_with_what_to_do(project: Project) -> None:

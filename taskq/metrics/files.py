@@ -6,10 +6,13 @@ file of its own (``counter_<pid>.db``, ``histogram_<pid>.db``: the layout
 prometheus_client's multiprocess mode writes) and the worker's scrape adds them
 up with ``MultiProcessCollector``. A forked process opens files of its own before
 it first writes (``os.register_at_fork``: a pid check on each write costs more
-than the write), so children count from the moment they run tasks. The files of a process that ended
-stay (its counts still count); at each scrape the worker folds those of ended
-processes into one ``*_ended.db`` file, so recycled children
-(``--max-tasks-per-child``) never make a scrape read thousands of files.
+than the write), so children count from the moment they run tasks. The files of
+a process that ended stay (its counts still count); at each scrape the worker
+folds those of ended processes into one ``*_ended.db`` file, so recycled
+children (``--max-tasks-per-child``) never make a scrape read thousands of
+files. (A new process that got the pid of an ended one in the instant between
+the scrape's check and the fold could lose its first counts: pids are reused
+only after the system's pid range wraps.)
 
 Unlike prometheus_client's own multiprocess mode this needs no environment
 variable set before prometheus_client is first imported (an app's module may
@@ -86,10 +89,7 @@ class ProcessFiles:
                 file.close()
         self._pid = os.getpid()
         self._values = {}
-        self._files = {
-            kind: MmapedDict(os.path.join(self.directory, f"{kind}_{self._pid}.db"))
-            for kind in KINDS
-        }
+        self._files = {kind: _opened(self.directory, f"{kind}_{self._pid}.db") for kind in KINDS}
 
     def close(self) -> None:
         with self._lock:
@@ -97,6 +97,17 @@ class ProcessFiles:
                 file.close()
             self._files = {}
             self._pid = 0
+
+
+def _opened(directory: str, name: str) -> MmapedDict:
+    """The file ``name``, made whole before a scrape can see it: MmapedDict creates
+    an empty file and then sizes it, and a scrape reading it between the two fails."""
+    path = os.path.join(directory, name)
+    if not os.path.exists(path):  # else left by an ended process with this pid
+        partial = f"{path}.new"  # the scrape reads only *.db
+        MmapedDict(partial).close()
+        os.replace(partial, path)
+    return MmapedDict(path)
 
 
 _EVERY: weakref.WeakSet[ProcessFiles] = weakref.WeakSet()

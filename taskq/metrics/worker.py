@@ -5,9 +5,10 @@ The executor and the settlement call ``WorkerMeter.task_done`` once for each
 task's outcome, in the process where the outcome is known (a prefork child for a
 task it ran, the worker for one it did not run); each process counts in files of
 its own (``taskq.metrics.files``), which the scrape adds up, so a prefork
-worker's numbers include its children's, recycled ones too. What the worker holds
-now (running, reserved, scheduled tasks) and what it is (``info``) are read from
-the worker when scraped (``Live``), so they cost nothing per task.
+worker's numbers include its children's, recycled ones too. What the worker
+holds now (running, reserved, scheduled tasks, leased messages) and what it is
+(``info``) are read from the worker when scraped (``Live``), so they cost nothing
+per task.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
-import threading
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry
@@ -24,6 +25,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from taskq.errors import ConfigurationError
 from taskq.metrics import files
 from taskq.metrics.fleet import BUCKETS
 from taskq.version import __version__
@@ -58,9 +60,10 @@ class Live:
     hostname: str
     pool: str
     concurrency: int
-    active: int  # running now
+    active: int  # running now (prefork: handed to a child)
     reserved: int  # received, waiting for a pool slot or a rate limit
     scheduled: int  # received, waiting for their ETA
+    prefetched: int  # messages leased from the broker and not settled yet
     started_at: float  # Unix time
 
 
@@ -77,15 +80,17 @@ class WorkerMeter:
         self.directory = directory
         self._tasks = tasks
         self._files = files.ProcessFiles(directory)
-        # (task, outcome) -> the samples to add: built once, then one dict lookup.
+        # (task, state) -> the keys of its samples: built once, then one dict lookup.
+        # Bounded: names not registered share one entry. No lock (a fork could
+        # inherit it held): building an entry twice is harmless.
         self._counted: dict[tuple[str, str], tuple[str, str, list[str]]] = {}
-        self._lock = threading.Lock()
 
     def task_done(self, task: str | None, state: str, runtime: float | None = None) -> None:
         """Count how ``task`` ended (a key of ``OUTCOMES``), and how long it ran."""
-        keys = self._counted.get((task or "", state))
+        name = task if task is not None and task in self._tasks else UNREGISTERED
+        keys = self._counted.get((name, state))
         if keys is None:
-            keys = self._keys(task or "", state)
+            keys = self._counted[name, state] = self._keys(name, state)
         counter, total, buckets = keys
         if runtime is None or not buckets:
             self._files.add((("counter", counter, 1.0),))
@@ -102,8 +107,8 @@ class WorkerMeter:
             buckets,
         )
 
-    def _keys(self, task: str, state: str) -> tuple[str, str, list[str]]:
-        name = task if task in self._tasks else UNREGISTERED
+    @staticmethod
+    def _keys(name: str, state: str) -> tuple[str, str, list[str]]:
         outcome = OUTCOMES.get(str(state), str(state).lower())
         counter = files.key(
             _TASKS, f"{_TASKS}_total", {"task": name, "state": outcome}, _TASKS_HELP
@@ -120,15 +125,15 @@ class WorkerMeter:
                 )
                 for bound in (*BUCKETS, float("inf"))
             ]
-        keys = (counter, total, buckets)
-        with self._lock:
-            self._counted[task, state] = keys
-        return keys
+        return counter, total, buckets
 
 
 class WorkerMetrics:
     """A worker's metrics: its ``meter`` for the executor and the settlement, and the
     ``registry`` a scrape reads (the files of every process, and ``live``).
+
+    The files' directory is made by ``open`` (so a worker that never runs leaves
+    nothing behind) and removed by ``close``.
 
     Args:
         tasks: the worker's registered tasks.
@@ -136,12 +141,29 @@ class WorkerMetrics:
     """
 
     def __init__(self, tasks: Mapping[str, object], live: Callable[[], Live]) -> None:
-        self.directory = tempfile.mkdtemp(prefix=f"taskq-metrics-{os.getpid()}-")
+        self._owner = os.getpid()
+        name = f"taskq-metrics-{self._owner}-{uuid.uuid4().hex[:8]}"
+        self.directory = os.path.join(tempfile.gettempdir(), name)
         self.meter = WorkerMeter(self.directory, tasks)
         self.registry = CollectorRegistry(auto_describe=False)
+        self._live = live
+
+    def open(self) -> None:
+        """Make the directory; before the pool starts, since children write there.
+
+        Raises:
+            ConfigurationError: it cannot be made (the temporary directory is not
+                writable).
+        """
+        try:
+            os.mkdir(self.directory, 0o700)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"Cannot make the metrics directory {self.directory}: {exc.strerror or exc}. "
+                "Point TMPDIR at a writable directory."
+            ) from exc
         self.registry.register(files.Collector(self.directory))
-        self.registry.register(_LiveCollector(live))
-        self._owner = os.getpid()
+        self.registry.register(_LiveCollector(self._live))
 
     def close(self) -> None:
         """Remove the files (in the worker only; a forked child leaves them)."""
@@ -166,6 +188,11 @@ class _LiveCollector(Collector):
                 "taskq_worker_scheduled_tasks",
                 now.scheduled,
                 "Tasks received, waiting for their ETA.",
+            ),
+            (
+                "taskq_worker_prefetched_messages",
+                now.prefetched,
+                "Messages leased from the broker and not settled yet.",
             ),
             ("taskq_worker_concurrency", now.concurrency, "How many tasks may run at once."),
             (

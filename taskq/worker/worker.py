@@ -333,6 +333,7 @@ class Worker:
         port = opts.metrics_port if opts.metrics_port is not None else conf.worker_metrics_port
         host = opts.metrics_host or conf.worker_metrics_host
         try:
+            self.metrics.open()
             self.metrics_server = MetricsServer(self.metrics.registry, host, port or 0)
         except ConfigurationError:
             self.metrics.close()
@@ -357,6 +358,7 @@ class Worker:
             active=len(self.pool.running()),
             reserved=len(self.pool.waiting()) + self.holding.parked,
             scheduled=self.holding.held,
+            prefetched=self.window.in_flight,
             started_at=self.started_at,
         )
 
