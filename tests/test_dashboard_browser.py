@@ -1,8 +1,9 @@
 """The dashboard in a real browser (issue 15): headless Chromium driven by Playwright.
 
 One worker (prefork, task events on) and one dashboard (token authentication) run
-as subprocesses on the shared Redis for the whole module, under a key prefix and
-queue of its own; each test drives the pages as a person would and waits on what
+as subprocesses for the whole module, on a redis-server of the module's own (events
+and beat's lease are per server, so no other worker or beat on the machine shows
+up or interferes); each test drives the pages as a person would and waits on what
 the page shows (Playwright's ``expect`` polls until its timeout), never on sleeps.
 
 The browser is Debian's ``chromium`` (``/usr/bin/chromium``, installed by
@@ -30,6 +31,7 @@ import redis
 
 from taskq import App
 from tests import proc, servers
+from tests.faults.redis_server import PrivateRedis
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow  # a worker, a dashboard and a browser: the full tier
@@ -99,15 +101,16 @@ def _free_port() -> int:
 class Fleet:
     """The module's app settings, worker and dashboard."""
 
-    def __init__(self, tag: str, root: Path) -> None:
+    def __init__(self, tag: str, root: Path, redis_url: str) -> None:
         self.tag = tag
+        self.redis_url = redis_url
         self.root = root
         self.queue = f"q-dash-{tag}"
         self.parked_queue = f"q-dash-parked-{tag}"
         self.hostname = f"dash-{tag}@%h"
         self.settings: dict[str, Any] = {
-            "broker": servers.REDIS_URL,
-            "backend": servers.REDIS_URL,
+            "broker": redis_url,
+            "backend": redis_url,
             "task_default_queue": self.queue,
             "broker_transport_options": {"key_prefix": f"taskq-test-{tag}:"},
             "worker_lease_timeout": 10.0,
@@ -123,7 +126,7 @@ class Fleet:
 
     def release(self, key: str) -> None:
         """Let the ``hold`` tasks waiting on ``key`` finish."""
-        client = redis.Redis.from_url(servers.REDIS_URL)
+        client = redis.Redis.from_url(self.redis_url)
         client.rpush(key, "go")
         client.close()
 
@@ -142,8 +145,10 @@ class Fleet:
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     servers.require("redis")
     root = tmp_path_factory.mktemp("dashboard")
-    fleet = Fleet(uuid.uuid4().hex[:10], root)
-    (root / "proj.py").write_text(PROJECT.format(settings=fleet.settings, url=servers.REDIS_URL))
+    server = PrivateRedis(root / "redis")
+    server.start()
+    fleet = Fleet(uuid.uuid4().hex[:10], root, server.url)
+    (root / "proj.py").write_text(PROJECT.format(settings=fleet.settings, url=server.url))
     environ = proc.env()
     worker = proc.Proc(
         [*proc.TASKQ, "-A", "proj", "worker", "-l", "info", "-E", "-c", "2", "-n", fleet.hostname],
@@ -170,13 +175,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         wait_until(answers, 20, "the dashboard answering")
         yield fleet
     finally:
-        assert dashboard.stop() == 0, dashboard.output
+        stopped = dashboard.stop()
         worker.stop()
         fleet.app.close()
-        client = redis.Redis.from_url(servers.REDIS_URL)
-        keys = list(client.scan_iter(f"taskq-test-{fleet.tag}:*"))
-        keys += [fleet.queue, fleet.parked_queue]
-        client.delete(*keys)
+        server.stop()
+        assert stopped == 0, dashboard.output
 
 
 @pytest.fixture(scope="module")
