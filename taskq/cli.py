@@ -752,12 +752,12 @@ def dashboard(
     try:
         from taskq.dashboard.server import serve
     except ImportError as exc:
-        click.echo(
-            f"Error: the dashboard needs its extra ({exc.name} is missing): "
-            "pip install 'taskq[dashboard]'.",
-            err=True,
+        _fail(
+            ConfigurationError(
+                f"The dashboard needs its extra ({exc.name} is missing): "
+                "pip install 'taskq[dashboard]'."
+            )
         )
-        sys.exit(EX_UNAVAILABLE)
     app = _resolve_app(ctx, app_spec)
     try:
         serve(app, options, say=click.echo)
