@@ -164,7 +164,11 @@ class Monitor:
         except TaskqError as exc:
             stats, active, queues, error = self.stats, self.active, {}, str(exc)
         self._learn_queues(
-            q.get("name") for listed in queues.values() if isinstance(listed, list) for q in listed
+            q.get("name")
+            for listed in queues.values()
+            if isinstance(listed, list)
+            for q in listed
+            if isinstance(q, dict)
         )
         if (stats, active, error) != (self.stats, self.active, self.control_error):
             self.stats, self.active, self.control_error = stats, active, error
