@@ -197,6 +197,17 @@ def _autoscale(ctx: click.Context, param: click.Parameter, value: str | None) ->
     default=None,
     help="Seconds between worker-heartbeat events (default 2).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port (0: any free one); needs taskq[metrics].",
+)
+@click.option(
+    "--metrics-host",
+    default=None,
+    help="The address metrics are served on (default 127.0.0.1).",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -218,6 +229,8 @@ def worker(
     task_events: bool | None,
     without_heartbeat: bool,
     heartbeat_interval: float | None,
+    metrics_port: int | None,
+    metrics_host: str | None,
 ) -> None:
     """Start a worker. SIGTERM or Ctrl-C: warm shutdown (running tasks finish);
     a second one, or SIGQUIT: cold shutdown (running tasks go back to the queue)."""
@@ -241,6 +254,8 @@ def worker(
         task_events=task_events,
         without_heartbeat=without_heartbeat,
         heartbeat_interval=heartbeat_interval,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
     try:
         w = Worker(app, options)
@@ -685,6 +700,71 @@ def events(
     except TaskqError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EX_UNAVAILABLE)
+
+
+@main.command()
+@app_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5555, show_default=True)
+@click.option(
+    "--token", envvar="TASKQ_DASHBOARD_TOKEN", default=None,
+    help="Require this token (env TASKQ_DASHBOARD_TOKEN, which keeps it out of ps).",
+)  # fmt: skip
+@click.option(
+    "--basic-auth", envvar="TASKQ_DASHBOARD_BASIC_AUTH", default=None, metavar="USER:PASSWORD",
+    help="Require HTTP basic authentication (env TASKQ_DASHBOARD_BASIC_AUTH).",
+)  # fmt: skip
+@click.option(
+    "--max-tasks", type=click.IntRange(min=1), default=None,
+    help="Tasks kept in memory [default: the dashboard_max_tasks setting, 10000].",
+)  # fmt: skip
+@click.option("-l", "--loglevel", default="WARNING", show_default=True)
+@click.pass_context
+def dashboard(
+    ctx: click.Context,
+    app_spec: str | None,
+    host: str,
+    port: int,
+    token: str | None,
+    basic_auth: str | None,
+    max_tasks: int | None,
+    loglevel: str,
+) -> None:
+    """Serve the web dashboard: workers, queues, tasks, failures, schedules, /metrics.
+
+    Listens on 127.0.0.1 unless --host says otherwise, and refuses any other
+    address without --token or --basic-auth. Needs pip install 'taskq[dashboard]'.
+    """
+    from taskq.dashboard.options import DashboardOptions, parse_basic_auth
+
+    _configure_logging(loglevel, None)
+    try:
+        options = DashboardOptions(
+            host=host,
+            port=port,
+            token=token,
+            basic_auth=parse_basic_auth(basic_auth) if basic_auth else None,
+            max_tasks=max_tasks,
+        )
+        options.check()
+    except ConfigurationError as exc:
+        _fail(exc)
+    try:
+        from taskq.dashboard.server import serve
+    except ImportError as exc:
+        _fail(
+            ConfigurationError(
+                f"The dashboard needs its extra ({exc.name} is missing): "
+                "pip install 'taskq[dashboard]'."
+            )
+        )
+    app = _resolve_app(ctx, app_spec)
+    try:
+        serve(app, options, say=click.echo)
+    except KeyboardInterrupt:
+        pass
+    except TaskqError as exc:
+        _fail(exc)
 
 
 class JsonFormatter(logging.Formatter):

@@ -163,6 +163,10 @@ class Settings:
     worker_enable_remote_control: bool = True
     # Seconds between worker-heartbeat events (Celery's --heartbeat-interval); taskq's.
     worker_heartbeat_interval: float = 2.0
+    # Prometheus metrics of this worker at http://<host>:<port>/metrics (taskq's;
+    # None: off). Needs the extra taskq[metrics]. docs/monitoring.md.
+    worker_metrics_port: int | None = None
+    worker_metrics_host: str = "127.0.0.1"
     task_send_sent_event: bool = False
     event_exchange: str = "celeryev"
     event_queue_prefix: str = "celeryev"
@@ -171,6 +175,8 @@ class Settings:
     control_exchange: str = "celery"
     control_queue_ttl: float = 300.0
     control_queue_expires: float = 10.0
+    # Dashboard (taskq dashboard): tasks kept in memory, the oldest forgotten first.
+    dashboard_max_tasks: int = 10_000
     # Beat
     beat_schedule: dict[str, Any] = dataclasses.field(default_factory=dict)
     beat_max_loop_interval: float = 5.0
@@ -429,6 +435,8 @@ def _check(name: str, value: Any) -> Any:
         and not (name == "task_routes" and isinstance(value, (list, tuple)))
     ):
         raise ConfigurationError(f"Setting {name!r} must be a mapping, got {value!r}.")
+    if name == "dashboard_max_tasks" and value < 1:
+        raise ConfigurationError(f"dashboard_max_tasks must be >= 1, got {value!r}.")
     if name == "worker_prefetch_multiplier" and value < 1:
         raise ConfigurationError(f"worker_prefetch_multiplier must be >= 1, got {value!r}.")
     if name in _NON_NEGATIVE and value < 0:

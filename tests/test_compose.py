@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ import pytest
 
 from tests import proc, servers
 from tests.faults.redis_server import PrivateRedis
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow  # subprocesses, workers or servers: the full tier
 
@@ -77,7 +80,7 @@ def test_one_image_built_once_with_healthchecks_and_restart_policies(
     services = compose["services"]
     assert [name for name, s in services.items() if "build" in s] == ["worker"]
     ours = taskq_services(compose)
-    assert set(ours) == {"worker", "beat"}
+    assert set(ours) == {"worker", "beat", "dashboard"}
     for name in SERVERS:
         assert services[name]["healthcheck"]["test"][0] == "CMD"
     for name, service in ours.items():
@@ -87,6 +90,20 @@ def test_one_image_built_once_with_healthchecks_and_restart_policies(
     worker = ours["worker"]
     assert worker["command"][3] == "worker"
     assert worker["environment"]["TASKQ_BROKER_URL"].startswith("amqp://")
+
+
+def test_the_dashboard_is_authenticated_and_published_on_loopback_only(
+    compose: dict[str, Any],
+) -> None:
+    dashboard = compose["services"]["dashboard"]
+    assert dashboard["command"][3:] == ["dashboard", "--host", "0.0.0.0", "--port", "5555"]
+    # Compose refuses to start without the token (the ${VAR:?message} form).
+    assert dashboard["environment"]["TASKQ_DASHBOARD_TOKEN"].startswith("${TASKQ_DASHBOARD_TOKEN:?")
+    assert dashboard["ports"] == ["127.0.0.1:5555:5555"]
+    assert (
+        dashboard["environment"]["TASKQ_BROKER_URL"]
+        == (compose["services"]["worker"]["environment"]["TASKQ_BROKER_URL"])
+    )
 
 
 def test_the_dockerfile_installs_taskq_as_users_do() -> None:
@@ -118,7 +135,10 @@ def vhost(unique: str) -> Iterator[str]:
 
 
 def here(url: str, redis: PrivateRedis, vhost: str) -> str:
-    """``url`` with the compose host names pointed at this test's servers."""
+    """``url`` with the compose host names pointed at this test's servers; the
+    dashboard's token (``${VAR:?...}``, which Compose fills in) becomes one."""
+    if url.startswith("${"):
+        return "compose-test-token"
     parts = urlsplit(url)
     userinfo = parts.netloc.rpartition("@")[0]
     at = f"{userinfo}@" if userinfo else ""
@@ -144,6 +164,9 @@ def test_the_services_commands_run_against_local_servers(
                 {k: here(v, redis, vhost) for k, v in service["environment"].items()}
             )
             argv = [*proc.TASKQ, *service["command"][1:]]  # `taskq` from this venv
+            if name == "dashboard":  # on loopback and a free port: this machine is shared
+                argv[argv.index("--host") + 1] = "127.0.0.1"
+                argv[argv.index("--port") + 1] = str(dashboard_port := free_port())
             running[name] = proc.Proc(argv, app, environ)
         running["worker"].wait_for("ready.", timeout=30)
         running["beat"].wait_for("Sending due task heartbeat (proj.heartbeat)", timeout=30)
@@ -152,11 +175,31 @@ def test_the_services_commands_run_against_local_servers(
         sent = proc.run(app, environ, "-A", "proj", "call", "proj.add", "--args", "[2, 3]")
         shown = proc.run(app, environ, "-A", "proj", "result", sent.stdout.strip(), "--wait")
         assert '"result": 5' in shown.stdout, sent.stderr + shown.stderr
+        running["dashboard"].wait_for("taskq dashboard on", timeout=30)
+        stats = f"http://127.0.0.1:{dashboard_port}/api/stats"
+        asked = urllib.request.Request(
+            stats, headers={"Authorization": "Bearer compose-test-token"}
+        )
+        wait_until(lambda: answers(asked), 20, "the dashboard answering")
     finally:
         for name, process in running.items():
             assert process.stop() == 0, f"{name}:\n{process.output}"
         redis.stop()
     assert "amqp://guest:***@127.0.0.1:5672/" + vhost in running["worker"].output
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def answers(request: urllib.request.Request) -> bool:
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 @pytest.mark.parametrize("name", SERVERS)

@@ -28,7 +28,7 @@ LAYERS = [
     ["result", "canvas"],
     ["redisclient"],
     # Events travel beside the broker (kombu broadcasts); producers and workers send them.
-    ["broker", "backends", "events"],
+    ["broker", "backends", "events", "metrics"],
     # Running one task: the worker's executor, also what Task.apply runs.
     ["worker.executor", "worker.policy", "worker.ratelimit", "worker.limits"],
     ["task"],
@@ -36,6 +36,8 @@ LAYERS = [
     ["integrations", "discovery", "shared", "app"],
     ["worker", "beat", "loader"],
     ["testing"],
+    # The web dashboard reads events, the broker, beat and remote control.
+    ["dashboard"],
     ["cli", "__main__"],
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}

@@ -57,3 +57,20 @@ def test_json_formatter_writes_one_object_per_record() -> None:
     entry = json.loads(JsonFormatter().format(record))
     assert entry["message"] == "Task x" and entry["level"] == "ERROR"
     assert "ValueError: boom" in entry["exc"]
+
+
+def test_metrics_without_the_extra_say_which_to_install(
+    project: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
+    result = CliRunner().invoke(
+        main, ["-A", project, "worker", "-P", "solo", "--metrics-port", "0"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "--metrics-port (worker_metrics_port) needs prometheus_client" in result.output
+    assert "pip install 'taskq[metrics]'" in result.output
+
+
+def test_a_metrics_port_out_of_range_is_a_usage_error(project: str) -> None:
+    result = CliRunner().invoke(main, ["-A", project, "worker", "--metrics-port", "70000"])
+    assert result.exit_code == 2 and "--metrics-port" in result.output

@@ -20,7 +20,7 @@ from typing import Any
 from taskq.message import Envelope
 from taskq.queues import Queues, QueueSpec
 
-__all__ = ["Broker", "DeadLetter", "Delivery", "Envelope", "QueueSpec"]
+__all__ = ["Broker", "DeadLetter", "Delivery", "Envelope", "QueueDepth", "QueueSpec"]
 
 
 @dataclass
@@ -66,6 +66,23 @@ class DeadLetter:
     reason: str
     envelope: Envelope
     time: float
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """How many messages one queue holds, as an operator counts them.
+
+    Attributes:
+        ready: waiting to be fetched now (leased ones are not counted).
+        delayed: waiting for their ETA in the broker's delayed store; None when the
+            broker cannot count them per queue (RabbitMQ's delay levels mix queues).
+        dead: parked in the dead-letter queue after coming from this queue; None
+            when the broker cannot count them per queue without reading them all.
+    """
+
+    ready: int
+    delayed: int | None = None
+    dead: int | None = None
 
 
 class Broker(abc.ABC):
@@ -204,6 +221,18 @@ class Broker(abc.ABC):
     def purge_dead_letters(self) -> int:
         """Delete every parked message; return how many."""
         raise NotImplementedError(f"{type(self).__name__} has no dead-letter queue")
+
+    def queue_depths(self, queues: Sequence[str]) -> dict[str, QueueDepth]:
+        """Each queue's ready, delayed and dead-lettered counts (a dashboard's view).
+
+        Read only; each call costs the broker a scan of its delayed store and
+        dead-letter queue where it keeps those per queue (Redis), so callers poll
+        it every few seconds, not per message.
+
+        Raises:
+            BrokerError: the broker cannot be reached.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot count its queues")
 
     def still_leased(self, delivery: Delivery) -> bool:
         """Whether ``delivery`` is still leased to this consumer, so that running it

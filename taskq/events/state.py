@@ -20,6 +20,7 @@ import collections
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from taskq.events.event import TASK_STATES
@@ -211,10 +212,28 @@ class FleetState:
         found.sort(key=lambda t: t.timestamp or 0.0, reverse=True)
         return found[:limit] if limit is not None else found
 
+    def find(self, match: Callable[[TaskState], bool], limit: int) -> tuple[list[TaskState], int]:
+        """Up to ``limit`` copies of the tasks ``match`` accepts, the most recently
+        changed first, and how many it accepted. The lock is held only to take the
+        list and to copy the ones returned, so a search of a large state does not
+        hold up ``apply`` (a dashboard searching while events pour in); ``match``
+        may see a task between two fields of an event."""
+        with self._lock:
+            kept = list(self._tasks.values())
+        found = [task for task in kept if match(task)]
+        found.sort(key=lambda t: t.timestamp or 0.0, reverse=True)
+        with self._lock:
+            return [dataclasses.replace(t) for t in found[:limit]], len(found)
+
     def task(self, task_id: str) -> TaskState | None:
         with self._lock:
             found = self._tasks.get(task_id)
             return dataclasses.replace(found) if found else None
+
+    def task_count(self) -> int:
+        """How many tasks are kept now (at most ``max_tasks``)."""
+        with self._lock:
+            return len(self._tasks)
 
     def counts(self) -> dict[str, int]:
         """How many known tasks are in each state."""

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from taskq.app import App
     from taskq.backends.store import ResultStore
     from taskq.config import Settings
+    from taskq.metrics.worker import WorkerMeter
     from taskq.task import Task
 
 log = logging.getLogger("taskq.worker")
@@ -147,14 +148,18 @@ class Executor:
     Args:
         app: the app whose tasks run; its signatures send workflow steps.
         policies: each task's resolved policy (``taskq.worker.policy``).
+        meter: counts each outcome for ``--metrics-port`` (None: off, and each
+            outcome costs one attribute check). It counts where the task ran: in a
+            prefork child, into that child's own metrics file.
     """
 
-    def __init__(self, app: App, policies: Policies) -> None:
+    def __init__(self, app: App, policies: Policies, meter: WorkerMeter | None = None) -> None:
         self.app = app
         self.tasks: Mapping[str, Task[Any, Any]] = app.tasks
         self.conf: Settings = app.conf
         self.results: ResultStore = app.results
         self.policies = policies
+        self.meter = meter
 
     def reset_connections(self) -> None:
         """Forget inherited connections (in a forked child): see ``App.reset_connections``."""
@@ -184,6 +189,8 @@ class Executor:
             error = NotRegistered(f"Worker {ctx.hostname}: {self.app.not_registered(name)}")
             log.error("Received unregistered task %s[%s]. %s", ctx.task, ctx.id, error)
             self.store(None, ctx, State.FAILURE, error)
+            if self.meter is not None:
+                self.meter.task_done(ctx.task, State.FAILURE)
             return Outcome(
                 Action.DEAD_LETTER,
                 f"NotRegistered: {error}",
@@ -218,6 +225,8 @@ class Executor:
         """Store the outcome, run callbacks and log it (the worker's bookkeeping)."""
         name, task_id = task.name, ctx.id
         assert task_id is not None
+        if self.meter is not None:
+            self.meter.task_done(name, traced.state, traced.runtime)
         if traced.state == State.SUCCESS:
             if log.isEnabledFor(logging.INFO):  # _short() is a repr: not for nothing
                 log.info(
@@ -277,6 +286,10 @@ class Executor:
     ) -> None:
         """Write a state to the result backend; a value the serializer refuses becomes
         a FAILURE that says so. Backend errors are logged, never raised into the worker."""
+        if state == State.REVOKED and self.meter is not None:
+            # Every way a task ends revoked (expired, revoked before it ran, terminated
+            # in any pool) records it here, once.
+            self.meter.task_done(ctx.task, State.REVOKED)
         backend = self.results.backend
         if backend is None or ctx.id is None:
             return

@@ -39,6 +39,8 @@ class WorkerOptions:
     task_events: bool | None = None  # -E: send task events (worker_send_task_events)
     without_heartbeat: bool = False  # send no worker events
     heartbeat_interval: float | None = None  # seconds between worker-heartbeat events
+    metrics_port: int | None = None  # serve Prometheus metrics (worker_metrics_port)
+    metrics_host: str | None = None  # the address they are served on (worker_metrics_host)
 
 
 def expand_hostname(name: str | None) -> str:

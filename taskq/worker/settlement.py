@@ -42,8 +42,12 @@ from taskq.worker.window import Window
 if TYPE_CHECKING:
     from taskq.broker.base import Broker, Delivery
     from taskq.events import EventDispatcher
+    from taskq.metrics.worker import WorkerMeter
 
-__all__ = ["LOST_HEADER", "Settlement"]
+__all__ = ["LOST", "LOST_HEADER", "Settlement"]
+
+#: What the meter counts for a task whose process died under it.
+LOST = "LOST"
 
 log = logging.getLogger("taskq.worker")
 
@@ -58,6 +62,8 @@ class Settlement:
         window: told when a request is settled, so the consumer may fetch more.
         parked: how many rate-limited requests wait (``Window.free`` reads it).
         events: where task events go (sent only while ``events.task_events``).
+        meter: counts the outcomes the executor does not see (``--metrics-port``):
+            a lost worker process, tasks not run; None: off.
     """
 
     def __init__(
@@ -68,6 +74,7 @@ class Settlement:
         window: Window,
         parked: Callable[[], int],
         events: EventDispatcher,
+        meter: WorkerMeter | None = None,
     ) -> None:
         self._broker = broker
         self._executor = executor
@@ -75,6 +82,7 @@ class Settlement:
         self._window = window
         self._parked = parked
         self._events = events
+        self._meter = meter
         self._totals: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
 
@@ -96,6 +104,8 @@ class Settlement:
             elif outcome.action is Action.GONE:
                 pass  # not run: it is back in its queue already (Request.may_run)
             else:
+                if self._meter is not None:
+                    self._meter.task_done(request.name, LOST)
                 self.worker_lost(request, outcome.reason)
         except Exception:
             log.exception("Could not settle %r; its lease will return it", request)
@@ -147,6 +157,8 @@ class Settlement:
         )
         log.error("Received unregistered task %s[%s]. %s", request.name, request.id, error)
         self._executor.store(None, request.context(), State.FAILURE, error)
+        if self._meter is not None:
+            self._meter.task_done(request.name, State.FAILURE)
         request.dead_letter(f"NotRegistered: {error}")
 
     def escaped(self, delivery: Delivery, exc: Exception, doing: str) -> None:
@@ -169,6 +181,8 @@ class Settlement:
         fail its workflow, then ack it (or dead-letter it with ``dead_letter``)."""
         if self._events.task_events:
             monitor.not_run(self._events, request, exc)
+        if self._meter is not None and not isinstance(exc, TaskRevokedError):
+            self._meter.task_done(request.name, State.FAILURE)  # revoked: Executor.store
         self._unrun(request, exc, reason, dead_letter)
 
     def _unrun(

@@ -14,7 +14,10 @@ Monitoring (docs/monitoring.md): an ``EventDispatcher`` sends worker events
 (online, a heartbeat every ``worker_heartbeat_interval``, offline) and, while
 task events are on, the consumer, the pool's requests and the settlement send
 task events; a ``ControlServer`` answers remote control through ``RemoteHandle``.
-Both need a broker that can broadcast (Redis, RabbitMQ).
+Both need a broker that can broadcast (Redis, RabbitMQ). With a metrics port
+(``--metrics-port``) the worker serves Prometheus metrics without events
+(``taskq.metrics.worker``): the executor and the settlement count outcomes, in
+prefork children too, and a scrape reads the pool and the holding area.
 
 Warm shutdown stops fetching, gives unstarted messages back at once, lets
 running tasks finish within ``worker_shutdown_timeout`` and then gives back what
@@ -38,8 +41,9 @@ from taskq.broker.startup import connect_on_startup
 from taskq.control import terminations
 from taskq.control.mailbox import mailbox
 from taskq.control.server import ControlServer
-from taskq.errors import BackendError, BrokerError
+from taskq.errors import BackendError, BrokerError, ConfigurationError
 from taskq.events import EventDispatcher, broadcasts, connect, redacted_fields
+from taskq.metrics import require
 from taskq.queues import Queues
 from taskq.security.commands import CommandVerifier
 from taskq.urls import mask_url
@@ -60,6 +64,8 @@ from taskq.worker.window import Window
 if TYPE_CHECKING:
     from taskq.app import App
     from taskq.broker.base import Broker
+    from taskq.metrics.server import MetricsServer
+    from taskq.metrics.worker import Live, WorkerMetrics
 
 log = logging.getLogger("taskq.worker")
 
@@ -86,6 +92,7 @@ class Worker:
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         opts = options or WorkerOptions()
+        self._options = opts
         timing = timing or Timing()
         conf = app.conf
         self.app = app
@@ -106,7 +113,8 @@ class Worker:
         app.results.backend  # noqa: B018
         self.consumer_id = f"{self.hostname}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         self.broker: Broker = app.new_broker(self.consumer_id)
-        self.executor = Executor(app, self.policies)
+        self.metrics = self._metrics(opts)
+        self.executor = Executor(app, self.policies, self.metrics.meter if self.metrics else None)
         self.holding = Holding(self.policies, clock)
         settings = pool_settings(app, opts)
         multiplier = opts.prefetch_multiplier or conf.worker_prefetch_multiplier
@@ -126,6 +134,7 @@ class Worker:
             self.window,
             lambda: self.holding.parked,
             self.events,
+            self.metrics.meter if self.metrics else None,
         )
         self.pool: Pool = make_pool(self.pool_name, settings, self.executor, self.settlement.settle)
         self.pool.set_task_events(self.events.task_events)
@@ -163,6 +172,8 @@ class Worker:
                 self.events.clock,
                 verifier,
             )
+        #: Serves ``metrics`` (started by ``run``).
+        self.metrics_server: MetricsServer | None = None
         self.ready = threading.Event()
         self._stopping = threading.Event()
         self._closed = threading.Event()
@@ -197,6 +208,8 @@ class Worker:
                 "whoever can write to the broker can shut this worker down, change its "
                 "limits or revoke tasks (docs/security.md)."
             )
+        if self.metrics is not None:
+            self._serve_metrics()  # a port in use stops start-up here
         # Declared as the app's queue table says, as its producers declare them.
         specs = [self.broker.queues[q] for q in self.queues]
         if not connect_on_startup(
@@ -207,6 +220,7 @@ class Worker:
             who=self.hostname,
         ):
             self.broker.close()
+            self._close_metrics()
             return
         self.pool.start()
         if self._keeper is not None:
@@ -296,6 +310,58 @@ class Worker:
             self.app.broker_url, connect_timeout=conf.broker_connection_timeout, what="Events"
         )
 
+    def _metrics(self, opts: WorkerOptions) -> WorkerMetrics | None:
+        """The worker's Prometheus metrics, when a port is given (else None)."""
+        conf = self.app.conf
+        port = opts.metrics_port if opts.metrics_port is not None else conf.worker_metrics_port
+        if port is None:
+            return None
+        if not 0 <= port <= 65535:
+            raise ConfigurationError(
+                f"Metrics port {port} is out of range: give 1-65535 (or 0: any free port)."
+            )
+        require("--metrics-port (worker_metrics_port)")
+        from taskq.metrics.worker import WorkerMetrics
+
+        return WorkerMetrics(self.app.tasks, self._live)
+
+    def _serve_metrics(self) -> None:
+        from taskq.metrics.server import MetricsServer
+
+        assert self.metrics is not None
+        conf, opts = self.app.conf, self._options
+        port = opts.metrics_port if opts.metrics_port is not None else conf.worker_metrics_port
+        host = opts.metrics_host or conf.worker_metrics_host
+        try:
+            self.metrics.open()
+            self.metrics_server = MetricsServer(self.metrics.registry, host, port or 0)
+        except ConfigurationError:
+            self.metrics.close()
+            raise
+        log.info("Metrics at %s", self.metrics_server.url)
+
+    def _close_metrics(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
+        if self.metrics is not None:
+            self.metrics.close()
+
+    def _live(self) -> Live:
+        """What a scrape reports about the tasks this worker holds now."""
+        from taskq.metrics.worker import Live
+
+        return Live(
+            hostname=self.hostname,
+            pool=self.pool_name,
+            concurrency=self.pool.concurrency,
+            active=len(self.pool.running()),
+            reserved=len(self.pool.waiting()) + self.holding.parked,
+            scheduled=self.holding.held,
+            prefetched=self.window.in_flight,
+            started_at=self.started_at,
+        )
+
     def _load(self) -> tuple[int, int]:
         """Tasks running now and tasks done so far (worker-heartbeat events)."""
         return self.window.in_flight, sum(self.settlement.totals().values())
@@ -346,6 +412,7 @@ class Worker:
         if self.remote is not None:
             self.remote.stop()
         self.events.close()
+        self._close_metrics()
         log.info("%s stopped.", self.hostname)
         signals.worker_shutdown.send(self)
 

@@ -43,7 +43,7 @@ from amqp.exceptions import MessageNacked
 from kombu.exceptions import OperationalError
 
 from taskq.broker.amqp import delay as amqp_delay
-from taskq.broker.base import Broker, DeadLetter, Delivery, Envelope, QueueSpec
+from taskq.broker.base import Broker, DeadLetter, Delivery, Envelope, QueueDepth, QueueSpec
 from taskq.errors import BrokerError
 from taskq.queues import Queues
 from taskq.urls import mask_url
@@ -477,6 +477,37 @@ class KombuBroker(Broker):
                     if not wanted:
                         break
         return moved
+
+    def queue_depths(self, queues: Sequence[str]) -> dict[str, QueueDepth]:
+        """Ready counts from a passive ``queue.declare`` of each queue (0 for one not
+        declared yet). Delayed and dead-lettered messages are not counted per queue:
+        the delay levels and the dead-letter queue hold every queue's messages mixed,
+        and only reading them all would tell them apart (``dead_letter_count`` gives
+        the dead-letter queue's total)."""
+        conn = self._connection()
+        out: dict[str, QueueDepth] = {}
+        try:
+            conn.ensure_connection(max_retries=1)
+            channel = conn.channel()
+            for name in queues:
+                try:
+                    count = channel.queue_declare(name, passive=True).message_count
+                except conn.channel_errors:  # NOT_FOUND closes the channel
+                    count, channel = 0, conn.channel()
+                out[name] = QueueDepth(ready=int(count))
+        except self._errors as exc:
+            raise BrokerError(
+                f"Could not count the queues on {mask_url(self.url)}: {exc!r}. "
+                "Is the broker running and reachable?"
+            ) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                conn.release()
+        return out
+
+    def dead_letter_count(self) -> int:
+        """How many messages the dead-letter queue holds, all queues together."""
+        return self.queue_depths([self.dead_letter_queue])[self.dead_letter_queue].ready
 
     def purge_dead_letters(self) -> int:
         """Delete every parked message; return how many."""

@@ -82,6 +82,7 @@ from taskq.broker.base import (
     Delivery,
     Envelope,
     LeaseRenewer,
+    QueueDepth,
     QueueSpec,
 )
 from taskq.broker.envelope import (
@@ -122,6 +123,12 @@ def _binding(spec: QueueSpec) -> tuple[str, str]:
     return spec.exchange_name, PRIORITY_SEP.join([spec.binding_key, pattern, spec.name])
 
 
+def _tally(flat: Sequence[Any]) -> dict[str, int]:
+    """``[name, count, name, count, ...]`` from a script -> ``{name: count}``."""
+    names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in flat[::2]]
+    return dict(zip(names, (int(n) for n in flat[1::2]), strict=True))
+
+
 def _pack(key: str, payload: bytes) -> bytes:
     encoded = key.encode("utf-8")
     return b"%d:%s%s" % (len(encoded), encoded, payload)
@@ -155,6 +162,7 @@ class RedisBroker(Broker):
         self._translate = session.translate
         self._reap_script = self._client.register_script(scripts.REAP)
         self._still_leased_script = self._client.register_script(scripts.STILL_LEASED)
+        self._depths_script = self._client.register_script(scripts.DEPTHS)
         self._dlq = DeadLetterList(session)
         self._settler = Settler(session)
         self._fetcher = Fetcher(session, self._settler.acks)
@@ -391,6 +399,29 @@ class RedisBroker(Broker):
     def purge_dead_letters(self) -> int:
         """Delete every parked message; return how many."""
         return self._dlq.purge()
+
+    # -- counting ---------------------------------------------------------------------
+
+    def queue_depths(self, queues: Sequence[str]) -> dict[str, QueueDepth]:
+        """LLEN of each priority list (one pipeline), then one read-only script that
+        counts the delayed zset by target list and the dead-letter list by queue."""
+        lists = {queue: [list_key(queue, step) for step in PRIORITY_STEPS] for queue in queues}
+        with self._translate("count queue depths"):
+            pipe = self._client.pipeline(transaction=False)
+            for keys in lists.values():
+                for key in keys:
+                    pipe.llen(key)
+            sizes = iter(pipe.execute())
+            delayed_raw, dead_raw = self._depths_script(keys=[self._keys.delayed, self._keys.dlq])
+        delayed, dead = _tally(delayed_raw), _tally(dead_raw)
+        return {
+            queue: QueueDepth(
+                ready=sum(int(next(sizes)) for _ in keys),
+                delayed=sum(delayed.get(key, 0) for key in keys),
+                dead=dead.get(queue, 0),
+            )
+            for queue, keys in lists.items()
+        }
 
     def give_back_read_ahead(self) -> None:
         """Requeue what was read ahead and not handed over (see ``Broker``)."""

@@ -26,6 +26,7 @@ from importlib.resources import files
 
 __all__ = [
     "DEAD_LETTER",
+    "DEPTHS",
     "FETCH",
     "PROMOTE",
     "REAP",
@@ -57,5 +58,7 @@ REQUEUE = _HELPERS + _read("requeue")
 DEAD_LETTER = _read("dead_letter")
 #: Put parked messages back on their lists.
 REQUEUE_DEAD = _HELPERS + _read("requeue_dead")
+#: Count delayed and dead-lettered messages by list and queue (the dashboard's depths).
+DEPTHS = _read("depths")
 #: Check messages are still leased to this consumer (after its lease may have lapsed).
 STILL_LEASED = _HELPERS + _read("still_leased")

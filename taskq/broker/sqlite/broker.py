@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from taskq.broker.base import Broker, DeadLetter, Delivery, Envelope, QueueSpec
+from taskq.broker.base import Broker, DeadLetter, Delivery, Envelope, QueueDepth, QueueSpec
 from taskq.broker.envelope import decode_payload, encode_payload
 from taskq.broker.lease import LeaseClock
 from taskq.errors import BrokerError, ConfigurationError, TaskqError, did_you_mean
@@ -457,6 +457,27 @@ class SqliteBroker(Broker):
                 "DELETE FROM messages WHERE queue = ? AND consumer IS NULL", (queue,)
             )
             return cursor.rowcount
+
+    def queue_depths(self, queues: Sequence[str]) -> dict[str, QueueDepth]:
+        """Waiting rows split by ``visible_at`` (ready now or delayed), and dead letters,
+        per queue; leased rows are not counted."""
+        names, now = json.dumps(list(queues)), time.time()
+        with self._db.reading("queue_depths") as conn:
+            waiting = conn.execute(
+                "SELECT queue, SUM(visible_at <= ?), SUM(visible_at > ?) FROM messages "
+                f"WHERE consumer IS NULL AND queue IN ({_IDS}) GROUP BY queue",
+                (now, now, names),
+            ).fetchall()
+            dead = conn.execute(
+                f"SELECT queue, COUNT(*) FROM dead_letters WHERE queue IN ({_IDS}) GROUP BY queue",
+                (names,),
+            ).fetchall()
+        ready = {queue: (int(now or 0), int(later or 0)) for queue, now, later in waiting}
+        parked = {queue: int(count) for queue, count in dead}
+        return {
+            queue: QueueDepth(*ready.get(queue, (0, 0)), dead=parked.get(queue, 0))
+            for queue in queues
+        }
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         with self._db.reading("dead_letters") as conn:
