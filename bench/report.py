@@ -117,6 +117,7 @@ W1: list[Column] = [
     ("Enqueue/s", _enqueue_rate),
     ("Redis cmds/task: enqueue", _calls("enqueue_calls")),
     ("drain", _calls("drain_calls")),
+    ("Redis CPU us/task", _get("redis_cpu_us", 1)),
     ("RSS MiB end (peak)", _rss),
 ]
 LOAD: Column = ("Load", _get("load1", 1))

@@ -44,6 +44,9 @@ class Config:
     due_n: int = 2_000
     due_n_taskq: int = 20_000
     due_timeout: float = 20.0
+    scale_n: int = 50_000
+    scale_n_others: int = 5_000
+    scale_backlog: int = 1_000_000
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -180,6 +183,7 @@ class Bench:
             before = self.broker.command_calls()
             load = producer.call("fast", n=n, task=task, keep=results)
             loaded = self.broker.command_calls()
+            cpu = self.broker.cpu_seconds()
             row.update(enqueue_s=load["seconds"], enqueue_api=load["api"])
             row["enqueue_calls"] = per_task(calls_delta(before, loaded), n)
             worker.start()
@@ -191,6 +195,7 @@ class Bench:
                 collected = producer.read(timeout + 60)
                 row["get_errors"] = collected["errors"]
             row["drain_calls"] = per_task(calls_delta(loaded, self.broker.command_calls()), n)
+            row["redis_cpu_us"] = (self.broker.cpu_seconds() - cpu) / n * 1e6
             row["rss_mib"] = worker.rss() / MiB
             row["peak_rss_mib"] = worker.peak_rss / MiB
             done = self.done_count()
