@@ -144,6 +144,7 @@ W4: list[Column] = [
     ("API", lambda r: f"`{r['api']}`" if "api" in r else "-"),
     ("Msgs/s", _get("per_s")),
     ("Redis cmds/msg", _calls("calls")),
+    ("Redis CPU us/msg", _get("redis_cpu_us", 1)),
 ]
 W7: list[Column] = [
     ("Worker", lambda r: r["config"]),

@@ -180,9 +180,10 @@ class Bench:
         worker = self.worker(spec, results, workload)
         try:
             producer = self.producer(spec.framework, results, workload)
-            before = self.broker.command_calls()
+            before, cpu = self.broker.command_calls(), self.broker.cpu_seconds()
             load = producer.call("fast", n=n, task=task, keep=results)
             loaded = self.broker.command_calls()
+            row["redis_cpu_enqueue_us"] = (self.broker.cpu_seconds() - cpu) / n * 1e6
             cpu = self.broker.cpu_seconds()
             row.update(enqueue_s=load["seconds"], enqueue_api=load["api"])
             row["enqueue_calls"] = per_task(calls_delta(before, loaded), n)
@@ -354,8 +355,9 @@ class Bench:
             producer = self.producer(framework, False, "W4")
             for op in ("single", "bulk"):
                 self.broker.flush()
-                before = self.broker.command_calls()
+                before, cpu = self.broker.command_calls(), self.broker.cpu_seconds()
                 reply = producer.call(op, n=n)
+                cpu = self.broker.cpu_seconds() - cpu
                 calls = calls_delta(before, self.broker.command_calls())
                 rows.append(
                     {
@@ -367,6 +369,7 @@ class Bench:
                         "seconds": reply["seconds"],
                         "per_s": n / reply["seconds"],
                         "calls": per_task(calls, n),
+                        "redis_cpu_us": cpu / n * 1e6,
                     }
                 )
         except BenchError as exc:
