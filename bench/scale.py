@@ -227,7 +227,7 @@ class Scale:
             self._seed(framework, names)
             counts = [backlog // len(names) + (i < backlog % len(names)) for i in range(len(names))]
             pairs, row["stage_s"] = stage(client, counts)
-            env = bench.env(framework, False)
+            env = {**bench.env(framework, False), "BENCH_QUEUES": ",".join(names)}
             for i, argv in enumerate(lines):
                 log = bench.logs / f"W8-{framework}-{re.sub(r'[^a-z0-9]+', '-', case.name)}-{i}.log"
                 workers.append(Worker(argv, env, log).start())
