@@ -35,6 +35,7 @@ QUICK = Config(
     scale_n=20_000,
     scale_n_others=2_000,
     scale_backlog=200_000,
+    scale_rounds=1,
 )
 TITLES = {
     "W1": "W1 drain throughput, results off",
@@ -118,10 +119,7 @@ def run(
         finally:
             server.stop()
     w8 = [f for f in specs.FRAMEWORKS if f in frameworks]
-    w8_runner = scale.Scale(bench)
-    rows(
-        "W8", lambda: scale.compare([_show(w8_runner.case(f, c)) for f in w8 for c in scale.CASES])
-    )
+    rows("W8", lambda: scale.Scale(bench).rows(w8, _show))
     if "profile" in only and "taskq" in frameworks:
         print("\n== profile: taskq -P solo draining no-op tasks under py-spy", flush=True)
         try:

@@ -20,7 +20,9 @@ are done and every process has run one, and closes ``window`` tasks later; the
 backlog is never empty inside it. Over the window: tasks/s, Redis CPU per task
 (``INFO cpu``: used_cpu_sys + used_cpu_user), Redis commands and their time per
 task (``INFO commandstats``: calls and usec, inner script commands included), the
-workers' CPU per task (psutil, the whole process trees) and RSS per process.
+workers' CPU per task (psutil, the whole process trees) and RSS per process. Before
+the release, what the idle workers cost Redis: its CPU over ``IDLE_SAMPLE`` seconds
+minus the same with no worker running (the server's own timers).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import statistics
 import time
 import uuid
 from typing import Any
@@ -37,7 +40,7 @@ import redis
 
 from bench import counter
 from bench.procs import BenchError, Worker
-from bench.report import LOAD, Column, _get, _num
+from bench.report import Column, _get, _num
 from bench.specs import DB, QUEUE, Spec
 from bench.workloads import Bench, MiB
 
@@ -45,6 +48,7 @@ from bench.workloads import Bench, MiB
 UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 STAGED = ".w8staged"  # suffix of the staging list of a queue's list
 PUSH_CHUNK = 5_000  # values per LPUSH / HSET while staging
+IDLE_SAMPLE = 2.0  # seconds of Redis CPU sampled with no worker, then idle workers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +203,19 @@ class Scale:
         self.bench = bench
         self.config = bench.config
 
+    def rows(self, frameworks: list[str], show: Any) -> list[dict[str, Any]]:
+        """Every case of every framework, ``--scale-rounds`` times, the cases of a
+        framework interleaved round by round (so a noisy minute spreads over all of
+        them); each row holds the median of each per-task figure and every round's."""
+        rows = []
+        for framework in frameworks:
+            runs: dict[str, list[dict[str, Any]]] = {case.name: [] for case in CASES}
+            for _ in range(max(1, self.config.scale_rounds)):
+                for case in CASES:
+                    runs[case.name].append(show(self.case(framework, case)))
+            rows += [_median(results) for results in runs.values()]
+        return compare(rows)
+
     def case(self, framework: str, case: Case) -> dict[str, Any]:
         cfg, bench = self.config, self.bench
         window = cfg.scale_n if framework == "taskq" else cfg.scale_n_others
@@ -228,10 +245,12 @@ class Scale:
             counts = [backlog // len(names) + (i < backlog % len(names)) for i in range(len(names))]
             pairs, row["stage_s"] = stage(client, counts)
             env = {**bench.env(framework, False), "BENCH_QUEUES": ",".join(names)}
+            alone = self._redis_cpu_rate(IDLE_SAMPLE)  # the server's own idle work
             for i, argv in enumerate(lines):
                 log = bench.logs / f"W8-{framework}-{re.sub(r'[^a-z0-9]+', '-', case.name)}-{i}.log"
                 workers.append(Worker(argv, env, log).start())
             row["idle_wait_s"] = self._wait_idle(workers)
+            row["idle_redis_ms_per_s"] = self._redis_cpu_rate(IDLE_SAMPLE) - alone
             for worker in workers:
                 worker.peak_rss = 0
             row["rss_idle_mib"] = sum(w.rss() for w in workers) / MiB / case.processes
@@ -262,6 +281,12 @@ class Scale:
         )
         if done.returncode:
             raise BenchError(f"seeding {framework} failed: {done.stderr.strip()[-500:]}")
+
+    def _redis_cpu_rate(self, seconds: float) -> float:
+        """Milliseconds of CPU a second the broker's Redis uses over ``seconds``."""
+        before = self.bench.broker.cpu_seconds()
+        time.sleep(seconds)
+        return (self.bench.broker.cpu_seconds() - before) / seconds * 1000
 
     @staticmethod
     def _cpu(workers: list[Worker]) -> float:
@@ -373,6 +398,25 @@ class Scale:
         }
 
 
+MEDIANS = ("tasks_per_s", "redis_cpu_us", "redis_cmds", "redis_cmd_us", "worker_cpu_us")
+
+
+def _median(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last round's row with the median of each of ``MEDIANS`` over the rounds
+    that finished, and each round's rate and Redis CPU in ``rounds``."""
+    done = [r for r in results if "tasks_per_s" in r]
+    if len(results) == 1 or not done:
+        return results[-1]
+    row = dict(done[-1])
+    for key in MEDIANS:
+        row[key] = statistics.median(r[key] for r in done)
+    row["rounds"] = [
+        {k: r.get(k) for k in ("tasks_per_s", "redis_cpu_us", "load1", "error")} for r in results
+    ]
+    row["load1"] = max(r["load1"] for r in results)
+    return row
+
+
 def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each row's rate and Redis CPU per task against its framework's "1 queue" row."""
     base = {r["framework"]: r for r in rows if r["case"] == CASES[0].name and "tasks_per_s" in r}
@@ -405,9 +449,16 @@ COLUMNS: list[Column] = [
     ("vs 1 queue ", _vs("cpu_vs_1q")),
     ("Redis cmds/task", _get("redis_cmds", 2)),
     ("Worker CPU us/task", _get("worker_cpu_us", 0)),
+    ("Idle: Redis CPU ms/s", _get("idle_redis_ms_per_s", 2)),
     ("RSS MiB/proc idle", _get("rss_idle_mib")),
     ("end (peak)", lambda r: f"{_num(r.get('rss_mib'))} ({_num(r.get('peak_rss_mib'))})"),
-    LOAD,
+    (
+        "Load",
+        lambda r: (
+            _num(r.get("load1"), 1)
+            + (f" ({len(r['rounds'])} rounds, max)" if "rounds" in r else "")
+        ),
+    ),
 ]
 COMMANDS: list[Column] = [
     ("Case", lambda r: r["case"]),

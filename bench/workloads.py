@@ -47,6 +47,7 @@ class Config:
     scale_n: int = 50_000
     scale_n_others: int = 5_000
     scale_backlog: int = 1_000_000
+    scale_rounds: int = 1
 
 
 def percentile(values: list[float], q: float) -> float | None:
