@@ -152,6 +152,13 @@ def render(result: dict[str, Any], markdown: bool) -> str:
             f"\n{'### ' if markdown else ''}W8 Redis time per task, by command (INFO commandstats)\n"
         ]
         out.append(table(scale.COMMANDS, result["W8"]))
+    for row in result.get("W8", []):
+        if "self" in row.get("profile", {}):
+            title = f"Profile: W8 {row['case']}, {row['config']} (py-spy)"
+            out += [
+                f"\n{'### ' if markdown else ''}{title}\n",
+                _profile_text(row["profile"], markdown),
+            ]
     commands = report.commands_table(result)
     if commands:
         out += ["\n" + ("### " if markdown else "") + "Redis commands per task, by phase\n"]

@@ -30,16 +30,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import signal
 import statistics
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import psutil
 import redis
 
-from bench import counter
-from bench.procs import BenchError, Worker
+from bench import counter, pyspy
+from bench.procs import BIN, BenchError, Worker
 from bench.report import Column, _get, _num
 from bench.specs import DB, QUEUE, Spec
 from bench.workloads import Bench, MiB
@@ -48,6 +50,10 @@ from bench.workloads import Bench, MiB
 UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 STAGED = ".w8staged"  # suffix of the staging list of a queue's list
 PUSH_CHUNK = 5_000  # values per LPUSH / HSET while staging
+#: ``--scale-profile N``: taskq's worker in case N (1-5) runs under py-spy; samples
+#: of a worker blocked waiting for messages (before the release) are left out.
+PYSPY = [str(BIN / "py-spy"), "record", "--idle", "--nonblocking", "--rate", "250"]
+BLOCKED = frozenset({"Fetcher._block_then_fetch"})
 IDLE_SAMPLE = 2.0  # seconds of Redis CPU sampled with no worker, then idle workers
 
 
@@ -246,9 +252,14 @@ class Scale:
             pairs, row["stage_s"] = stage(client, counts)
             env = {**bench.env(framework, False), "BENCH_QUEUES": ",".join(names)}
             alone = self._redis_cpu_rate(IDLE_SAMPLE)  # the server's own idle work
+            stem = f"W8-{framework}-{re.sub(r'[^a-z0-9]+', '-', case.name)}"
+            if framework == "taskq" and cfg.scale_profile == CASES.index(case) + 1:
+                profile = bench.logs / f"{stem}.speedscope.json"
+                spy = [*PYSPY, "--format", "speedscope", "--output", str(profile), "--"]
+                lines = [[*spy, *argv] for argv in lines]
+                row["profiled"] = str(profile)
             for i, argv in enumerate(lines):
-                log = bench.logs / f"W8-{framework}-{re.sub(r'[^a-z0-9]+', '-', case.name)}-{i}.log"
-                workers.append(Worker(argv, env, log).start())
+                workers.append(Worker(argv, env, bench.logs / f"{stem}-{i}.log").start())
             row["idle_wait_s"] = self._wait_idle(workers)
             row["idle_redis_ms_per_s"] = self._redis_cpu_rate(IDLE_SAMPLE) - alone
             for worker in workers:
@@ -260,9 +271,17 @@ class Scale:
         except BenchError as exc:
             row["error"] = str(exc)
         finally:
+            if "profiled" in row:
+                _stop_profiled(workers)
             for worker in workers:
                 worker.stop()
             client.close()
+        if "profiled" in row and "tasks_per_s" in row:
+            try:
+                row["profile"] = pyspy.summarise(Path(row["profiled"]), idle=BLOCKED)
+                row["profile"]["tasks_per_s_under_profiler"] = row["tasks_per_s"]
+            except (OSError, ValueError) as exc:
+                row["profile"] = {"error": f"py-spy wrote no usable profile: {exc}"}
         return row
 
     def _seed(self, framework: str, names: list[str]) -> None:
@@ -396,6 +415,16 @@ class Scale:
             "peak_rss_mib": peak / MiB / processes,
             "processes_ran": ran,
         }
+
+
+def _stop_profiled(workers: list[Worker]) -> None:
+    """SIGTERM the workers under py-spy (its children) and let py-spy write its file."""
+    for worker in workers:
+        for child in worker.processes()[1:2]:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(w.exited() is None for w in workers):
+        time.sleep(0.1)
 
 
 MEDIANS = ("tasks_per_s", "redis_cpu_us", "redis_cmds", "redis_cmd_us", "worker_cpu_us")

@@ -48,6 +48,7 @@ class Config:
     scale_n_others: int = 5_000
     scale_backlog: int = 1_000_000
     scale_rounds: int = 1
+    scale_profile: int = 0
 
 
 def percentile(values: list[float], q: float) -> float | None:
