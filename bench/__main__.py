@@ -52,7 +52,7 @@ TITLES = {
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
     parser.add_argument(
-        "--quick", action="store_true", help="small sizes: a smoke run of 2-3 minutes"
+        "--quick", action="store_true", help="small sizes: a smoke run of about 6 minutes"
     )
     parser.add_argument("--only", default=",".join(WORKLOADS), help="workloads, comma-separated")
     parser.add_argument("--frameworks", default=",".join(specs.FRAMEWORKS))
