@@ -13,12 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import pyspy, report, specs
+from bench import pyspy, report, scale, specs
 from bench.procs import BenchError, DelayServer, RedisServer
 from bench.workloads import Bench, Config
 
 RESULTS = Path(__file__).resolve().parent / "results"
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "profile")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "profile")
 QUICK = Config(
     drain_n=2_000,
     results_n=500,
@@ -32,6 +32,10 @@ QUICK = Config(
     due_n=500,
     due_n_taskq=5_000,
     due_timeout=8.0,
+    scale_n=20_000,
+    scale_n_others=2_000,
+    scale_backlog=200_000,
+    scale_rounds=1,
 )
 TITLES = {
     "W1": "W1 drain throughput, results off",
@@ -41,13 +45,14 @@ TITLES = {
     "W5": "W5 taskq asyncio pool: tasks awaiting asyncio.sleep(0.01)",
     "W6": "W6 delayed backlog (countdown 1 h), then tasks due together",
     "W7": "W7 blocking I/O, one process, concurrency 1,000: one 10 ms wait on a local server a task",
+    "W8": "W8 cost as work grows: queues, a deep backlog, processes (per task, steady window)",
 }
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
     parser.add_argument(
-        "--quick", action="store_true", help="small sizes: a smoke run of 2-3 minutes"
+        "--quick", action="store_true", help="small sizes: a smoke run of about 6 minutes"
     )
     parser.add_argument("--only", default=",".join(WORKLOADS), help="workloads, comma-separated")
     parser.add_argument("--frameworks", default=",".join(specs.FRAMEWORKS))
@@ -113,6 +118,8 @@ def run(
             rows("W7", lambda: [_show(bench.green(s, cfg.green_n, t, h)) for s, t, h in green])
         finally:
             server.stop()
+    w8 = [f for f in specs.FRAMEWORKS if f in frameworks]
+    rows("W8", lambda: scale.Scale(bench).rows(w8, _show))
     if "profile" in only and "taskq" in frameworks:
         print("\n== profile: taskq -P solo draining no-op tasks under py-spy", flush=True)
         try:
@@ -135,11 +142,23 @@ def _show(row: dict[str, Any]) -> dict[str, Any]:
 def render(result: dict[str, Any], markdown: bool) -> str:
     table = report.markdown_table if markdown else report.text_table
     columns = {"W1": report.W1, "W2": report.W2, "W3": report.W3, "W4": report.W4}
-    columns.update(W5=report.W1, W6=report.W6, W7=report.W7)
+    columns.update(W5=report.W1, W6=report.W6, W7=report.W7, W8=scale.COLUMNS)
     out: list[str] = []
     for name, cols in columns.items():
         if result.get(name):
             out += [f"\n{'### ' if markdown else ''}{TITLES[name]}\n", table(cols, result[name])]
+    if result.get("W8"):
+        out += [
+            f"\n{'### ' if markdown else ''}W8 Redis time per task, by command (INFO commandstats)\n"
+        ]
+        out.append(table(scale.COMMANDS, result["W8"]))
+    for row in result.get("W8", []):
+        if "self" in row.get("profile", {}):
+            title = f"Profile: W8 {row['case']}, {row['config']} (py-spy)"
+            out += [
+                f"\n{'### ' if markdown else ''}{title}\n",
+                _profile_text(row["profile"], markdown),
+            ]
     commands = report.commands_table(result)
     if commands:
         out += ["\n" + ("### " if markdown else "") + "Redis commands per task, by phase\n"]

@@ -85,6 +85,11 @@ class RedisServer:
         stats = self.client().info("commandstats")
         return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
 
+    def cpu_seconds(self) -> float:
+        """CPU the server has used (INFO cpu: used_cpu_sys + used_cpu_user)."""
+        cpu = self.client().info("cpu")
+        return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+
     def version(self) -> str:
         return str(self.client().info("server")["redis_version"])
 

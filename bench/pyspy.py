@@ -58,8 +58,9 @@ def record(bench: Bench, n: int, out: Path) -> dict[str, Any]:
     return summary
 
 
-def summarise(path: Path, top: int = 15) -> dict[str, Any]:
-    """Top functions by self and by total samples, and self samples per source file."""
+def summarise(path: Path, top: int = 15, idle: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Top functions by self and by total samples, and self samples per source file.
+    Samples under a function named in ``idle`` are left out, as start-up imports are."""
     data = json.loads(path.read_text())
     frames = data["shared"]["frames"]
     profiles = data["profiles"]
@@ -68,7 +69,7 @@ def summarise(path: Path, top: int = 15) -> dict[str, Any]:
     inclusive: collections.Counter[int] = collections.Counter()
     ours: collections.Counter[str] = collections.Counter()  # taskq functions, inclusive
     files: collections.Counter[str] = collections.Counter()
-    importing = {i for i, f in enumerate(frames) if f["name"] == "_find_and_load"}
+    importing = {i for i, f in enumerate(frames) if f["name"] in {"_find_and_load", *idle}}
     total = skipped = 0.0
     for stack, weight in zip(main["samples"], main["weights"], strict=True):
         if not stack:

@@ -117,6 +117,7 @@ W1: list[Column] = [
     ("Enqueue/s", _enqueue_rate),
     ("Redis cmds/task: enqueue", _calls("enqueue_calls")),
     ("drain", _calls("drain_calls")),
+    ("Redis CPU us/task", _get("redis_cpu_us", 1)),
     ("RSS MiB end (peak)", _rss),
 ]
 LOAD: Column = ("Load", _get("load1", 1))
@@ -143,6 +144,7 @@ W4: list[Column] = [
     ("API", lambda r: f"`{r['api']}`" if "api" in r else "-"),
     ("Msgs/s", _get("per_s")),
     ("Redis cmds/msg", _calls("calls")),
+    ("Redis CPU us/msg", _get("redis_cpu_us", 1)),
 ]
 W7: list[Column] = [
     ("Worker", lambda r: r["config"]),

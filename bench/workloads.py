@@ -44,6 +44,11 @@ class Config:
     due_n: int = 2_000
     due_n_taskq: int = 20_000
     due_timeout: float = 20.0
+    scale_n: int = 50_000
+    scale_n_others: int = 5_000
+    scale_backlog: int = 1_000_000
+    scale_rounds: int = 1
+    scale_profile: int = 0
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -177,9 +182,11 @@ class Bench:
         worker = self.worker(spec, results, workload)
         try:
             producer = self.producer(spec.framework, results, workload)
-            before = self.broker.command_calls()
+            before, cpu = self.broker.command_calls(), self.broker.cpu_seconds()
             load = producer.call("fast", n=n, task=task, keep=results)
             loaded = self.broker.command_calls()
+            row["redis_cpu_enqueue_us"] = (self.broker.cpu_seconds() - cpu) / n * 1e6
+            cpu = self.broker.cpu_seconds()
             row.update(enqueue_s=load["seconds"], enqueue_api=load["api"])
             row["enqueue_calls"] = per_task(calls_delta(before, loaded), n)
             worker.start()
@@ -191,6 +198,7 @@ class Bench:
                 collected = producer.read(timeout + 60)
                 row["get_errors"] = collected["errors"]
             row["drain_calls"] = per_task(calls_delta(loaded, self.broker.command_calls()), n)
+            row["redis_cpu_us"] = (self.broker.cpu_seconds() - cpu) / n * 1e6
             row["rss_mib"] = worker.rss() / MiB
             row["peak_rss_mib"] = worker.peak_rss / MiB
             done = self.done_count()
@@ -349,8 +357,9 @@ class Bench:
             producer = self.producer(framework, False, "W4")
             for op in ("single", "bulk"):
                 self.broker.flush()
-                before = self.broker.command_calls()
+                before, cpu = self.broker.command_calls(), self.broker.cpu_seconds()
                 reply = producer.call(op, n=n)
+                cpu = self.broker.cpu_seconds() - cpu
                 calls = calls_delta(before, self.broker.command_calls())
                 rows.append(
                     {
@@ -362,6 +371,7 @@ class Bench:
                         "seconds": reply["seconds"],
                         "per_s": n / reply["seconds"],
                         "calls": per_task(calls, n),
+                        "redis_cpu_us": cpu / n * 1e6,
                     }
                 )
         except BenchError as exc:

@@ -235,6 +235,19 @@ def test_queues_are_served_in_rotation(env: Env) -> None:
     assert first_queues == [env.queue, second, env.queue, second]
 
 
+def test_rotation_over_many_queues_serves_each_in_turn(env: Env) -> None:
+    # More queues than rotations the broker once cached (64): each fetch still starts
+    # at the next queue, priority lists of every queue come after all plain ones.
+    broker = env.make()
+    queues = [f"{env.queue}-{i}" for i in range(100)]
+    broker.publish_many([(message(i), q, None) for i, q in enumerate(queues)])
+    broker.publish(message(100), queues[-1], priority=9)  # served after every priority 0
+    got = [broker.fetch(queues, 1, 0)[0] for _ in range(100)]
+    assert [d.queue for d in got] == queues
+    assert ids(got) == [str(i) for i in range(100)]
+    assert ids(broker.fetch(queues, 5, 0)) == ["100"]
+
+
 def test_requeue_puts_back_at_the_head(env: Env) -> None:
     broker = env.make()
     for n in range(3):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.results import Results
@@ -14,6 +16,10 @@ broker = RedisBroker(url=BROKER_URL)
 if RESULTS:
     broker.add_middleware(Results(backend=RedisBackend(url=BROKER_URL)))
 dramatiq.set_broker(broker)
+# W8 (bench/scale.py) lists the queues a worker consumes besides the actors' own: a
+# Dramatiq worker consumes only the queues declared in its process.
+for name in filter(None, os.environ.get("BENCH_QUEUES", "").split(",")):
+    broker.declare_queue(name)
 # Dramatiq refuses the store_results option unless the Results middleware is installed.
 OPTIONS = {"store_results": True} if RESULTS else {}
 

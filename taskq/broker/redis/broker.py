@@ -168,7 +168,8 @@ class RedisBroker(Broker):
         self._fetcher = Fetcher(session, self._settler.acks)
         self._rotation = 0  # fetch calls: which queue goes first
         self._declared: set[str] = set()  # queues whose binding this instance wrote
-        self._sources: dict[tuple[str, ...], dict[str, str]] = {}  # list key -> queue
+        # Per queue list: each priority step's (list key, queue) pairs, in queue order.
+        self._sources: dict[tuple[str, ...], list[list[tuple[str, str]]]] = {}
 
     # -- publishing -----------------------------------------------------------------
 
@@ -274,14 +275,16 @@ class RedisBroker(Broker):
         queues in turn, so that no queue starves the others."""
         start = self._rotation % len(queues)
         self._rotation += 1
-        ordered = (*queues[start:], *queues[:start])
-        sources = self._sources.get(ordered)
-        if sources is None:
+        # The list keys are worked out once per queue list, not once per rotation:
+        # a worker on N queues has N rotations, and naming 4 x N lists on every fetch
+        # was most of its client-side cost with 100 queues (bench W8, issue 17).
+        steps = self._sources.get(tuple(queues))
+        if steps is None:
             if len(self._sources) > 64:  # callers that pass ever-new queue lists
                 self._sources.clear()
-            sources = {list_key(q, step): q for step in PRIORITY_STEPS for q in ordered}
-            self._sources[ordered] = sources
-        return sources
+            steps = [[(list_key(q, step), q) for q in queues] for step in PRIORITY_STEPS]
+            self._sources[tuple(queues)] = steps
+        return dict(pair for lists in steps for pair in (*lists[start:], *lists[:start]))
 
     # -- settling (taskq.broker.redis.settle) ---------------------------------------
 
