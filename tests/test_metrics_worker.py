@@ -267,7 +267,14 @@ def test_fleet_metrics_from_a_real_workers_events(project: Project) -> None:
     from taskq.metrics.fleet import FleetMetrics
 
     fleet = FleetMetrics()
-    receiver = EventReceiver(lambda: kombu.Connection(servers.REDIS_URL), fleet.observe)
+    # The events exchange is shared by everything on this Redis: only ours count.
+    ours = {f"metrics-{uuid.uuid4()}" for _ in range(8)}
+
+    def observe(event: dict[str, object]) -> None:
+        if event.get("uuid") in ours:
+            fleet.observe(event)
+
+    receiver = EventReceiver(lambda: kombu.Connection(servers.REDIS_URL), observe)
     stop = threading.Event()
     thread = threading.Thread(target=receiver.run, args=(stop, 0.1), daemon=True)
     thread.start()
@@ -275,10 +282,11 @@ def test_fleet_metrics_from_a_real_workers_events(project: Project) -> None:
     project.app.conf.task_send_sent_event = True
     proc, _ = project.worker("-P", "prefork", "-c", "2", "-E")
     try:
-        for i in range(5):
-            project.app.send_task("proj.add", (i, 1))
-        for i in range(3):
-            project.app.send_task("proj.boom", (i,))
+        ids = sorted(ours)
+        for i, task_id in enumerate(ids[:5]):
+            project.app.send_task("proj.add", (i, 1), task_id=task_id)
+        for i, task_id in enumerate(ids[5:]):
+            project.app.send_task("proj.boom", (i,), task_id=task_id)
 
         def counted() -> bool:
             found = parse(fleet.render()[0])
