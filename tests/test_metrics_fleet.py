@@ -115,6 +115,18 @@ def test_a_retried_task_waits_again_from_its_next_delivery() -> None:
     )
 
 
+def test_a_task_sent_that_arrives_after_the_task_ended_starts_nothing() -> None:
+    # The producer's events travel apart from the worker's: they may come last.
+    metrics = FleetMetrics()
+    metrics.observe(event("task-received", 1.0, uuid="a", name="proj.add"))
+    metrics.observe(event("task-started", 1.5, uuid="a"))
+    metrics.observe(event("task-succeeded", 2.0, uuid="a", runtime=0.5))
+    metrics.observe(event("task-sent", 0.5, hostname="gen1@app", uuid="a", name="proj.add"))
+    assert value(metrics, "taskq_tasks_total", task="proj.add", state="sent") == 1
+    assert value(metrics, "taskq_task_wait_seconds_count", task="proj.add") == 1
+    assert metrics.tracked == 0
+
+
 def test_events_of_a_task_never_seen_received_count_as_unknown() -> None:
     metrics = FleetMetrics()
     metrics.observe(event("task-started", 1.0, uuid="x"))

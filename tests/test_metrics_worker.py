@@ -59,6 +59,13 @@ def die():
     if redis.Redis.from_url(os.environ["M_REDIS"]).incr(os.environ["M_PREFIX"] + "died") == 1:
         os._exit(1)
     return "second time"
+
+
+@app.task
+def hold():
+    import time
+
+    time.sleep(60)  # until revoked with terminate=True
 """
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -185,7 +192,8 @@ def test_counts_equal_what_was_sent(project: Project, pool: list[str]) -> None:
 
 def test_lost_processes_and_revoked_tasks_are_counted(project: Project) -> None:
     """The outcomes the worker, not the child, decides: the child died under the
-    task (counted, then the redelivery runs), a revoked task is never run."""
+    task (counted, then the redelivery runs), a revoked task is never run, a running
+    one is terminated."""
     revoked = project.app.send_task("proj.add", (1, 1))
     project.app.control.revoke(revoked.id)
     project.app.send_task("proj.die")
@@ -200,12 +208,25 @@ def test_lost_processes_and_revoked_tasks_are_counted(project: Project) -> None:
             )
 
         wait_until(counted, 60, "the redelivered and the revoked task counted")
+        held = project.app.send_task("proj.hold")
+        wait_until(lambda: value(scrape(url), "taskq_worker_active_tasks") == 1, 30, "hold running")
+        project.app.control.revoke(held.id, terminate=True)
+
+        def terminated() -> bool:
+            found = scrape(url)
+            return (
+                value(found, "taskq_worker_tasks_total", task="proj.hold", state="revoked") == 1
+                and value(found, "taskq_worker_active_tasks") == 0
+            )
+
+        wait_until(terminated, 30, "the terminated task counted")
         found = scrape(url)
     finally:
         proc.stop()
     assert value(found, "taskq_worker_tasks_total", task="proj.die", state="lost") == 1
     assert value(found, "taskq_worker_tasks_total", task="proj.add", state="succeeded") == 0
     assert value(found, "taskq_worker_task_runtime_seconds_count", task="proj.die") == 1
+    assert value(found, "taskq_worker_active_tasks") == 0
 
 
 def test_a_port_in_use_stops_start_up_with_what_to_do(project: Project) -> None:
@@ -246,7 +267,14 @@ def test_fleet_metrics_from_a_real_workers_events(project: Project) -> None:
     from taskq.metrics.fleet import FleetMetrics
 
     fleet = FleetMetrics()
-    receiver = EventReceiver(lambda: kombu.Connection(servers.REDIS_URL), fleet.observe)
+    # The events exchange is shared by everything on this Redis: only ours count.
+    ours = {f"metrics-{uuid.uuid4()}" for _ in range(8)}
+
+    def observe(event: dict[str, object]) -> None:
+        if event.get("uuid") in ours:
+            fleet.observe(event)
+
+    receiver = EventReceiver(lambda: kombu.Connection(servers.REDIS_URL), observe)
     stop = threading.Event()
     thread = threading.Thread(target=receiver.run, args=(stop, 0.1), daemon=True)
     thread.start()
@@ -254,10 +282,11 @@ def test_fleet_metrics_from_a_real_workers_events(project: Project) -> None:
     project.app.conf.task_send_sent_event = True
     proc, _ = project.worker("-P", "prefork", "-c", "2", "-E")
     try:
-        for i in range(5):
-            project.app.send_task("proj.add", (i, 1))
-        for i in range(3):
-            project.app.send_task("proj.boom", (i,))
+        ids = sorted(ours)
+        for i, task_id in enumerate(ids[:5]):
+            project.app.send_task("proj.add", (i, 1), task_id=task_id)
+        for i, task_id in enumerate(ids[5:]):
+            project.app.send_task("proj.boom", (i,), task_id=task_id)
 
         def counted() -> bool:
             found = parse(fleet.render()[0])

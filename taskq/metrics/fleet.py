@@ -10,6 +10,9 @@ Only ``task-sent`` and ``task-received`` carry the task's name, so the name (and
 the times the wait is measured from) are kept per task id until the task's final
 event, in a map of at most ``max_tracked`` tasks: past it the oldest are
 forgotten, and a later event of a forgotten task counts under ``task="unknown"``.
+The names of the last ``max_tracked`` tasks that ended are kept too, because a
+producer's ``task-sent`` comes from another sender and may arrive after the
+worker's events: it is counted, and starts nothing.
 Task names come from the network, so at most ``max_task_names`` distinct ones get
 series of their own; the rest count under ``task="other"``.
 
@@ -122,6 +125,9 @@ class FleetMetrics:
         self._waits: dict[str, Any] = {}
         self._names: set[str] = set()
         self._tasks: collections.OrderedDict[str, _Task] = collections.OrderedDict()
+        # Tasks that ended lately -> name: a producer's task-sent may arrive after the
+        # worker's events (another sender, another connection).
+        self._ended: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     # -- events --------------------------------------------------------------------------
@@ -139,7 +145,7 @@ class FleetMetrics:
         at = float(stamp) if isinstance(stamp, (int, float)) else None
         with self._lock:
             task = self._track(task_id, kind, event.get("name"))
-            name = task.name if task is not None else UNKNOWN
+            name = task.name if task is not None else self._ended.get(task_id, UNKNOWN)
             self._count(name, state)
             if task is None:
                 return
@@ -161,13 +167,16 @@ class FleetMetrics:
                 task.since = task.started = None  # a retry is received again
             if kind in _FINAL:
                 del self._tasks[task_id]
+                self._ended[task_id] = name
+                if len(self._ended) > self.max_tracked:
+                    self._ended.popitem(last=False)
 
     def _track(self, task_id: str, kind: str, name: object) -> _Task | None:
         """The task's record, made by its first event (None: a final event of a task
-        not known here)."""
+        not known here, or a ``task-sent`` that arrived after the task ended)."""
         task = self._tasks.get(task_id)
         if task is None:
-            if kind in _FINAL:
+            if kind in _FINAL or (kind == "task-sent" and task_id in self._ended):
                 return None
             task = self._tasks[task_id] = _Task(self._label(name))
             if len(self._tasks) > self.max_tracked:

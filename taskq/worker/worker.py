@@ -92,7 +92,6 @@ class Worker:
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         opts = options or WorkerOptions()
-        self._options = opts
         timing = timing or Timing()
         conf = app.conf
         self.app = app
@@ -113,6 +112,7 @@ class Worker:
         app.results.backend  # noqa: B018
         self.consumer_id = f"{self.hostname}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         self.broker: Broker = app.new_broker(self.consumer_id)
+        self._metrics_at = ("", 0)  # (host, port), when metrics are on
         self.metrics = self._metrics(opts)
         self.executor = Executor(app, self.policies, self.metrics.meter if self.metrics else None)
         self.holding = Holding(self.policies, clock)
@@ -172,7 +172,7 @@ class Worker:
                 self.events.clock,
                 verifier,
             )
-        #: Serves ``metrics`` (started by ``run``).
+        #: Serves ``metrics`` on ``_metrics_at`` (started by ``run``).
         self.metrics_server: MetricsServer | None = None
         self.ready = threading.Event()
         self._stopping = threading.Event()
@@ -194,6 +194,7 @@ class Worker:
 
         Raises:
             BrokerError: the broker stayed unreachable (``broker_connection_*``).
+            ConfigurationError: the metrics port cannot be served (in use, ...).
         """
         self.app.finalize()  # Celery's on_after_configure / on_after_finalize
         for line in self.app.conf.unimplemented():  # Celery settings taskq ignores
@@ -323,18 +324,17 @@ class Worker:
         require("--metrics-port (worker_metrics_port)")
         from taskq.metrics.worker import WorkerMetrics
 
+        self._metrics_at = (opts.metrics_host or conf.worker_metrics_host, port)
         return WorkerMetrics(self.app.tasks, self._live)
 
     def _serve_metrics(self) -> None:
         from taskq.metrics.server import MetricsServer
 
         assert self.metrics is not None
-        conf, opts = self.app.conf, self._options
-        port = opts.metrics_port if opts.metrics_port is not None else conf.worker_metrics_port
-        host = opts.metrics_host or conf.worker_metrics_host
+        host, port = self._metrics_at
         try:
             self.metrics.open()
-            self.metrics_server = MetricsServer(self.metrics.registry, host, port or 0)
+            self.metrics_server = MetricsServer(self.metrics.registry, host, port)
         except ConfigurationError:
             self.metrics.close()
             raise
