@@ -493,3 +493,17 @@ def test_redis_waiters_share_one_channel_and_wake_on_a_batch(
         assert got == dict(zip(ids, values, strict=True))
     finally:
         client.close()
+
+
+def test_store_ready_many_writes_every_result(backend: Backend, unique: str) -> None:
+    """A worker's batch (``taskq.worker.results``): each result readable after one call,
+    a key given twice keeping its last value."""
+    ids = [f"{unique}-{n}" for n in range(5)]
+    items = [
+        (task_key(tid), backend.encode(backend.state_meta(tid, "SUCCESS", n)))
+        for n, tid in enumerate(ids)
+    ]
+    items.append((task_key(ids[0]), backend.encode(backend.state_meta(ids[0], "SUCCESS", 99))))
+    backend.store_ready_many(items)
+    assert [backend.meta(tid)["result"] for tid in ids] == [99, 1, 2, 3, 4]
+    assert backend.wait_for(ids[1], timeout=5)["status"] == "SUCCESS"
