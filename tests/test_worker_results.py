@@ -70,6 +70,18 @@ def test_another_thread_flushes_at_once() -> None:
     held.close()
 
 
+def test_while_other_tasks_run_a_pool_thread_leaves_the_write_to_the_batch() -> None:
+    log: list[tuple[str, Any]] = []
+    held = HeldResults(Recording(log), delay=60)
+    held.add("k0", b"{}")
+    assert held.ack_after(request("r0", log), others_running=True)
+    assert log == []
+    held.add("k1", b"{}")
+    assert held.ack_after(request("r1", log), others_running=False)  # the last one
+    assert log == [("write", ["k0", "k1"]), ("ack", "r0"), ("ack", "r1")]
+    held.close()
+
+
 def test_what_waits_too_long_is_written_by_the_flusher() -> None:
     log: list[tuple[str, Any]] = []
     held = HeldResults(Recording(log), delay=0.01)

@@ -14,9 +14,10 @@ When a flush happens:
 - A *holding* thread (the consumer's, which runs each task itself in the solo
   pool: ``hold_here``) adds without flushing; it flushes before it fetches again
   or waits, so a batch of messages is settled in one write.
-- Any other thread (a pool's) flushes at once unless a flush is under way, whose
-  thread then takes what was added meanwhile (group commit: a write carries what
-  queued up during the previous one).
+- Any other thread (a pool's) flushes at once when no other task of the worker is
+  running, unless a flush is under way, whose thread then takes what was added
+  meanwhile (group commit: a write carries what queued up during the previous one).
+  While other tasks run, their results join the batch.
 - A flusher thread writes what waited ``delay`` seconds, so a long task run by a
   holding thread does not hold back the results of the tasks before it.
 
@@ -94,15 +95,19 @@ class HeldResults:
                     self._cond.notify()
             self._items.append((key, data))
 
-    def ack_after(self, request: Request) -> bool:
+    def ack_after(self, request: Request, others_running: bool = False) -> bool:
         """Ack ``request`` once the results held now are written: True when it was
-        taken (``flush`` acks it); False when nothing is held and the caller acks."""
+        taken (``flush`` acks it); False when nothing is held and the caller acks.
+
+        A thread that does not hold flushes now, unless ``others_running``: other
+        tasks of this worker are running, whose results may go in the same write
+        (the flusher writes within ``delay`` anyway)."""
         with self._cond:
             if not self._items and not self._busy and not self._acks:
                 return False
             self._acks.append(request)
             full = len(self._items) >= self.limit
-        if full or threading.get_ident() not in self._holders:
+        if full or not (others_running or threading.get_ident() in self._holders):
             self.flush()
         return True
 

@@ -90,7 +90,7 @@ class Settlement:
             if outcome.action is Action.ACK:
                 # After the results held before it are written, when there are any.
                 held = self._executor.held
-                if held is None or not held.ack_after(request):
+                if held is None or not held.ack_after(request, self._window.in_flight > 1):
                     request.ack()
             elif outcome.action is Action.REQUEUE:
                 request.requeue()
