@@ -507,3 +507,26 @@ def test_store_ready_many_writes_every_result(backend: Backend, unique: str) -> 
     backend.store_ready_many(items)
     assert [backend.meta(tid)["result"] for tid in ids] == [99, 1, 2, 3, 4]
     assert backend.wait_for(ids[1], timeout=5)["status"] == "SUCCESS"
+
+
+def test_redis_waiter_ignores_what_others_publish_on_the_shared_channel(
+    redis_backend: RedisBackend, redis_url: str, unique: str
+) -> None:
+    """Garbage, or another task's result announced under this key, neither ends the
+    listener nor answers the waiter: it reads its own key."""
+    client = redis.Redis.from_url(redis_url)
+    shared = f"taskq-test-{unique}:taskq-results"
+    key = f"taskq-test-{unique}:{task_key(unique)}".encode()
+    got: dict[str, Any] = {}
+    waiter = threading.Thread(target=lambda: got.update(redis_backend.wait_for(unique, 30)))
+    try:
+        waiter.start()
+        eventually(lambda: numsub(client, shared) == 1)
+        client.publish(shared, b"not a batch")
+        other = redis_backend.encode({"status": "SUCCESS", "result": "other", "task_id": "x"})
+        client.publish(shared, b"%d:%s%d:%s" % (len(key), key, len(other), other))
+        redis_backend.store(unique, "SUCCESS", "mine")
+        waiter.join(timeout=15)
+        assert got.get("result") == "mine"
+    finally:
+        client.close()

@@ -277,7 +277,9 @@ class RedisBackend(Backend):
             watch.checked = -1  # announced without its value: read the key below
         elif message is not None:
             meta = self.decode(message)
-            if meta["status"] in READY_STATES:
+            if meta.get("task_id") != task_id:  # a result of another task: read the key
+                watch.checked = -1
+            elif meta["status"] in READY_STATES:
                 return meta
         if watch.subscribed > watch.checked:
             # Read the key after each confirmed SUBSCRIBE: the first covers a result

@@ -258,7 +258,10 @@ class Listener:
             return
         if kind == b"message" and channel == self._shared:
             if self._keys:
-                self._announced(payload)
+                try:
+                    self._announced(payload)
+                except (ValueError, IndexError):  # not written by the results script
+                    log.warning("Redis results: ignored a malformed message on %r", channel)
         elif kind == b"message":
             for watch in entry.watches:
                 watch.message = payload
