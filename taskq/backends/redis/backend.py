@@ -219,9 +219,10 @@ class RedisBackend(Backend):
     ) -> dict[str, Any]:
         """Block until the task is ready; return its meta. ``interval`` is unused.
 
-        Watches the key on the shared channel (see the module doc), reads the key
-        once that watch is sure to see every batch published from then on, then
-        sleeps until a batch names the key. After ``OWN_CHANNEL_AFTER`` seconds it
+        Reads the key; if not ready, watches it on the shared channel (see the module
+        doc), reads it again once that watch is sure to see every batch published from
+        then on (at once while the channel is subscribed), then sleeps until a batch
+        names the key. After ``OWN_CHANNEL_AFTER`` seconds it
         subscribes to the key's own channel as well and reads the key again once
         that is confirmed: Celery workers publish only there.
 
@@ -229,11 +230,10 @@ class RedisBackend(Backend):
             TimeoutError: not ready within ``timeout`` seconds.
             BackendError: Redis could not be reached, or the backend was closed.
         """
+        meta = self.meta(task_id)  # most results asked for are already there
+        if meta["status"] in READY_STATES:
+            return meta
         listener = self._get_listener()
-        if not listener.subscribed_now():
-            meta = self.meta(task_id)  # most results asked for are already there
-            if meta["status"] in READY_STATES:
-                return meta
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
         key = (self._prefix + task_key(task_id)).encode()

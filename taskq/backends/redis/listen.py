@@ -144,12 +144,6 @@ class Listener:
             self._keys.setdefault(key, set()).add(watch)
         return watch
 
-    def subscribed_now(self) -> bool:
-        """Whether the shared channel is subscribed and confirmed, so a key watch
-        added now sees every batch published from now on."""
-        entry = self._channels.get(self._shared)
-        return self._anchor is not None and entry is not None and 0 < entry.sent <= entry.acked
-
     def _add(self, watch: Watch) -> Watch:
         channel = watch.channel
         with self._lock:
