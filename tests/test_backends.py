@@ -377,7 +377,8 @@ def test_redis_shares_one_pubsub_connection_between_waiters(
     eventually(lambda: all(numsub(client, ch) == 1 for ch in channels))
     local = listener_address(redis_backend)
     ours = [c for c in client.client_list(_type="pubsub") if c["addr"] == local]
-    assert len(ours) == 1 and int(ours[0]["sub"]) == len(ids)
+    # Each key's own channel, and the shared channel (taskq-results).
+    assert len(ours) == 1 and int(ours[0]["sub"]) == len(ids) + 1
     for tid in ids:
         redis_backend.store(tid, "SUCCESS", None)
     for thread in threads:
@@ -410,3 +411,122 @@ def test_redis_close_stops_waiters_and_the_backend_reopens_on_use(
     assert redis_backend.wait_for(unique, timeout=10)["result"] == 1
     timer.join()
     client.close()
+
+
+def _messages_until_marker(pubsub: Any, client: redis.Redis, marker_channel: str) -> list[Any]:
+    """Every message the pattern subscription saw before our own marker publish."""
+    client.publish(marker_channel, b"marker")
+    seen: list[Any] = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=1)
+        if message is None:
+            continue
+        if message["channel"] == marker_channel.encode():
+            return seen
+        seen.append(message)
+    raise AssertionError("the marker never arrived")
+
+
+def test_redis_results_are_published_only_where_someone_waits(
+    redis_backend: RedisBackend, redis_url: str, unique: str
+) -> None:
+    """A batch of results with nobody waiting is stored and published nowhere (a
+    pattern subscription counts as nobody in PUBSUB NUMSUB, so it sees what would be
+    sent); one with a subscriber on its key's channel (as Celery's clients wait) is
+    published there, and only there."""
+    prefix = f"taskq-test-{unique}:"
+    client = redis.Redis.from_url(redis_url)
+    spy = client.pubsub(ignore_subscribe_messages=True)
+    spy.psubscribe(f"{prefix}*")
+    waiter = client.pubsub(ignore_subscribe_messages=True)
+    try:
+        ids = [f"{unique}-{n}" for n in range(3)]
+        items = [
+            (task_key(i), redis_backend.encode({"status": "SUCCESS", "result": i})) for i in ids
+        ]
+        redis_backend.store_ready_many(items)
+        assert _messages_until_marker(spy, client, f"{prefix}marker") == []
+        assert [redis_backend.meta(i)["result"] for i in ids] == ids
+        assert 0 < client.pttl(f"{prefix}{task_key(ids[0])}") <= 300_000
+
+        watched = f"{prefix}{task_key(ids[1])}"
+        waiter.subscribe(watched)
+        eventually(lambda: numsub(client, watched) == 1)
+        redis_backend.store_ready_many(items)
+        seen = _messages_until_marker(spy, client, f"{prefix}marker")
+        assert [(m["channel"], m["data"]) for m in seen] == [(watched.encode(), items[1][1])]
+    finally:
+        spy.close()
+        waiter.close()
+        client.close()
+
+
+def test_redis_waiters_share_one_channel_and_wake_on_a_batch(
+    redis_backend: RedisBackend, redis_url: str, unique: str
+) -> None:
+    """Waiters in a process listen on the shared channel: a batch written in one call
+    wakes each of them, big values (announced without them) included."""
+    client = redis.Redis.from_url(redis_url)
+    shared = f"taskq-test-{unique}:taskq-results"
+    ids = [f"{unique}-{n}" for n in range(4)]
+    got: dict[str, Any] = {}
+    threads = [
+        threading.Thread(
+            target=lambda tid=tid: got.update({tid: redis_backend.wait_for(tid, 30)["result"]})
+        )
+        for tid in ids
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        eventually(lambda: numsub(client, shared) == 1)
+        big = "x" * 20_000  # more than INLINE_MAX: the waiter reads the key
+        values = [big if n == 0 else n for n in range(len(ids))]
+        items = [
+            (task_key(tid), redis_backend.encode({"status": "SUCCESS", "result": value}))
+            for tid, value in zip(ids, values, strict=True)
+        ]
+        redis_backend.store_ready_many(items)
+        for thread in threads:
+            thread.join(timeout=15)
+        assert got == dict(zip(ids, values, strict=True))
+    finally:
+        client.close()
+
+
+def test_store_ready_many_writes_every_result(backend: Backend, unique: str) -> None:
+    """A worker's batch (``taskq.worker.results``): each result readable after one call,
+    a key given twice keeping its last value."""
+    ids = [f"{unique}-{n}" for n in range(5)]
+    items = [
+        (task_key(tid), backend.encode(backend.state_meta(tid, "SUCCESS", n)))
+        for n, tid in enumerate(ids)
+    ]
+    items.append((task_key(ids[0]), backend.encode(backend.state_meta(ids[0], "SUCCESS", 99))))
+    backend.store_ready_many(items)
+    assert [backend.meta(tid)["result"] for tid in ids] == [99, 1, 2, 3, 4]
+    assert backend.wait_for(ids[1], timeout=5)["status"] == "SUCCESS"
+
+
+def test_redis_waiter_ignores_what_others_publish_on_the_shared_channel(
+    redis_backend: RedisBackend, redis_url: str, unique: str
+) -> None:
+    """Garbage, or another task's result announced under this key, neither ends the
+    listener nor answers the waiter: it reads its own key."""
+    client = redis.Redis.from_url(redis_url)
+    shared = f"taskq-test-{unique}:taskq-results"
+    key = f"taskq-test-{unique}:{task_key(unique)}".encode()
+    got: dict[str, Any] = {}
+    waiter = threading.Thread(target=lambda: got.update(redis_backend.wait_for(unique, 30)))
+    try:
+        waiter.start()
+        eventually(lambda: numsub(client, shared) == 1)
+        client.publish(shared, b"not a batch")
+        other = redis_backend.encode({"status": "SUCCESS", "result": "other", "task_id": "x"})
+        client.publish(shared, b"%d:%s%d:%s" % (len(key), key, len(other), other))
+        redis_backend.store(unique, "SUCCESS", "mine")
+        waiter.join(timeout=15)
+        assert got.get("result") == "mine"
+    finally:
+        client.close()

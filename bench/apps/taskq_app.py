@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from bench import counter, delay
 from bench.apps import BROKER_URL, QUEUE, RESULTS
@@ -11,7 +12,9 @@ from taskq import App
 app = App(
     "bench",
     broker=BROKER_URL,
-    backend=BROKER_URL if RESULTS else None,
+    # BENCH_RESULT_BACKEND: another result backend (e.g. db+postgresql://...) for a
+    # run by hand; bench/run always stores results in its Redis.
+    backend=(os.environ.get("BENCH_RESULT_BACKEND") or BROKER_URL) if RESULTS else None,
     task_default_queue=QUEUE,
     task_ignore_result=not RESULTS,
     broker_transport_options={"key_prefix": "taskq:"},

@@ -195,6 +195,14 @@ class Backend(abc.ABC):
         self.set(key, value, expires)
         self.publish_ready(key, value)
 
+    def set_ready_many(self, items: Sequence[tuple[str, bytes]], expires: float | None) -> None:
+        """``set_ready`` for several ``(key, value)`` pairs, in as few round trips as the
+        store allows (Redis: one script call; SQL: one transaction). The default writes
+        them one by one. Either every pair is stored or the call raises (a retry
+        writes them again: a write is idempotent)."""
+        for key, value in items:
+            self.set_ready(key, value, expires)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
@@ -251,18 +259,7 @@ class Backend(abc.ABC):
         Raises:
             BackendError: the write failed and was not retried, or retries ran out.
         """
-        meta: dict[str, Any] = {
-            "status": str(state),  # a State member or a custom state's name
-            "result": result,
-            "traceback": traceback,
-            "children": [],
-            "date_done": (
-                datetime.now(timezone.utc).isoformat() if state in READY_STATES else None
-            ),
-            "task_id": task_id,
-        }
-        if extra:
-            meta.update(extra)
+        meta = self.state_meta(task_id, state, result, traceback=traceback, extra=extra)
         data = self.encode(meta)
         key = task_key(task_id)
         if state in READY_STATES:
@@ -275,6 +272,44 @@ class Backend(abc.ABC):
         else:
             self.set(key, data, self.expires)
         return meta
+
+    def state_meta(
+        self,
+        task_id: str,
+        state: str,
+        result: Any,
+        *,
+        traceback: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The meta ``store`` writes for ``state`` (Celery's layout), not encoded yet."""
+        meta: dict[str, Any] = {
+            "status": str(state),  # a State member or a custom state's name
+            "result": result,
+            "traceback": traceback,
+            "children": [],
+            "date_done": (
+                datetime.now(timezone.utc).isoformat() if state in READY_STATES else None
+            ),
+            "task_id": task_id,
+        }
+        if extra:
+            meta.update(extra)
+        return meta
+
+    def store_ready_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Write ready states ``encode``d by the caller, as ``(task_key(id), data)``
+        pairs, with ``set_ready_many``, retried as ``store`` retries a ready state
+        (the worker's held results: ``taskq.worker.results``).
+
+        Raises:
+            BackendError: the write failed and was not retried, or retries ran out.
+        """
+        if items:
+            self._retrying(
+                f"store {len(items)} results",
+                lambda: self.set_ready_many(items, self.expires),
+            )
 
     def _ready(self, task_id: str) -> bool:
         try:

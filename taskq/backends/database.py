@@ -138,6 +138,21 @@ class DatabaseBackend(Backend):
             conn.execute(self._upsert(row, replace=True))
         self._cleanup(now)
 
+    def set_ready_many(self, items: Sequence[tuple[str, bytes]], expires: float | None) -> None:
+        """One transaction, one multi-row upsert (a worker's batch of results)."""
+        now = time.time()
+        deadline = _deadline(now, expires)
+        # The last value of a key given twice: one statement may not touch a row twice.
+        rows = [
+            {"key": key, "value": value, "expires_at": deadline}
+            for key, value in dict(items).items()
+        ]
+        if not rows:
+            return
+        with self._transaction(f"write {len(rows)} results") as conn:
+            conn.execute(self._upsert(None, replace=True), rows)
+        self._cleanup(now)
+
     def delete(self, key: str) -> None:
         t = self.table
         members = sa.and_(t.c.key >= f"{key}{_MEMBER}", t.c.key < f"{key}{_MEMBER_END}")
@@ -207,19 +222,23 @@ class DatabaseBackend(Backend):
         self._cleanup(now)
         return value
 
-    def _upsert(self, row: dict[str, Any], *, replace: bool) -> sa.Insert:
-        """INSERT ``row``; when the key exists, replace its value and expiry
-        (``replace``) or change nothing, which still locks the row."""
+    def _upsert(self, row: dict[str, Any] | None, *, replace: bool) -> sa.Insert:
+        """INSERT ``row`` (None: the rows given to ``execute``); when the key exists,
+        replace its value and expiry (``replace``) or change nothing, which still
+        locks the row."""
         t = self.table
         if self._dialect in ("mysql", "mariadb"):
-            my = mysql.insert(t).values(row)
+            my = mysql.insert(t)
+            if row is not None:
+                my = my.values(row)
             if replace:
                 return my.on_duplicate_key_update(
                     value=my.inserted.value, expires_at=my.inserted.expires_at
                 )
             return my.on_duplicate_key_update(expires_at=t.c.expires_at)
         stmt = (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(t)
-        stmt = stmt.values(row)
+        if row is not None:
+            stmt = stmt.values(row)
         update = (
             {"value": stmt.excluded.value, "expires_at": stmt.excluded.expires_at}
             if replace

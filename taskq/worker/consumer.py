@@ -113,10 +113,14 @@ class Consumer:
         """Consume until ``stopping`` is set (or, with ``burst``, until the queues and
         this worker are empty). What was fetched when the stop came goes back."""
         backoff = 0.1
+        self._settlement.hold_here()
         while not stopping.is_set():
             while self._changes:  # remote control's (add_queue, cancel_queue)
                 self._changes.popleft()()
             self._start_all(self._released())
+            # Results of the tasks run on this thread (solo), then their acks, before
+            # fetching or waiting: one write for the batch (taskq.worker.results).
+            self._settlement.flush_held()
             free = self._window.free(self._holding.parked)
             if free <= 0:
                 self._window.wait(min(0.5, self._wait(False)))

@@ -42,7 +42,7 @@ from taskq.errors import (
     TaskRevokedError,
 )
 from taskq.message import new_id
-from taskq.result import READY_STATES, State, exception_to_dict
+from taskq.result import READY_STATES, State, exception_to_dict, task_key
 from taskq.worker.limits import enforced
 from taskq.worker.policy import Policies
 
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from taskq.config import Settings
     from taskq.metrics.worker import WorkerMeter
     from taskq.task import Task
+    from taskq.worker.results import HeldResults
 
 log = logging.getLogger("taskq.worker")
 
@@ -160,9 +161,14 @@ class Executor:
         self.results: ResultStore = app.results
         self.policies = policies
         self.meter = meter
+        #: Where plain SUCCESS results wait to be written in a batch with others
+        #: (``taskq.worker.results``); None: each is written at once.
+        self.held: HeldResults | None = None
 
     def reset_connections(self) -> None:
-        """Forget inherited connections (in a forked child): see ``App.reset_connections``."""
+        """Forget inherited connections (in a forked child): see ``App.reset_connections``.
+        A child writes its results itself: the parent's held results are not its own."""
+        self.held = None
         self.app.reset_connections()
 
     def execute(self, ctx: Context, *, inline_hard_limit: bool = True) -> Outcome:
@@ -236,9 +242,13 @@ class Executor:
                     traced.runtime,
                     _short(traced.value),
                 )
+            workflow = ctx.chain or ctx.callbacks or ctx.chord
             if not self.policies[name].ignores_result(ctx.ignore_result, self.conf):
-                self.store(task, ctx, State.SUCCESS, traced.value, runtime=traced.runtime)
-            if ctx.chain or ctx.callbacks or ctx.chord:  # else the workflow has nothing to do
+                if self.held is None or workflow:  # what runs next may read it: now
+                    self.store(task, ctx, State.SUCCESS, traced.value, runtime=traced.runtime)
+                else:
+                    self._hold(task, ctx, traced)
+            if workflow:  # else the workflow has nothing to do
                 canvas.on_success(self.app, ctx, traced.value)
         elif traced.state == State.RETRY:
             log.info("Task %s[%s] retry: %s", name, task_id, traced.value)
@@ -294,16 +304,7 @@ class Executor:
         if backend is None or ctx.id is None:
             return
         result = exception_to_dict(value) if isinstance(value, BaseException) else value
-        extra: dict[str, Any] = {"worker": ctx.hostname, "retries": ctx.retries}
-        if runtime is not None:
-            extra["runtime"] = runtime
-        if self.conf.result_extended:
-            extra.update(
-                name=ctx.task,
-                args=list(ctx.args),
-                kwargs=ctx.kwargs,
-                queue=ctx.delivery_info.get("routing_key"),
-            )
+        extra = self._extra(ctx, runtime)
         try:
             try:
                 backend.store(ctx.id, state, result, traceback=traceback, extra=extra)
@@ -316,6 +317,36 @@ class Executor:
                 backend.store(ctx.id, State.FAILURE, exception_to_dict(error), extra=extra)
         except BackendError as exc:
             log.error("Could not store %s for task %s: %s", state, ctx.id, exc)
+
+    def _extra(self, ctx: Context, runtime: float | None) -> dict[str, Any]:
+        """The meta fields a worker adds to what it stores."""
+        extra: dict[str, Any] = {"worker": ctx.hostname, "retries": ctx.retries}
+        if runtime is not None:
+            extra["runtime"] = runtime
+        if self.conf.result_extended:
+            extra.update(
+                name=ctx.task,
+                args=list(ctx.args),
+                kwargs=ctx.kwargs,
+                queue=ctx.delivery_info.get("routing_key"),
+            )
+        return extra
+
+    def _hold(self, task: Task[Any, Any], ctx: Context, traced: Traced) -> None:
+        """Encode a SUCCESS and hand it to ``held``: written with others, before the
+        message is acked (``taskq.worker.results``)."""
+        backend, held = self.results.backend, self.held
+        if backend is None or held is None or ctx.id is None:
+            return
+        meta = backend.state_meta(
+            ctx.id, State.SUCCESS, traced.value, extra=self._extra(ctx, traced.runtime)
+        )
+        try:
+            data = backend.encode(meta)
+        except (TypeError, ValueError):  # ``store`` records why, as a FAILURE
+            self.store(task, ctx, State.SUCCESS, traced.value, runtime=traced.runtime)
+            return
+        held.add(task_key(ctx.id), data)
 
     def run_eager(
         self,

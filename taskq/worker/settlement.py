@@ -96,7 +96,10 @@ class Settlement:
         (acked at start, or given back by a cold shutdown) stays as it is."""
         try:
             if outcome.action is Action.ACK:
-                request.ack()
+                # After the results held before it are written, when there are any.
+                held = self._executor.held
+                if held is None or not held.ack_after(request, self._window.in_flight > 1):
+                    request.ack()
             elif outcome.action is Action.REQUEUE:
                 request.requeue()
             elif outcome.action is Action.DEAD_LETTER:
@@ -116,6 +119,25 @@ class Settlement:
                 with self._lock:
                     self._totals[request.name] += 1
             self._window.settled(self._parked())
+
+    def hold_here(self) -> None:
+        """Results of tasks run on the calling thread wait for its ``flush_held``
+        (``HeldResults.hold_here``): the consumer's thread, which runs the solo pool."""
+        held = self._executor.held
+        if held is not None:
+            held.hold_here()
+
+    def flush_held(self) -> None:
+        """Write the results held now, then ack their messages (``HeldResults.flush``)."""
+        held = self._executor.held
+        if held is not None and (len(held) or held.waiting_acks()):
+            held.flush()
+
+    def close(self) -> None:
+        """Write what is held and ack it: before the broker closes."""
+        held = self._executor.held
+        if held is not None:
+            held.close()
 
     def worker_lost(self, request: Request, reason: str) -> None:
         """The process running the task died. Redeliver it (counting the attempt, so a

@@ -3,6 +3,7 @@
 A ``Worker`` composes, in its constructor: each task's ``Policy``, the
 ``Executor`` (runs one task, records its outcome), the pool (where tasks run),
 the ``Settlement`` (the pool's ``done``: ack, requeue, dead-letter, redeliver), the
+``HeldResults`` (results written in batches, each before its messages' acks), the
 ``Window`` (how many messages may be leased), the ``Holding`` area (ETA and
 rate-limited requests) and the ``Consumer`` (fetch, decode, start or hold). Two
 background threads keep this worker's leases alive (heartbeat) and terminate
@@ -57,6 +58,7 @@ from taskq.worker.pools import make_pool
 from taskq.worker.pools.base import Pool
 from taskq.worker.remote import RemoteHandle
 from taskq.worker.request import Request
+from taskq.worker.results import HeldResults
 from taskq.worker.settlement import Settlement
 from taskq.worker.timing import SYSTEM_CLOCK, Clock, Timing
 from taskq.worker.window import Window
@@ -115,6 +117,10 @@ class Worker:
         self._metrics_at = ("", 0)  # (host, port), when metrics are on
         self.metrics = self._metrics(opts)
         self.executor = Executor(app, self.policies, self.metrics.meter if self.metrics else None)
+        backend = app.results.backend
+        if backend is not None:
+            # Results written in batches, each before the acks of its messages.
+            self.executor.held = HeldResults(backend)
         self.holding = Holding(self.policies, clock)
         settings = pool_settings(app, opts)
         multiplier = opts.prefetch_multiplier or conf.worker_prefetch_multiplier
@@ -405,6 +411,7 @@ class Worker:
             log.warning("Giving back %d task(s) still running", len(running))
         self.pool.stop()
         self._give_back(running, "running")
+        self.settlement.close()  # held results written and their messages acked
         self._closed.set()
         if self._keeper is not None:
             self._keeper.stop()

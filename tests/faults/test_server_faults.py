@@ -80,7 +80,8 @@ def resume_times(
 ) -> dict[int, float]:
     """Per worker pid: seconds from ``since`` to its first start of a task that was
     published after ``since`` (so fetched after the fault)."""
-    fresh = {i for i, t in publisher.published.items() if t > since}
+    # A copy (one C call, atomic under the GIL): the publisher thread adds meanwhile.
+    fresh = {i for i, t in publisher.published.copy().items() if t > since}
     first: dict[int, float] = {}
     for e in events:
         if e.event == "start" and e.id in fresh and e.pid in pids and e.pid not in first:

@@ -1,11 +1,21 @@
 """The Redis result backend.
 
-Keys and channels follow Celery's Redis backend: a ready state is stored with
-SET and published on a channel named after its key, in one round trip, so Celery
-clients waiting on taskq results are woken, and the other way round.
+Keys and channels follow Celery's Redis backend: a ready state is stored with SET
+under ``celery-task-meta-<id>``, and whoever waits on the channel named after that
+key (Celery's clients, taskq's after a while: see ``wait_for``) is sent it there,
+so Celery clients waiting on taskq results are woken, and the other way round.
+
+Ready states are written by one script call (``RESULTS``), for one result or a
+worker's batch of them: the SETs, then ``PUBSUB NUMSUB`` of their channels and of
+the shared channel ``taskq-results``, then a PUBLISH only where someone listens:
+the key's own channel for each result with a subscriber, and one message listing
+the batch on the shared channel. Nothing is published when nobody waits.
 
 ``wait_for`` does not poll: every waiter in the process shares one pub/sub
-connection (``taskq.backends.redis.listen``), read by one daemon thread.
+connection (``taskq.backends.redis.listen``) subscribed to the shared channel
+while anyone waits, so a waiter costs no SUBSCRIBE; it subscribes to its key's
+own channel too only after ``OWN_CHANNEL_AFTER`` seconds, so results written by
+Celery workers (which publish only there) wake it as well.
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
@@ -24,7 +34,7 @@ from redis import exceptions as redis_errors
 
 from taskq.backends.base import Backend, not_ready_error
 from taskq.backends.redis.chord import RedisChords
-from taskq.backends.redis.listen import Connection, Listener, Watch
+from taskq.backends.redis.listen import READY_UNREAD, Connection, Listener, Watch
 from taskq.errors import BackendError
 from taskq.redisclient.client import connection_pool, millis, translate
 from taskq.redisclient.line import Line
@@ -33,6 +43,51 @@ from taskq.result import READY_STATES, task_key
 from taskq.urls import mask_url
 
 log = logging.getLogger(__name__)
+
+#: The channel a batch of ready states is announced on (after the key prefix).
+SHARED_CHANNEL = "taskq-results"
+#: Values up to this size travel in the shared message; a waiter reads bigger ones.
+INLINE_MAX = 16384
+#: Results one script call writes at most (Lua's ``unpack`` has a stack limit).
+BATCH_MAX = 500
+#: Seconds a waiter listens on the shared channel alone before subscribing to its
+#: key's own channel too (where Celery workers publish).
+OWN_CHANNEL_AFTER = 0.01
+
+# KEYS: result keys. ARGV: expiry in ms (0: none), the shared channel, INLINE_MAX,
+# then one value per key. Each value is SET, then published on its key's channel if
+# that has subscribers; the shared channel, if it has any, gets one message:
+# "<len>:<key><len>:<value>" per result, the value left out (length 0) when bigger
+# than INLINE_MAX.
+RESULTS = """
+local px = tonumber(ARGV[1])
+local n = #KEYS
+for i = 1, n do
+  if px > 0 then
+    redis.call('SET', KEYS[i], ARGV[3 + i], 'PX', px)
+  else
+    redis.call('SET', KEYS[i], ARGV[3 + i])
+  end
+end
+local subs = redis.call('PUBSUB', 'NUMSUB', ARGV[2], unpack(KEYS))
+local shared = tonumber(subs[2]) > 0
+local limit = tonumber(ARGV[3])
+local parts = {}
+for i = 1, n do
+  local value = ARGV[3 + i]
+  if tonumber(subs[2 * i + 2]) > 0 then
+    redis.call('PUBLISH', KEYS[i], value)
+  end
+  if shared then
+    if #value > limit then value = '' end
+    parts[#parts + 1] = #KEYS[i] .. ':' .. KEYS[i] .. #value .. ':' .. value
+  end
+end
+if shared then
+  redis.call('PUBLISH', ARGV[2], table.concat(parts))
+end
+return n
+"""
 
 
 @dataclass(frozen=True)
@@ -71,6 +126,8 @@ class RedisBackend(Backend):
         # The worker's per-task reads and writes skip redis-py's per-command layers
         # when the line is free (see taskq.redisclient.line).
         self._line = Line(self._client)
+        self._results = self._client.register_script(RESULTS)
+        self._shared = self._prefix + SHARED_CHANNEL
         self._listener: Listener | None = None
         self._listener_lock = threading.Lock()
         # Chords in Celery's keys: Celery and taskq workers share them.
@@ -123,24 +180,29 @@ class RedisBackend(Backend):
             self._client.publish(self._prefix + key, value)
 
     def set_ready(self, key: str, value: bytes, expires: float | None) -> None:
-        # SET and PUBLISH in one round trip, as Celery's Redis backend does.
-        name = self._prefix + key
-        write = (
-            ("SET", name, value) if expires is None else ("SET", name, value, "PX", millis(expires))
-        )
-        with self._translate(f"write {key!r}"), self._line.take() as line:
-            if line is None:
-                pipe = self._client.pipeline(transaction=True)
-                queue: Callable[..., Any] = pipe.execute_command  # untyped in redis-py
-                queue(*write)
-                pipe.publish(name, value)
-                pipe.execute()
-                return
-            replies = line.call_many([("MULTI",), write, ("PUBLISH", name, value), ("EXEC",)])
-            done = replies[-1]  # EXEC: the replies of SET and PUBLISH, or an error
-            for reply in [*replies[:-1], *(done if isinstance(done, list) else [done])]:
-                if isinstance(reply, Exception):
-                    raise reply
+        self.set_ready_many([(key, value)], expires)
+
+    def set_ready_many(self, items: Sequence[tuple[str, bytes]], expires: float | None) -> None:
+        # One script call a chunk: the SETs, and a PUBLISH only where someone waits
+        # (see the module doc and ``RESULTS``).
+        px = 0 if expires is None else millis(expires)
+        what = f"write {items[0][0]!r}" if len(items) == 1 else f"write {len(items)} results"
+        with self._translate(what):
+            for start in range(0, len(items), BATCH_MAX):
+                chunk = items[start : start + BATCH_MAX]
+                keys = [self._prefix + key for key, _ in chunk]
+                args = [px, self._shared, INLINE_MAX, *(value for _, value in chunk)]
+                self._run_results(keys, args)
+
+    def _run_results(self, keys: list[str], args: list[Any]) -> None:
+        with self._line.take() as line:
+            if line is not None:
+                try:
+                    line.call("EVALSHA", self._results.sha, len(keys), *keys, *args)
+                    return
+                except redis_errors.NoScriptError:  # Redis restarted or flushed its scripts
+                    pass
+            self._results(keys, args)
 
     def close(self) -> None:
         with self._listener_lock:
@@ -157,8 +219,12 @@ class RedisBackend(Backend):
     ) -> dict[str, Any]:
         """Block until the task is ready; return its meta. ``interval`` is unused.
 
-        Subscribes to the task's channel, then reads its key, then sleeps until a
-        message arrives, so a result stored between the two steps is not missed.
+        Reads the key; if not ready, watches it on the shared channel (see the module
+        doc), reads it again once that watch is sure to see every batch published from
+        then on (at once while the channel is subscribed), then sleeps until a batch
+        names the key. After ``OWN_CHANNEL_AFTER`` seconds it
+        subscribes to the key's own channel as well and reads the key again once
+        that is confirmed: Celery workers publish only there.
 
         Raises:
             TimeoutError: not ready within ``timeout`` seconds.
@@ -167,22 +233,37 @@ class RedisBackend(Backend):
         meta = self.meta(task_id)  # most results asked for are already there
         if meta["status"] in READY_STATES:
             return meta
-        deadline = None if timeout is None else time.monotonic() + timeout
         listener = self._get_listener()
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
+        key = (self._prefix + task_key(task_id)).encode()
         with self._translate("subscribe to results"):
-            watch = listener.watch((self._prefix + task_key(task_id)).encode())
+            watch = listener.watch_key(key)
+        own: Watch | None = None
         try:
             while True:
                 watch.changed.clear()
                 ready = self._check(watch, task_id)
+                if ready is None and own is not None:
+                    ready = self._check(own, task_id)
                 if ready is not None:
                     return ready
-                remaining = None if deadline is None else deadline - time.monotonic()
+                now = time.monotonic()
+                remaining = None if deadline is None else deadline - now
                 if remaining is not None and remaining <= 0:
                     raise not_ready_error(task_id, timeout)
+                if own is None:
+                    later = start + OWN_CHANNEL_AFTER - now
+                    if later <= 0:
+                        with self._translate("subscribe to results"):
+                            own = listener.watch(key, watch.changed)
+                        continue
+                    remaining = later if remaining is None else min(remaining, later)
                 watch.changed.wait(remaining)
         finally:
             listener.unwatch(watch)
+            if own is not None:
+                listener.unwatch(own)
 
     def _check(self, watch: Watch, task_id: str) -> dict[str, Any] | None:
         """The ready meta a watch has seen or can now read, else None."""
@@ -191,9 +272,14 @@ class RedisBackend(Backend):
                 f"Redis result backend {mask_url(self.url)} was closed while waiting "
                 f"for task {task_id}."
             )
-        if watch.message is not None:
-            meta = self.decode(watch.message)
-            if meta["status"] in READY_STATES:
+        message, watch.message = watch.message, None
+        if message == READY_UNREAD:
+            watch.checked = -1  # announced without its value: read the key below
+        elif message is not None:
+            meta = self.decode(message)
+            if meta.get("task_id") != task_id:  # a result of another task: read the key
+                watch.checked = -1
+            elif meta["status"] in READY_STATES:
                 return meta
         if watch.subscribed > watch.checked:
             # Read the key after each confirmed SUBSCRIBE: the first covers a result
@@ -208,7 +294,7 @@ class RedisBackend(Backend):
         with self._listener_lock:
             # A forked child must not share its parent's socket or thread.
             if self._listener is None or self._listener.pid != os.getpid():
-                self._listener = Listener(self._new_connection)
+                self._listener = Listener(self._new_connection, self._shared.encode())
             return self._listener
 
     def _new_connection(self) -> Connection:

@@ -1,5 +1,12 @@
 """The Redis result backend's shared pub/sub connection: every ``wait_for`` in a
-process subscribes through one connection, read by one daemon thread."""
+process subscribes through one connection, read by one daemon thread.
+
+Two kinds of watch: one on a channel of its own (``watch``: the key's channel, as
+Celery clients wait), and one on a key announced on the shared channel
+(``watch_key``: the batches the backend's ``RESULTS`` script publishes there). The
+shared channel stays subscribed while anyone watches a key and ``LINGER`` seconds
+after, so a process that waits on result after result subscribes once.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +30,11 @@ _TICK = 1.0
 # (a half-open TCP connection would otherwise leave every waiter asleep until its timeout).
 _PING_AFTER = 30.0
 _BACKOFF_MIN, _BACKOFF_MAX = 0.1, 5.0
+#: Seconds the shared channel stays subscribed after its last key watch ended.
+LINGER = 5.0
+#: What ``Watch.message`` holds when the shared channel said the key is ready
+#: without its value (too big to travel there): the waiter reads the key.
+READY_UNREAD = b""
 
 
 class Connection(Protocol):
@@ -43,9 +55,13 @@ class Watch:
     The listener updates the fields under its lock, then sets ``changed``.
     """
 
-    def __init__(self, channel: bytes) -> None:
+    def __init__(
+        self, channel: bytes, key: bytes | None = None, changed: threading.Event | None = None
+    ) -> None:
         self.channel = channel
-        self.changed = threading.Event()
+        #: The key watched on the shared channel (None: a watch of ``channel`` itself).
+        self.key = key
+        self.changed = changed if changed is not None else threading.Event()
         self.need = 0  # the channel's SUBSCRIBE count whose confirmation makes us subscribed
         self.subscribed = 0  # confirmations seen (one per connection)
         self.checked = 0  # confirmations after which the waiter has read the key
@@ -74,11 +90,17 @@ class Listener:
     Connections are never reused: a stale one is only ever disconnected.
     """
 
-    def __init__(self, new_connection: Callable[[], Connection]) -> None:
+    def __init__(
+        self, new_connection: Callable[[], Connection], shared: bytes = b"taskq-results"
+    ) -> None:
         self.pid = os.getpid()
         self._new_connection = new_connection
         self._lock = threading.Lock()
         self._channels: dict[bytes, _Channel] = {}
+        self._shared = shared
+        self._keys: dict[bytes, set[Watch]] = {}  # key watches on the shared channel
+        self._anchor: Watch | None = None  # keeps the shared channel subscribed (LINGER)
+        self._last_key_watch = 0.0  # monotonic: when the last key watch ended
         self._conn: Connection | None = None
         self._generation = 0  # bumped on every new connection
         self._thread: threading.Thread | None = None
@@ -87,13 +109,43 @@ class Listener:
         self._heard = 0.0
         self._pinged = False
 
-    def watch(self, channel: bytes) -> Watch:
-        """Subscribe a new watch to ``channel``.
+    def watch(self, channel: bytes, changed: threading.Event | None = None) -> Watch:
+        """Subscribe a new watch to ``channel`` (``changed``: an event to share with
+        another watch of the same waiter).
 
         Raises:
             redis.RedisError: Redis could not be reached.
         """
-        watch = Watch(channel)
+        return self._add(Watch(channel, None, changed))
+
+    def watch_key(self, key: bytes) -> Watch:
+        """A new watch of ``key`` on the shared channel: ``message`` is the key's value
+        (or ``READY_UNREAD``) once a batch naming it is published. Costs Redis nothing
+        while the shared channel is subscribed (``subscribed`` is then 1 at once).
+
+        Raises:
+            redis.RedisError: Redis could not be reached.
+        """
+        with self._lock:
+            if self._anchor is None and not self._closed:
+                self._anchor = Watch(self._shared)
+                anchor = self._anchor
+            else:
+                anchor = None
+        if anchor is not None:
+            try:
+                self._add(anchor)
+            except Exception:
+                with self._lock:
+                    self._anchor = None
+                raise
+        watch = self._add(Watch(self._shared, key))
+        with self._lock:
+            self._keys.setdefault(key, set()).add(watch)
+        return watch
+
+    def _add(self, watch: Watch) -> Watch:
+        channel = watch.channel
         with self._lock:
             if self._closed:
                 raise redis_errors.ConnectionError("the backend was closed")
@@ -138,6 +190,14 @@ class Listener:
     # -- the caller holds the lock ---------------------------------------------------
 
     def _unwatch(self, watch: Watch) -> None:
+        if watch.key is not None:
+            watches = self._keys.get(watch.key)
+            if watches is not None:
+                watches.discard(watch)
+                if not watches:
+                    del self._keys[watch.key]
+                    if not self._keys:
+                        self._last_key_watch = time.monotonic()
         entry = self._channels.get(watch.channel)
         if entry is None or watch not in entry.watches:
             return
@@ -190,7 +250,13 @@ class Listener:
         entry = self._channels.get(channel)
         if entry is None:
             return
-        if kind == b"message":
+        if kind == b"message" and channel == self._shared:
+            if self._keys:
+                try:
+                    self._announced(payload)
+                except (ValueError, IndexError):  # not written by the results script
+                    log.warning("Redis results: ignored a malformed message on %r", channel)
+        elif kind == b"message":
             for watch in entry.watches:
                 watch.message = payload
                 watch.changed.set()
@@ -202,6 +268,33 @@ class Listener:
                     watch.changed.set()
             if not entry.watches and entry.acked >= entry.sent:
                 del self._channels[channel]
+
+    def _announced(self, payload: bytes) -> None:
+        """Wake the key watches a shared-channel batch names: ``<len>:<key><len>:<value>``
+        per result (see the backend's ``RESULTS`` script)."""
+        keys, pos, end = self._keys, 0, len(payload)
+        while pos < end:
+            colon = payload.index(b":", pos)
+            start = colon + 1
+            key = payload[start : start + int(payload[pos:colon])]
+            colon = payload.index(b":", start + len(key))
+            pos = colon + 1 + int(payload[start + len(key) : colon])
+            watches = keys.get(key)
+            if watches:
+                value = payload[colon + 1 : pos]
+                for watch in watches:
+                    watch.message = value
+                    watch.changed.set()
+
+    def _linger(self) -> None:
+        """Unsubscribe the shared channel once nobody watched a key for ``LINGER`` s."""
+        if self._anchor is None or self._keys:
+            return
+        if time.monotonic() - self._last_key_watch > LINGER:
+            with self._lock:
+                if self._anchor is not None and not self._keys:
+                    anchor, self._anchor = self._anchor, None
+                    self._unwatch(anchor)
 
     # -- the listener thread ---------------------------------------------------------
 
@@ -224,6 +317,7 @@ class Listener:
                 self._wake.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
+            self._linger()
             try:
                 self._read(conn, generation)
             except Exception as exc:
