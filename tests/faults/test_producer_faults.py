@@ -16,7 +16,7 @@ import pytest
 
 from taskq import App
 from taskq.broker.amqp.broker import KombuBroker
-from taskq.errors import BrokerError
+from taskq.errors import BrokerError, MessageRefused
 from taskq.message import Envelope
 from tests import servers
 from tests.faults.cluster import AMQP_URL, delete_amqp
@@ -38,10 +38,8 @@ def test_rabbitmq_publishes_are_confirmed(amqp_queue: str) -> None:
     broker = KombuBroker(AMQP_URL, consumer_id="p")
     try:
         broker.publish(Envelope(b"[[], {}, {}]", "application/json"), amqp_queue)
-        channel = broker._producer.channel  # type: ignore[union-attr]
-        # py-amqp swaps basic_publish for the confirming one when confirm_publish is on.
-        assert channel._confirm_selected
-        assert channel.basic_publish.__name__ == "basic_publish_confirm"
+        assert broker._unconfirmed._seq == 1  # confirm mode numbers what it publishes
+        assert broker.unconfirmed == 0  # the default: each publish waited for its own
     finally:
         broker.close()
 
@@ -52,12 +50,26 @@ def test_a_refused_publish_raises_after_the_retry_policy(amqp_queue: str) -> Non
     policy = ["rabbitmqctl", "set_policy", "--apply-to", "queues", amqp_queue, f"^{amqp_queue}$"]
     limits = '{"max-length": 0, "overflow": "reject-publish"}'
     subprocess.run([*policy, limits], check=True, capture_output=True, timeout=30)
-    app = App("p", broker=AMQP_URL, task_publish_retry_policy=NO_WAIT)
+    waiting = {"publish_confirms": "wait"}
+    app = App(
+        "p",
+        broker=AMQP_URL,
+        task_publish_retry_policy=NO_WAIT,
+        broker_transport_options=waiting,
+    )
+    pipelined = App("p", broker=AMQP_URL, task_publish_retry_policy=NO_WAIT)
     try:
         with pytest.raises(BrokerError, match=r"after 3 attempt\(s\).*refused the message"):
             app.send_task("faults.work", queue=amqp_queue)
+        # delay() returned before the confirm: the refusal surfaces at the next call or
+        # flush, naming the task, and is not retried (it was another call's message).
+        pipelined.send_task("faults.work", queue=amqp_queue, task_id="refused-1")
+        with pytest.raises(MessageRefused, match="refused 1 message.*refused-1"):
+            pipelined.producer.flush()
+        pipelined.producer.flush()  # reported once
     finally:
         app.close()
+        pipelined.close()
         subprocess.run(["rabbitmqctl", "clear_policy", amqp_queue], check=True, capture_output=True)
 
 
