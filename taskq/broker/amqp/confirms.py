@@ -28,6 +28,7 @@ class Unconfirmed:
 
     def __init__(self) -> None:
         self._seq = 0
+        self._progress = 0.0  # when the last confirm came (monotonic)
         self._waiting: collections.OrderedDict[int, tuple[float, Any]] = collections.OrderedDict()
         #: Messages the broker refused (a nack), waiting to be reported.
         self.refused: list[Any] = []
@@ -44,11 +45,13 @@ class Unconfirmed:
     def waiting_for(self, seq: int) -> bool:
         return seq in self._waiting
 
-    def oldest(self) -> float | None:
-        """When the oldest unconfirmed message was published (monotonic), or None."""
+    def stalled_since(self) -> float | None:
+        """Since when (monotonic) the broker has confirmed nothing while messages
+        waited: the later of the last confirm and the oldest message's publish. None
+        when none waits. A broker that confirms slowly but steadily is not stalled."""
         if not self._waiting:
             return None
-        return self._waiting[next(iter(self._waiting))][0]
+        return max(self._progress, self._waiting[next(iter(self._waiting))][0])
 
     def on_ack(self, tag: int, multiple: bool) -> None:
         self._settle(tag, multiple, None)
@@ -57,6 +60,7 @@ class Unconfirmed:
         self._settle(tag, multiple, self.refused)
 
     def _settle(self, tag: int, multiple: bool, into: list[Any] | None) -> None:
+        self._progress = time.monotonic()
         waiting = self._waiting
         if not multiple:
             entry = waiting.pop(tag, None)
@@ -70,6 +74,16 @@ class Unconfirmed:
             _, (_, item) = waiting.popitem(last=False)
             if into is not None:
                 into.append(item)
+
+    def forget_from(self, seq: int) -> None:
+        """Drop messages ``seq`` and after: a batch whose publish raised (its caller
+        sends it again), so the next connection does not send them a second time."""
+        for number in [n for n in self._waiting if n >= seq]:
+            del self._waiting[number]
+
+    @property
+    def next_seq(self) -> int:
+        return self._seq + 1
 
     def reset(self) -> list[Any]:
         """The channel is gone: every unconfirmed message, in publish order, and a
