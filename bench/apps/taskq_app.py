@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 
 from bench import counter, delay
-from bench.apps import BROKER_URL, QUEUE, RESULTS
+from bench.apps import BACKEND_URL, BROKER_URL, QUEUE, RESULTS
 from taskq import App
 
 app = App(
     "bench",
     broker=BROKER_URL,
-    backend=BROKER_URL if RESULTS else None,
+    backend=BACKEND_URL if RESULTS else None,
     task_default_queue=QUEUE,
     task_ignore_result=not RESULTS,
-    broker_transport_options={"key_prefix": "taskq:"},
+    broker_transport_options={"key_prefix": "taskq:"} if BROKER_URL.startswith("redis") else {},
 )
 
 

@@ -91,11 +91,24 @@ def _item(value: Any, out: list[bytes]) -> None:
         out.append(serialization.dumps("F", [{"": value}])[4 + 1 :])
 
 
+#: Encoded header names: the same twenty-odd on every task message.
+_KEYS: dict[str, bytes] = {}
+
+
+def _key(name: str) -> bytes:
+    data = _KEYS.get(name)
+    if data is None:
+        data = _short(name)
+        if len(_KEYS) < 4096:  # bounded: names are few, but come from callers
+            _KEYS[name] = data
+    return data
+
+
 def _table(table: Mapping[str, Any]) -> bytes:
     """A field table: its size, then each key (short string), type and value."""
     out: list[bytes] = []
     for key, value in table.items():
-        out.append(_short(key))
+        out.append(_key(key))
         _item(value, out)
     data = b"".join(out)
     return _LONG.pack(len(data)) + data
