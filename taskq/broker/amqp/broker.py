@@ -266,6 +266,9 @@ class KombuBroker(Broker):
         confirms (one round trip for the batch: stored when this returns), or, with
         ``publish_confirms="pipelined"``, read those that came and return, as
         ``publish`` does."""
+        if not self._confirms:  # memory:// and the like: one at a time
+            super().publish_many(items)
+            return
         with self._publish_lock:
             self._guard(lambda: self._publish_all(items))
 
