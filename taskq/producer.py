@@ -194,8 +194,16 @@ class Producer:
                 (``MessageRefused``: the broker refused some).
         """
         broker = self._broker
-        if broker is not None:
-            self._with_retries(lambda b: b.flush(), lambda: "unconfirmed messages", None, None)
+        if broker is None:
+            return
+        try:  # the worker asks after every task: mostly there is nothing to wait for
+            broker.flush()
+            return
+        except MessageRefused:
+            raise
+        except BrokerError:
+            pass
+        self._with_retries(lambda b: b.flush(), lambda: "unconfirmed messages", None, None)
 
     def close(self) -> None:
         """Close the connection; the next send opens a new one."""

@@ -62,6 +62,11 @@ BASE_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, OperationalE
 _ACK, _REQUEUE = "ack", "requeue"
 #: ``publish_confirms``: wait for each confirm, or collect them as they come.
 CONFIRM_MODES = ("wait", "pipelined")
+#: A pipelined publish reads the confirms that came (and so notices a connection
+#: the server closed) unless it is in a burst: the previous read was less than
+#: _POLL_GAP seconds ago and this is not the _POLL_EVERY-th publish. A read that
+#: finds nothing still costs a system call; the confirms keep meanwhile.
+_POLL_EVERY, _POLL_GAP = 16, 0.005
 _DRAIN_SLICE = 0.05
 
 DEAD_LETTER_QUEUE = "taskq.dead_letters"
@@ -109,6 +114,7 @@ class KombuBroker(Broker):
                 "docs/reliability.md)."
             )
         self._max_unconfirmed = max(1, int(self.options.pop("max_unconfirmed", None) or 2000))
+        self._polled = 0.0  # when a pipelined publish last read the confirms
         # taskq reads the confirms itself (``confirms``): py-amqp's own waits for each.
         self.options.pop("confirm_publish", None)
         self._transport_options = dict(self.options)
@@ -315,6 +321,10 @@ class KombuBroker(Broker):
             self._collect(until=lambda: not self._unconfirmed.waiting_for(seq))
             self._raise_refused()
             return
+        now = time.monotonic()
+        if seq % _POLL_EVERY and now - self._polled < _POLL_GAP:
+            return  # in a burst of publishes: read the confirms at the 16th
+        self._polled = now
         try:  # read the confirms that came, without waiting for any
             self._collect(until=None)
         except self._errors as exc:
@@ -483,9 +493,16 @@ class KombuBroker(Broker):
                     drain(timeout=min(left, _DRAIN_SLICE))
                 self._flush()
             # Then whatever else has arrived already, without waiting.
-            with contextlib.suppress(TimeoutError):
-                while 0 < len(self._buffer) < max_count:
-                    drain(timeout=0)
+            if self._buffer:
+                buffer = self._buffer
+                if self._confirms:
+                    reader.drain_ready(
+                        self._consume_conn.connection, lambda: len(buffer) < max_count
+                    )
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        while len(buffer) < max_count:
+                            drain(timeout=0)
         except self._errors as exc:
             self._drop_consumer()
             raise BrokerError(

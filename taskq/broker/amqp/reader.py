@@ -19,11 +19,12 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from amqp.exceptions import UnexpectedFrame
 
-__all__ = ["buffer_reads"]
+__all__ = ["buffer_reads", "drain_ready"]
 
 _HEAD = struct.Struct(">BHI")
 _CHUNK = 65536
@@ -57,6 +58,14 @@ class _FrameReader:
                 raise OSError("Server unexpectedly closed connection")
             buf += chunk
 
+    def ready(self) -> bool:
+        """Whether a whole frame is buffered (reading it makes no system call)."""
+        have = len(self._buf) - self._pos
+        if have < 7:
+            return False
+        size: int = _HEAD.unpack_from(self._buf, self._pos)[2]
+        return have >= 7 + size + 1
+
     def read_frame(self) -> tuple[int, int, bytes]:
         self._fill(7)
         kind, channel, size = _HEAD.unpack_from(self._buf, self._pos)
@@ -76,4 +85,22 @@ def buffer_reads(connection: Any) -> None:
     transport: Any = getattr(connection, "transport", None)
     if type(transport).__name__ != "TCPTransport" or transport.sock is None:
         return
-    transport.read_frame = _FrameReader(transport).read_frame
+    reader = _FrameReader(transport)
+    transport.read_frame = reader.read_frame
+    transport.taskq_reader = reader
+
+
+def drain_ready(connection: Any, more: Callable[[], bool]) -> None:
+    """Handle the frames that have arrived, without waiting, while ``more()``: those
+    already buffered go straight to the connection's frame handler (no timeout
+    juggling a frame, as ``drain_events(timeout=0)`` does), and the socket is read
+    without blocking when the buffer runs dry."""
+    reader = getattr(connection.transport, "taskq_reader", None)
+    while more():
+        if reader is not None and reader.ready():
+            connection.on_inbound_frame(reader.read_frame())
+            continue
+        try:
+            connection.drain_events(timeout=0)
+        except TimeoutError:
+            return
