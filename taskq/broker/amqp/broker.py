@@ -3,9 +3,25 @@ and any other URL kombu knows.
 
 Queues are declared as Celery declares them (a direct exchange and a routing key
 both named after the queue), so Celery producers and taskq workers share them.
-RabbitMQ publishes wait for publisher confirms, so ``publish`` returns only once
-the broker has the message; a nack, a connection error or no confirm within
-``confirm_timeout`` seconds (option, default 10) raises ``BrokerError``.
+
+Publishing on RabbitMQ is always confirmed (publisher confirms; taskq reads them
+itself, ``confirms``). The transport option ``publish_confirms`` says what a
+publish waits for: ``"wait"`` (the default here; the worker's own publishes)
+returns only once the broker confirmed the message, and a nack, a connection
+error or no confirm within ``confirm_timeout`` seconds raises ``BrokerError``;
+``"pipelined"`` (what ``taskq.broker.connect`` gives producers) returns once the
+message is written, keeps it until its confirm, publishes it again on a new
+connection if the old one fails first, waits when ``max_unconfirmed`` wait, and
+reports a nack as ``MessageRefused`` from the next publish or ``flush``
+(docs/reliability.md). The publish frames are written by ``frames``; a batch
+(``publish_many``) goes to the socket in one write.
+
+Consuming: the subscription starts with its prefetch window (``basic.qos``
+before ``basic.consume``: RabbitMQ never applies a later qos to a running
+consumer) and restarts when the window changes much (``_ensure_consumer``).
+Deliveries are decoded by ``inbound`` from frames ``reader`` cuts out of large
+reads, and settled runs of delivery tags are acked with one ``multiple`` ack
+(``acks``).
 
 Dead letters are copies published to the queue ``taskq.dead_letters`` (option
 ``dead_letter_queue``) with the reason in headers. Listing and requeueing read it
@@ -19,7 +35,8 @@ On RabbitMQ, ``publish(eta=...)`` sends a message due later to the delay levels 
 kombu channels are not thread-safe, so acks and requeues from pool threads are
 queued and carried out by the consumer thread inside ``fetch`` (every 50 ms at
 most while it waits). Called from the consumer thread itself (a warm shutdown
-giving back unstarted messages, the solo pool), they go out at once. A requeue
+giving back unstarted messages, the solo pool), requeues go out at once, and so
+do ``ack`` calls (``ack_soon`` waits for the next fetch, to batch). A requeue
 from the consumer thread also cancels the subscription until the next ``fetch``
 and gives back what arrived but was never handed out: otherwise RabbitMQ would
 deliver the returned messages straight back to this consumer, which stopped
@@ -32,6 +49,7 @@ import atexit
 import collections
 import contextlib
 import logging
+import os
 import queue as queue_mod
 import threading
 import time
@@ -125,7 +143,7 @@ class KombuBroker(Broker):
             collections.deque()
         )
         if self._pipelined:  # what is still unconfirmed at exit gets its chance
-            atexit.register(_flush_at_exit, weakref.ref(self))
+            atexit.register(_flush_at_exit, weakref.ref(self), os.getpid())
         self._specs: dict[str, QueueSpec] = {}
         self._kombu_queues: dict[str, kombu.Queue] = {}
         self._publish_lock = threading.Lock()
@@ -832,10 +850,14 @@ def _dead_letter(message: Any) -> DeadLetter:
     )
 
 
-def _flush_at_exit(ref: weakref.ref[KombuBroker]) -> None:
-    """At interpreter exit, wait for the confirms of a pipelined broker still open."""
+def _flush_at_exit(ref: weakref.ref[KombuBroker], pid: int) -> None:
+    """At interpreter exit, wait for the confirms of a pipelined broker still open,
+    in the process that opened it (a forked child inherits the hook and the socket,
+    but the confirms on it are its parent's)."""
     broker = ref()
-    if broker is None or not (broker.unconfirmed or broker._unconfirmed.refused):
+    if broker is None or os.getpid() != pid:
+        return
+    if not (broker.unconfirmed or broker._unconfirmed.refused):
         return
     try:
         broker.flush()
