@@ -155,6 +155,7 @@ class KombuBroker(Broker):
         self._consuming: tuple[str, ...] = ()
         self._consumer_thread: int | None = None  # the thread that calls fetch
         self._paused = False  # subscription cancelled until the next fetch
+        self._idle = False  # the last fetch returned nothing
         self._generation = 0
         self._buffer: collections.deque[Any] = collections.deque()
         self._pending: queue_mod.SimpleQueue[tuple[str, int, Any]] = queue_mod.SimpleQueue()
@@ -529,6 +530,7 @@ class KombuBroker(Broker):
         out: list[Delivery] = []
         while self._buffer and len(out) < max_count:
             out.append(self._delivery(self._buffer.popleft()))
+        self._idle = not out
         return out
 
     def _ensure_consumer(self, queues: tuple[str, ...], window: int) -> None:
@@ -537,20 +539,24 @@ class KombuBroker(Broker):
         RabbitMQ applies a consumer's prefetch (``basic.qos``, per consumer) when
         the consumer starts and never changes it after, so a window that grew, or
         fell to a quarter, restarts the subscription: cancel, ``basic.qos``, then
-        ``basic.consume``. A grown window at least doubles, so a worker ramping up
-        restarts a handful of times, not at every fetch. What was delivered before
-        stays delivered (and unacked) on the channel.
+        ``basic.consume``. The prefetch is the window rounded up to a power of two
+        (and shrinks only after a fetch that found nothing),
+        so a worker ramping up restarts a handful of times, not at every fetch.
+        What was delivered before stays delivered (and unacked) on the channel.
         """
         window = max(1, window)
         consumer = self._consumer
         if consumer is not None and queues == self._consuming:
-            resize = window > self._qos or window * 4 <= self._qos
+            # Shrink only once a fetch found nothing: a fetch that got fewer than it
+            # asked for means little here (deliveries arrive as they are pushed), and
+            # restarting on it made a draining worker restart every few fetches.
+            resize = window > self._qos or (self._idle and window * 4 <= self._qos)
             if not (self._paused or resize):
                 return
             if not self._paused:
                 consumer.cancel()
             if resize:
-                self._qos = window if window < self._qos else max(window, 2 * self._qos)
+                self._qos = _rounded(window)
             consumer.qos(prefetch_count=self._qos)
             consumer.consume()
             self._paused = False
@@ -569,8 +575,8 @@ class KombuBroker(Broker):
             queues=[self._queue(name) for name in queues],
             on_message=self._on_message,  # raw: taskq decodes and checks accept_content itself
         )
-        self._qos = window
-        consumer.qos(prefetch_count=window)  # before consuming: see the docstring
+        self._qos = _rounded(window)
+        consumer.qos(prefetch_count=self._qos)  # before consuming: see the docstring
         consumer.consume()
         self._consuming = queues
         self._paused = False
@@ -814,6 +820,11 @@ class KombuBroker(Broker):
         self._drop_consumer()
         with self._publish_lock:
             self._drop_publisher()
+
+
+def _rounded(window: int) -> int:
+    """``window`` rounded up to a power of two: the consumer prefetch for it."""
+    return 1 << max(0, window - 1).bit_length()
 
 
 def _name(exchange: Any) -> str:
