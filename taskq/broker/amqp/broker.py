@@ -496,7 +496,12 @@ class KombuBroker(Broker):
     ) -> list[Delivery]:
         self._consumer_thread = threading.get_ident()
         try:
-            self._flush()
+            # Settle now unless deliveries are waiting here and few acks are: each ack
+            # frame is a write that wakes RabbitMQ, and the credit comes back soon
+            # enough (a quarter of the prefetch). Acks wait at most until the buffer
+            # runs dry, a fetch later at the latest with a backlog of short tasks.
+            if not self._buffer or self._pending.qsize() >= max(1, self._qos // 4):
+                self._flush()
             # The window: what the caller holds, what it asks for, and, when it allows
             # reading ahead, as much again (the Redis broker's bound too).
             held = self._unacked - len(self._buffer)

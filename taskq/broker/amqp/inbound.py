@@ -117,14 +117,25 @@ def _item(buf: bytes, offset: int) -> tuple[Any, int]:
     raise _Unknown(chr(kind))
 
 
+#: Decoded header names: the same twenty-odd on every task message.
+_KEYS: dict[bytes, str] = {}
+
+
 def _table(buf: bytes, offset: int) -> tuple[dict[str, Any], int]:
     (size,) = _LONG.unpack_from(buf, offset)
     end = offset + 4 + size
     offset += 4
     table: dict[str, Any] = {}
+    keys = _KEYS
     while offset < end:
-        key, offset = _short(buf, offset)
-        table[key], offset = _item(buf, offset)
+        stop = offset + 1 + buf[offset]
+        raw = buf[offset + 1 : stop]
+        key = keys.get(raw)
+        if key is None:
+            key = raw.decode("utf-8", "surrogatepass")
+            if len(keys) < 4096:  # bounded: names are few, but come from producers
+                keys[raw] = key
+        table[key], offset = _item(buf, stop)
     return table, end
 
 
