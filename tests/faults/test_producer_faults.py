@@ -278,13 +278,15 @@ class BlackHoleProxy:
                     dst.sendall(data)
 
     def cut(self) -> None:
-        """Drop every connection; new ones pass bytes both ways again."""
-        self.swallow.clear()
+        """Drop every connection; new ones pass bytes both ways again. Swallowing
+        stops only once the old sockets are shut: bytes still on their way must
+        not slip through to the broker."""
         for sock in self.open:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
         self.open.clear()
+        self.swallow.clear()
 
     def close(self) -> None:
         self.cut()
