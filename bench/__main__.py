@@ -13,12 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import pyspy, report, scale, specs
+from bench import pyspy, rabbit, report, scale, specs
 from bench.procs import BenchError, DelayServer, RedisServer
 from bench.workloads import Bench, Config
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "profile")
+#: What ``--broker amqp`` runs (bench.rabbit).
+AMQP_WORKLOADS = ("W1", "W3", "W4")
 QUICK = Config(
     drain_n=2_000,
     results_n=500,
@@ -57,6 +59,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(WORKLOADS), help="workloads, comma-separated")
     parser.add_argument("--frameworks", default=",".join(specs.FRAMEWORKS))
     parser.add_argument("--port", type=int, default=6390, help="bench Redis; the signal uses +1")
+    parser.add_argument(
+        "--broker",
+        choices=("redis", "amqp"),
+        default="redis",
+        help="amqp: the queues on the local RabbitMQ (vhosts taskq-bench-*, made and deleted "
+        f"by the run), results on Redis; workloads {','.join(AMQP_WORKLOADS)}, no Huey",
+    )
     parser.add_argument(
         "--drain-rows",
         choices=("all", "issue"),
@@ -212,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from(args)
     only = set(args.only.split(","))
     frameworks = set(args.frameworks.split(","))
+    amqp: frozenset[str] = frozenset()
+    if args.broker == "amqp":
+        only &= set(AMQP_WORKLOADS)
+        frameworks &= set(rabbit.FRAMEWORKS)
+        amqp = frozenset(frameworks)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     logs = RESULTS / stamp
     logs.mkdir(parents=True, exist_ok=True)
@@ -221,9 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         broker.start()
         signal.start()
+        rabbit.create(amqp)
         info = report.machine(broker)
+        info["broker"] = args.broker
         print("bench: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
-        bench = Bench(cfg, broker, signal, logs)
+        bench = Bench(cfg, broker, signal, logs, amqp)
         rows_of = args.drain_rows or ("issue" if args.quick else "all")
         result = run(bench, only, frameworks, logs, rows_of)
     except BenchError as exc:
@@ -232,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.stop()
         broker.stop()
+        rabbit.delete(amqp)
     command = "bench/run " + " ".join(sys.argv[1:] if argv is None else argv)
     document = {
         "command": command.strip(),

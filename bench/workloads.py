@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import counter
+from bench import counter, rabbit
 from bench.procs import BenchError, Producer, RedisServer, Worker, calls_delta, worker_env
 from bench.specs import DB, QUEUE, Spec
 
@@ -76,9 +76,19 @@ class Bench:
     carries only the completion counter, so it never shows in the broker's counts.
     """
 
-    def __init__(self, config: Config, broker: RedisServer, signal: RedisServer, logs: Path):
+    def __init__(
+        self,
+        config: Config,
+        broker: RedisServer,
+        signal: RedisServer,
+        logs: Path,
+        amqp: frozenset[str] = frozenset(),
+    ):
         self.config, self.broker, self.signal, self.logs = config, broker, signal, logs
         self._signal = signal.client()
+        #: Frameworks whose queues are on RabbitMQ (``--broker amqp``: bench.rabbit);
+        #: their results stay on ``broker``, the bench Redis.
+        self.amqp = amqp
         #: Where W7's delay server listens (bench.delay); __main__ starts it for W7.
         self.delay_address = f"127.0.0.1:{broker.port + 2}"
 
@@ -93,7 +103,12 @@ class Bench:
     def env(self, framework: str, results: bool) -> dict[str, str]:
         return worker_env(
             {
-                "BENCH_BROKER_URL": f"{self.broker.url}/{DB[framework]}",
+                "BENCH_BROKER_URL": (
+                    rabbit.url(framework)
+                    if framework in self.amqp
+                    else f"{self.broker.url}/{DB[framework]}"
+                ),
+                "BENCH_BACKEND_URL": f"{self.broker.url}/{DB[framework]}",
                 "BENCH_SIGNAL_URL": f"{self.signal.url}/0",
                 "BENCH_QUEUE": QUEUE,
                 "BENCH_RESULTS": "1" if results else "0",
@@ -104,6 +119,8 @@ class Bench:
     def fresh(self) -> None:
         self.broker.flush()
         self.signal.flush()
+        for framework in self.amqp:
+            rabbit.reset(framework)
 
     def _log(self, workload: str, label: str) -> Path:
         return self.logs / f"{workload}-{re.sub(r'[^a-z0-9]+', '-', label.lower())}.log"
@@ -356,7 +373,7 @@ class Bench:
         try:
             producer = self.producer(framework, False, "W4")
             for op in ("single", "bulk"):
-                self.broker.flush()
+                self.fresh()
                 before, cpu = self.broker.command_calls(), self.broker.cpu_seconds()
                 reply = producer.call(op, n=n)
                 cpu = self.broker.cpu_seconds() - cpu

@@ -25,6 +25,12 @@ class BrokerError(TaskqError):
     """The broker could not be reached or refused an operation."""
 
 
+class MessageRefused(BrokerError):
+    """The broker refused messages published earlier (a negative publisher confirm on
+    RabbitMQ with ``publish_confirms="pipelined"``). Raised by the next publish or
+    flush; retrying that call cannot bring them back, so the producer does not."""
+
+
 class BackendError(TaskqError):
     """The result backend could not be reached or refused an operation."""
 

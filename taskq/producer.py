@@ -29,7 +29,13 @@ from taskq.broker import connect
 from taskq.canvas import Signature
 from taskq.config import broker_url_of
 from taskq.context import Context, current_request
-from taskq.errors import BrokerError, ConfigurationError, EncodeError, did_you_mean
+from taskq.errors import (
+    BrokerError,
+    ConfigurationError,
+    EncodeError,
+    MessageRefused,
+    did_you_mean,
+)
 from taskq.events import EventDispatcher
 from taskq.queues import Queues
 from taskq.urls import mask_url
@@ -177,6 +183,27 @@ class Producer:
         self._lock = threading.Lock()  # another thread may have held it at the fork
         self._broker = None
         self._events = None  # its thread did not survive the fork
+
+    def flush(self) -> None:
+        """Return once the broker has stored every message sent so far (on RabbitMQ,
+        delay() returns before its confirm: docs/reliability.md), with the publish
+        retry policy. The worker calls it before it acks a task that sent messages.
+
+        Raises:
+            BrokerError: not all could be confirmed when the policy was spent
+                (``MessageRefused``: the broker refused some).
+        """
+        broker = self._broker
+        if broker is None:
+            return
+        try:  # the worker asks after every task: mostly there is nothing to wait for
+            broker.flush()
+            return
+        except MessageRefused:
+            raise
+        except BrokerError:
+            pass
+        self._with_retries(lambda b: b.flush(), lambda: "unconfirmed messages", None, None)
 
     def close(self) -> None:
         """Close the connection; the next send opens a new one."""
@@ -416,6 +443,8 @@ class Producer:
         try:
             send(broker)
             return
+        except MessageRefused:
+            raise  # messages sent earlier; sending again cannot bring them back
         except BrokerError as exc:
             failure = exc
         attempts = 1
@@ -428,6 +457,8 @@ class Producer:
             try:
                 send(broker)
                 return
+            except MessageRefused:
+                raise
             except BrokerError as exc:
                 failure = exc
         raise BrokerError(

@@ -5,9 +5,9 @@ from __future__ import annotations
 from celery import Celery
 
 from bench import counter, delay
-from bench.apps import BROKER_URL, QUEUE, RESULTS
+from bench.apps import BACKEND_URL, BROKER_URL, QUEUE, RESULTS
 
-app = Celery("bench", broker=BROKER_URL, backend=BROKER_URL if RESULTS else None)
+app = Celery("bench", broker=BROKER_URL, backend=BACKEND_URL if RESULTS else None)
 app.conf.update(
     task_default_queue=QUEUE,
     task_ignore_result=not RESULTS,

@@ -1,4 +1,5 @@
-"""Dramatiq: the bench actors on its Redis broker, the Results middleware when asked for."""
+"""Dramatiq: the bench actors on its Redis (or RabbitMQ) broker, the Results middleware
+when asked for."""
 
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ from dramatiq.results import Results
 from dramatiq.results.backends.redis import RedisBackend
 
 from bench import counter
-from bench.apps import BROKER_URL, QUEUE, RESULTS
+from bench.apps import BACKEND_URL, BROKER_URL, QUEUE, RESULTS
 
-broker = RedisBroker(url=BROKER_URL)
+if BROKER_URL.startswith("amqp"):  # bench/run --broker amqp: results stay on Redis
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    broker: dramatiq.Broker = RabbitmqBroker(url=BROKER_URL)
+else:
+    broker = RedisBroker(url=BROKER_URL)
 if RESULTS:
-    broker.add_middleware(Results(backend=RedisBackend(url=BROKER_URL)))
+    broker.add_middleware(Results(backend=RedisBackend(url=BACKEND_URL)))
 dramatiq.set_broker(broker)
 # W8 (bench/scale.py) lists the queues a worker consumes besides the actors' own: a
 # Dramatiq worker consumes only the queues declared in its process.

@@ -6,7 +6,7 @@ import asyncio
 import os
 
 from bench import counter, delay
-from bench.apps import BROKER_URL, QUEUE, RESULTS
+from bench.apps import BACKEND_URL, BROKER_URL, QUEUE, RESULTS
 from taskq import App
 
 app = App(
@@ -14,10 +14,10 @@ app = App(
     broker=BROKER_URL,
     # BENCH_RESULT_BACKEND: another result backend (e.g. db+postgresql://...) for a
     # run by hand; bench/run always stores results in its Redis.
-    backend=(os.environ.get("BENCH_RESULT_BACKEND") or BROKER_URL) if RESULTS else None,
+    backend=(os.environ.get("BENCH_RESULT_BACKEND") or BACKEND_URL) if RESULTS else None,
     task_default_queue=QUEUE,
     task_ignore_result=not RESULTS,
-    broker_transport_options={"key_prefix": "taskq:"},
+    broker_transport_options={"key_prefix": "taskq:"} if BROKER_URL.startswith("redis") else {},
 )
 
 

@@ -78,7 +78,9 @@ def connect(conf: Settings, consumer_id: str, *, producer: bool = False) -> Brok
     connects until it is used. Producers and workers each make their own.
 
     A producer's Redis connections are capped at ``broker_pool_limit`` (Celery's
-    setting; at least 2), unless the transport options set ``max_connections``.
+    setting; at least 2), unless the transport options set ``max_connections``. A
+    producer's RabbitMQ publishes collect their confirms as they come
+    (``publish_confirms="pipelined"``) unless the transport options say ``"wait"``.
     """
     url = broker_url_of(conf)
     options = {
@@ -90,6 +92,9 @@ def connect(conf: Settings, consumer_id: str, *, producer: bool = False) -> Brok
     limit = conf.broker_pool_limit
     if producer and limit and url.startswith(("redis", "unix")):
         options.setdefault("max_connections", max(2, limit))
+    if producer and url.startswith(("amqp", "pyamqp")):
+        # delay() collects RabbitMQ's confirms as they come (docs/reliability.md).
+        options.setdefault("publish_confirms", "pipelined")
     return broker_from_url(
         url, consumer_id=consumer_id, options=options, queues=Queues.from_settings(conf)
     )

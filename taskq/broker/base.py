@@ -149,6 +149,16 @@ class Broker(abc.ABC):
         for envelope, queue, priority in items:
             self.publish(envelope, queue, priority=priority)
 
+    def flush(self) -> None:  # noqa: B027 - optional hook
+        """Return once every message published so far is stored by the broker. Brokers
+        whose ``publish`` returns only then (the default) have nothing to do; RabbitMQ
+        with ``publish_confirms="pipelined"`` waits for the outstanding confirms.
+
+        Raises:
+            BrokerError: they could not be confirmed (``MessageRefused``: the broker
+                refused some; retrying cannot help).
+        """
+
     @abc.abstractmethod
     def fetch(
         self, queues: Sequence[str], max_count: int, timeout: float, *, read_ahead: bool = False

@@ -35,6 +35,7 @@ from taskq.errors import (
     BackendError,
     BrokerError,
     Ignore,
+    MessageRefused,
     NotRegistered,
     Reject,
     Retry,
@@ -219,6 +220,9 @@ class Executor:
         and say what to do with the message."""
         self.record(task, ctx, traced)
         announce(task, ctx, traced)
+        unconfirmed = self._confirm_sends(ctx)
+        if unconfirmed is not None:
+            return unconfirmed
         if traced.state == State.REJECTED:
             if traced.requeue:
                 return Outcome(Action.REQUEUE, traced=traced)
@@ -226,6 +230,23 @@ class Executor:
                 Action.DEAD_LETTER, f"rejected by the task: {traced.value}", traced=traced
             )
         return Outcome(Action.ACK, traced=traced)
+
+    def _confirm_sends(self, ctx: Context) -> Outcome | None:
+        """What the task sent (calls, retries, workflow steps) is stored before its
+        message is acked: on RabbitMQ ``delay()`` returns before its confirm. None when
+        all is confirmed; when it cannot be, the message goes back to run again (the
+        sends may then be duplicated, never lost). Refused messages cannot be brought
+        back by running again: logged, and the message is acked."""
+        try:
+            self.app.producer.flush()
+        except MessageRefused as exc:
+            log.error("Task %s[%s]: messages it sent were refused: %s", ctx.task, ctx.id, exc)
+        except BrokerError as exc:
+            log.error(
+                "Task %s[%s]: what it sent is unconfirmed (%s); requeued", ctx.task, ctx.id, exc
+            )
+            return Outcome(Action.REQUEUE)
+        return None
 
     def record(self, task: Task[Any, Any], ctx: Context, traced: Traced) -> None:
         """Store the outcome, run callbacks and log it (the worker's bookkeeping)."""
