@@ -90,7 +90,9 @@ def test_broadcast_revoke_stops_a_task_before_it_runs(
         with pytest.raises(TaskRevokedError):
             doomed.get(timeout=10)
         revoked = app.control.inspect(destination=names, timeout=5).revoked()
-        assert revoked == {names[0]: [doomed.id]}
+        # Only this one was revoked here; a run beside others on the same Redis may
+        # list theirs too (Celery's pidbox broadcast reaches every worker of the db).
+        assert set(revoked) == {names[0]} and doomed.id in revoked[names[0]]
     assert doomed.state == states.REVOKED and ledger.entries() == []
 
 
