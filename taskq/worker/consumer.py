@@ -114,8 +114,7 @@ class Consumer:
         this worker are empty). What was fetched when the stop came goes back."""
         backoff = 0.1
         while not stopping.is_set():
-            while self._changes:  # remote control's (add_queue, cancel_queue)
-                self._changes.popleft()()
+            self.apply_changes()
             self._start_all(self._released())
             free = self._window.free(self._holding.parked)
             if free <= 0:
@@ -140,6 +139,11 @@ class Consumer:
             if not deliveries and burst and self._idle():
                 return
             self._accept(deliveries)
+
+    def apply_changes(self) -> None:
+        """Apply remote control's changes (``add_queue``, ``cancel_queue``) on this thread."""
+        while self._changes:
+            self._changes.popleft()()
 
     def _wait(self, burst: bool) -> float:
         timing = self._timing

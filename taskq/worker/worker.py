@@ -19,6 +19,12 @@ Both need a broker that can broadcast (Redis, RabbitMQ).
 Warm shutdown stops fetching, gives unstarted messages back at once, lets
 running tasks finish within ``worker_shutdown_timeout`` and then gives back what
 is still running; cold shutdown skips the wait.
+
+A pool whose children consume on their own (``Pool.consumes``: prefork on Redis,
+``taskq.worker.pools.prefork.consuming``) leaves this worker's consumer idle: the
+worker then only answers remote control, sends worker events and supervises, and
+each child runs a ``supervised`` worker of its own (no remote control, no worker
+events, no revoke watch: the parent does those for all of them).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from taskq import monkey, signals
 from taskq.broker.startup import connect_on_startup
@@ -50,7 +56,7 @@ from taskq.worker.lease import LeaseKeeper
 from taskq.worker.options import WorkerOptions, expand_hostname, pool_settings
 from taskq.worker.policy import Policies
 from taskq.worker.pools import make_pool
-from taskq.worker.pools.base import Pool
+from taskq.worker.pools.base import Pool, PoolMaker
 from taskq.worker.remote import RemoteHandle
 from taskq.worker.request import Request
 from taskq.worker.settlement import Settlement
@@ -84,8 +90,13 @@ class Worker:
         *,
         timing: Timing | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        supervised: PoolMaker | None = None,
     ) -> None:
         opts = options or WorkerOptions()
+        #: As given (a consuming prefork child builds its own worker from them).
+        self.options = opts
+        #: Set in a consuming prefork child: its pool, made with the worker's parts.
+        self.supervised = supervised is not None
         timing = timing or Timing()
         conf = app.conf
         self.app = app
@@ -111,7 +122,9 @@ class Worker:
         settings = pool_settings(app, opts)
         multiplier = opts.prefetch_multiplier or conf.worker_prefetch_multiplier
         self.window = Window(
-            capacity=max(1, settings.concurrency * multiplier),
+            # A consuming prefork child leases one message at a time unless short
+            # tasks batch: what it holds waits behind its running task.
+            capacity=1 if supervised else max(1, settings.concurrency * multiplier),
             concurrency=settings.concurrency,
             batching=multiplier > 1,
             timing=timing,
@@ -127,7 +140,8 @@ class Worker:
             lambda: self.holding.parked,
             self.events,
         )
-        self.pool: Pool = make_pool(self.pool_name, settings, self.executor, self.settlement.settle)
+        maker = supervised or (lambda *args: make_pool(self.pool_name, *args))
+        self.pool: Pool = maker(settings, self.executor, self.settlement.settle)
         self.pool.set_task_events(self.events.task_events)
         self.consumer = Consumer(
             broker=self.broker,
@@ -149,7 +163,7 @@ class Worker:
         )
         #: Answers remote control (None: turned off, or the broker cannot broadcast).
         self.remote: ControlServer | None = None
-        if conf.worker_enable_remote_control and broadcasts(app.broker_url):
+        if conf.worker_enable_remote_control and broadcasts(app.broker_url) and not supervised:
             sealer = app.security.sealer
             verifier = (
                 CommandVerifier(sealer.keyring, accept_unsigned=sealer.accept_unsigned)
@@ -172,6 +186,9 @@ class Worker:
         # which never yields would hold up: a thread of the OS keeps the lease.
         interval = timing.heartbeat_interval or conf.worker_lease_timeout / 3
         self._keeper = LeaseKeeper(self.broker, interval) if monkey.green() else None
+        bind = getattr(self.pool, "bind", None)
+        if bind is not None:  # a pool whose children consume builds their workers from this one
+            bind(self)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -185,8 +202,8 @@ class Worker:
             BrokerError: the broker stayed unreachable (``broker_connection_*``).
         """
         self.app.finalize()  # Celery's on_after_configure / on_after_finalize
-        for line in self.app.conf.unimplemented():  # Celery settings taskq ignores
-            log.warning(line)
+        for line in [] if self.supervised else self.app.conf.unimplemented():
+            log.warning(line)  # Celery settings taskq ignores (the parent says so)
         if (
             self.remote is not None
             and self.app.conf.security_keys
@@ -211,18 +228,32 @@ class Worker:
         self.pool.start()
         if self._keeper is not None:
             self._keeper.start()
-        for target, name in ((self._heartbeat, "heartbeat"), (self._watch_revokes, "revokes")):
+        threads = [(self._heartbeat, "heartbeat")]
+        if not self.supervised:  # the parent terminates what its children run
+            threads.append((self._watch_revokes, "revokes"))
+        for target, name in threads:
             threading.Thread(target=target, name=f"taskq-{name}", daemon=True).start()
         self.events.start()
         if self.remote is not None:
             self.remote.start()
         self.ready.set()
-        log.info("%s ready.", self.hostname)
-        signals.worker_ready.send(self)
+        if not self.supervised:
+            log.info("%s ready.", self.hostname)
+            signals.worker_ready.send(self)
         try:
-            self.consumer.run(self._stopping, burst)
+            if getattr(self.pool, "consumes", False):
+                self._supervise()
+            else:
+                self.consumer.run(self._stopping, burst)
         finally:
             self._shutdown()
+
+    def _supervise(self) -> None:
+        """The pool's children consume: apply remote control's queue changes (which
+        the pool passes on to them) until stopped."""
+        while not self._stopping.is_set():
+            self.consumer.apply_changes()
+            self.window.wait(0.5)
 
     def stop(self, cold: bool = False) -> None:
         """Ask the worker to stop: warm (finish running tasks) or cold (give them back)."""
@@ -298,6 +329,9 @@ class Worker:
 
     def _load(self) -> tuple[int, int]:
         """Tasks running now and tasks done so far (worker-heartbeat events)."""
+        load = getattr(self.pool, "load", None)
+        if load is not None:  # its children consume: their counts
+            return cast(tuple[int, int], load())
         return self.window.in_flight, sum(self.settlement.totals().values())
 
     # -- background ------------------------------------------------------------------
@@ -346,8 +380,9 @@ class Worker:
         if self.remote is not None:
             self.remote.stop()
         self.events.close()
-        log.info("%s stopped.", self.hostname)
-        signals.worker_shutdown.send(self)
+        if not self.supervised:
+            log.info("%s stopped.", self.hostname)
+            signals.worker_shutdown.send(self)
 
     def _drain(self) -> None:
         """Wait for running tasks until ``shutdown_timeout`` passes or a cold stop."""

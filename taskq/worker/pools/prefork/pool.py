@@ -557,7 +557,8 @@ class PreforkPool(QueuedPool):
         if isinstance(result, Outcome):
             outcome = result
         else:
-            outcome = after_death(self._executor, request, result)
+            lost = f"worker process {result.pid} {result.exit_status()}"
+            outcome = after_death(self._executor, request, result.killed, result.signum, lost)
         try:
             self._done(request, outcome)
         except Exception:

@@ -1,0 +1,147 @@
+"""What a consuming prefork child shows its parent without a message per task: a
+page of memory shared between the two (an anonymous ``mmap`` made before the fork).
+
+The child writes, the parent only reads. The child writes its consumer's lease id
+once, and around each task what the parent needs to supervise it: the task's id
+and name, when it started, its hard-time-limit deadline, whether it was acked at
+start, and the message as its broker leased it (tag, list, payload), so that the
+parent can settle it if the child dies. Between tasks the child also writes how
+many messages it holds (for autoscale) and how many tasks it ran.
+
+A write is bracketed by a generation counter (odd while writing); a reader that
+sees it odd or changed reads again, so it never acts on half a write. A payload
+larger than the page is not copied (``Running.payload`` is None): the parent then
+finds the message in the child's lease, where an acks-late one still is.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+import time
+from typing import NamedTuple
+
+__all__ = ["Board", "Running"]
+
+#: gen, state, acks_late, held, tasks, started (unix), deadline (monotonic, 0: none),
+#: and the lengths of lease id, tag, task id, name, source list, payload.
+_HEAD = struct.Struct("=QBBIQddHHHHHI")
+_LEASE_MAX = 512
+_SIZE = 64 * 1024
+_IDLE, _RUNNING = 0, 1
+_TOO_BIG = 0xFFFFFFFF
+
+
+class Running(NamedTuple):
+    """The task a child is running, as its board shows it."""
+
+    tag: str
+    task_id: str
+    name: str
+    started: float  # unix time
+    deadline: float  # monotonic; 0.0: no hard time limit
+    acks_late: bool
+    source: str
+    payload: bytes | None  # None: too big for the board
+
+
+class Board:
+    """One child's page; see the module docstring. Made by the parent before the fork."""
+
+    def __init__(self) -> None:
+        self._page = mmap.mmap(-1, _SIZE)
+        self._gen = 0
+        self._lease = b""
+        self._tasks = 0
+        self._held = 0
+
+    def close(self) -> None:
+        self._page.close()
+
+    # -- the child's side --------------------------------------------------------------
+
+    def set_lease(self, lease_id: str) -> None:
+        self._lease = lease_id.encode("utf-8")[:_LEASE_MAX]
+        self._write(_IDLE, False, 0.0, 0.0, ())
+
+    def begin(
+        self,
+        tag: str,
+        task_id: str,
+        name: str,
+        deadline: float,
+        acks_late: bool,
+        source: str,
+        payload: bytes,
+    ) -> None:
+        """A task starts: show it (before it runs, so a death in it is seen)."""
+        parts = (tag, task_id, name, source)
+        self._write(_RUNNING, acks_late, time.time(), deadline, parts, payload)
+
+    def end(self, held: int) -> None:
+        """The task ended (its outcome settled); ``held`` messages remain leased."""
+        self._tasks += 1
+        self._held = held
+        self._write(_IDLE, False, 0.0, 0.0, ())
+
+    def _write(
+        self,
+        state: int,
+        acks_late: bool,
+        started: float,
+        deadline: float,
+        parts: tuple[str, ...],
+        payload: bytes = b"",
+    ) -> None:
+        page, gen = self._page, self._gen + 1
+        encoded = [p.encode("utf-8")[:4096] for p in parts] or [b"", b"", b"", b""]
+        room = _SIZE - _HEAD.size - len(self._lease) - sum(map(len, encoded))
+        size = len(payload) if len(payload) <= room else _TOO_BIG
+        page[0:8] = gen.to_bytes(8, "little")  # odd: a write is under way
+        body = self._lease + b"".join(encoded) + (payload if size != _TOO_BIG else b"")
+        page[_HEAD.size : _HEAD.size + len(body)] = body
+        head = _HEAD.pack(
+            gen,
+            state,
+            acks_late,
+            self._held,
+            self._tasks,
+            started,
+            deadline,
+            len(self._lease),
+            *map(len, encoded),
+            size,
+        )
+        page[8 : _HEAD.size] = head[8:]
+        self._gen = gen + 1
+        page[0:8] = self._gen.to_bytes(8, "little")
+
+    # -- the parent's side -------------------------------------------------------------
+
+    def read(self) -> tuple[str, int, int, Running | None]:
+        """The child's lease id, messages held, tasks run, and its running task."""
+        page = self._page
+        while True:
+            head = _HEAD.unpack_from(page, 0)
+            gen = head[0]
+            if gen % 2:
+                time.sleep(0)
+                continue
+            _, state, acks_late, held, tasks, started, deadline, *sizes = head
+            body_size = sum(s for s in sizes if s != _TOO_BIG)
+            body = page[_HEAD.size : _HEAD.size + body_size]
+            if int.from_bytes(page[0:8], "little") != gen:
+                continue  # written meanwhile: read again
+            break
+        fields, at = [], 0
+        for size in sizes[:-1]:
+            fields.append(body[at : at + size].decode("utf-8", "replace"))
+            at += size
+        lease, tag, task_id, name, source = fields
+        running = None
+        if state == _RUNNING:
+            payload = None if sizes[-1] == _TOO_BIG else body[at : at + sizes[-1]]
+            running = Running(
+                tag, task_id, name, started, deadline, bool(acks_late), source, payload
+            )
+        return lease, held, tasks, running
