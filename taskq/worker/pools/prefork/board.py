@@ -16,6 +16,7 @@ finds the message in the child's lease, where an acks-late one still is.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import struct
 import time
@@ -26,7 +27,10 @@ __all__ = ["Board", "Running"]
 #: gen, state, acks_late, held, tasks, started (unix), deadline (monotonic, 0: none),
 #: and the lengths of lease id, tag, task id, name, source list, payload.
 _HEAD = struct.Struct("=QBBIQddHHHHHI")
+_GEN = struct.Struct("=Q")
+_STATE = struct.Struct("=BBIQ")  # the head's fields after gen, up to tasks
 _LEASE_MAX = 512
+_ATTEMPTS = 1000
 _SIZE = 64 * 1024
 _IDLE, _RUNNING = 0, 1
 _TOO_BIG = 0xFFFFFFFF
@@ -50,7 +54,7 @@ class Board:
 
     def __init__(self) -> None:
         self._page = mmap.mmap(-1, _SIZE)
-        self._gen = 0
+        self._gen = 0  # even: written in full
         self._lease = b""
         self._tasks = 0
         self._held = 0
@@ -62,7 +66,12 @@ class Board:
 
     def set_lease(self, lease_id: str) -> None:
         self._lease = lease_id.encode("utf-8")[:_LEASE_MAX]
-        self._write(_IDLE, False, 0.0, 0.0, ())
+        page = self._page
+        page[_HEAD.size : _HEAD.size + len(self._lease)] = self._lease
+        self._gen += 2
+        _HEAD.pack_into(
+            page, 0, self._gen, _IDLE, 0, 0, 0, 0.0, 0.0, len(self._lease), 0, 0, 0, 0, 0
+        )
 
     def begin(
         self,
@@ -75,64 +84,59 @@ class Board:
         payload: bytes,
     ) -> None:
         """A task starts: show it (before it runs, so a death in it is seen)."""
-        parts = (tag, task_id, name, source)
-        self._write(_RUNNING, acks_late, time.time(), deadline, parts, payload)
+        parts = [p.encode("utf-8")[:4096] for p in (tag, task_id, name, source)]
+        at = _HEAD.size + len(self._lease)
+        room = _SIZE - at - sum(map(len, parts))
+        size = len(payload) if len(payload) <= room else _TOO_BIG
+        page = self._page
+        _GEN.pack_into(page, 0, self._gen + 1)  # odd: a write is under way
+        body = b"".join(parts)
+        if size != _TOO_BIG:
+            body += payload
+        page[at : at + len(body)] = body
+        self._gen += 2
+        _HEAD.pack_into(
+            page,
+            0,
+            self._gen,
+            _RUNNING,
+            acks_late,
+            self._held,
+            self._tasks,
+            time.time(),
+            deadline,
+            len(self._lease),
+            *map(len, parts),
+            size,
+        )
 
     def end(self, held: int) -> None:
         """The task ended (its outcome settled); ``held`` messages remain leased."""
         self._tasks += 1
         self._held = held
-        self._write(_IDLE, False, 0.0, 0.0, ())
-
-    def _write(
-        self,
-        state: int,
-        acks_late: bool,
-        started: float,
-        deadline: float,
-        parts: tuple[str, ...],
-        payload: bytes = b"",
-    ) -> None:
-        page, gen = self._page, self._gen + 1
-        encoded = [p.encode("utf-8")[:4096] for p in parts] or [b"", b"", b"", b""]
-        room = _SIZE - _HEAD.size - len(self._lease) - sum(map(len, encoded))
-        size = len(payload) if len(payload) <= room else _TOO_BIG
-        page[0:8] = gen.to_bytes(8, "little")  # odd: a write is under way
-        body = self._lease + b"".join(encoded) + (payload if size != _TOO_BIG else b"")
-        page[_HEAD.size : _HEAD.size + len(body)] = body
-        head = _HEAD.pack(
-            gen,
-            state,
-            acks_late,
-            self._held,
-            self._tasks,
-            started,
-            deadline,
-            len(self._lease),
-            *map(len, encoded),
-            size,
-        )
-        page[8 : _HEAD.size] = head[8:]
-        self._gen = gen + 1
-        page[0:8] = self._gen.to_bytes(8, "little")
+        page = self._page
+        _GEN.pack_into(page, 0, self._gen + 1)
+        _STATE.pack_into(page, 8, _IDLE, 0, held, self._tasks)
+        self._gen += 2
+        _GEN.pack_into(page, 0, self._gen)
 
     # -- the parent's side -------------------------------------------------------------
 
     def read(self) -> tuple[str, int, int, Running | None]:
         """The child's lease id, messages held, tasks run, and its running task."""
         page = self._page
-        while True:
+        for attempt in itertools.count():
             head = _HEAD.unpack_from(page, 0)
             gen = head[0]
-            if gen % 2:
+            # A child killed mid-write leaves it odd for good: then take what is there.
+            if gen % 2 and attempt < _ATTEMPTS:
                 time.sleep(0)
                 continue
             _, state, acks_late, held, tasks, started, deadline, *sizes = head
             body_size = sum(s for s in sizes if s != _TOO_BIG)
-            body = page[_HEAD.size : _HEAD.size + body_size]
-            if int.from_bytes(page[0:8], "little") != gen:
-                continue  # written meanwhile: read again
-            break
+            body = page[_HEAD.size : _HEAD.size + min(body_size, _SIZE - _HEAD.size)]
+            if _GEN.unpack_from(page, 0)[0] == gen or attempt >= _ATTEMPTS:
+                break
         fields, at = [], 0
         for size in sizes[:-1]:
             fields.append(body[at : at + size].decode("utf-8", "replace"))

@@ -441,7 +441,7 @@ class ConsumingPool:
         says, the rest given back uncounted; then forget it (its replacement comes
         with the next ``_supervise``)."""
         lease, _, tasks, running = member.board.read()
-        if member.killed is None and not member.retiring:
+        if member.killed is None and not (member.retiring or self._draining):
             log.warning("Child %d %s", member.pid, member.exit_status())
         killed_for_it = member.killed in (TIMEOUT, TERMINATE)
         if running is not None and killed_for_it and member.target != running.tag:
