@@ -29,6 +29,7 @@ events, no revoke watch: the parent does those for all of them).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -247,6 +248,25 @@ class Worker:
                 self.consumer.run(self._stopping, burst)
         finally:
             self._shutdown()
+
+    def supervised_worker(self, pool: PoolMaker, shares: int) -> Worker:
+        """A worker for a prefork child that consumes on its own (made in the child,
+        after the fork): this worker's options, queues, node name, task events and
+        policies (remote control's changes included, each rate limit split in
+        ``shares``), one task at a time in ``pool``."""
+        opts = dataclasses.replace(
+            self.options,
+            queues=list(self.consumer.queues),
+            hostname=self.hostname,
+            pool="solo",
+            concurrency=1,
+            autoscale=None,
+            without_heartbeat=True,
+            task_events=self.events.task_events,
+        )
+        worker = Worker(self.app, opts, timing=self.timing, supervised=pool)
+        worker.policies.inherit(self.policies, shares)
+        return worker
 
     def _supervise(self) -> None:
         """The pool's children consume: apply remote control's queue changes (which

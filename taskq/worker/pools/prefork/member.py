@@ -23,7 +23,6 @@ The child writes nothing back: the board is all the parent reads.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import multiprocessing
 import os
@@ -191,29 +190,14 @@ def member_main(
 
 
 def _worker(parent: Worker, board: Board, shares: int) -> Worker:
-    from taskq.worker.options import pool_settings
-    from taskq.worker.worker import Worker  # the worker composes pools: not at import
-
-    opts = dataclasses.replace(
-        parent.options,
-        queues=list(parent.consumer.queues),
-        hostname=parent.hostname,
-        pool="solo",
-        concurrency=1,
-        autoscale=None,
-        without_heartbeat=True,
-        task_events=parent.events.task_events,
-    )
     pools: list[ChildPool] = []
-    limits = pool_settings(parent.app, parent.options)  # the parent's recycling limits
 
     def make(settings: PoolSettings, executor: Executor, done: Done) -> ChildPool:
-        max_tasks, max_memory = limits.max_tasks_per_child, limits.max_memory_per_child
+        max_tasks, max_memory = settings.max_tasks_per_child, settings.max_memory_per_child
         pools.append(ChildPool(executor, done, board, max_tasks, max_memory))
         return pools[0]
 
-    worker = Worker(parent.app, opts, timing=parent.timing, supervised=make)
-    worker.policies.inherit(parent.policies, shares)
+    worker = parent.supervised_worker(make, shares)
     pools[0].worker = worker
     return worker
 
