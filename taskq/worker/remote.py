@@ -9,7 +9,9 @@ change on its own thread, before its next fetch); pool size through the pool and
 the ``Window``; revokes through the ``Consumer`` (never start) and
 ``Worker.terminate`` (stop the running ones); shutdown through ``Worker.stop``.
 A pool that cannot do something (grow a solo pool, autoscale a pool started
-without ``--autoscale``) answers with an error saying why.
+without ``--autoscale``) answers with an error saying why. A pool whose children
+consume on their own (prefork on Redis) gets each change too (``forward``: revoke,
+rate and time limits, queues), and replays it in each child's own handle.
 """
 
 from __future__ import annotations

@@ -79,6 +79,8 @@ class Worker:
         options: how to run (None: the app's settings).
         timing: the intervals the worker waits on (tests shorten them).
         clock: where the worker reads the time (tests may drive it).
+        supervised: makes the pool of a worker inside a prefork child that
+            consumes on its own (``supervised_worker``); None for a worker.
 
     Raises:
         ConfigurationError: a bad option or a task option that cannot be used.

@@ -71,6 +71,8 @@ log = logging.getLogger("taskq.worker")
 SCHEMES = frozenset({"redis", "rediss"})
 #: Seconds between the supervisor's looks at its children's boards (hard time limits).
 _TICK = 0.05
+#: A child that dies sooner than this after its start delays the next one as long.
+_CRASH_LOOP = 1.0
 #: Killed by the parent at shutdown: what it held goes back uncounted.
 _SHUTDOWN = "shutdown"
 
@@ -92,6 +94,7 @@ class _Member:
         self.signum = 0
         self.retiring = False  # told to stop: not replaced
         self.shown: tuple[str, Request] | None = None  # the running request, decoded
+        self.born = time.monotonic()
 
     @property
     def pid(self) -> int:
@@ -442,7 +445,14 @@ class ConsumingPool:
         with the next ``_supervise``)."""
         lease, _, tasks, running = member.board.read()
         if member.killed is None and not (member.retiring or self._draining):
-            log.warning("Child %d %s", member.pid, member.exit_status())
+            if member.process.exitcode == 0:  # recycled itself (max tasks or memory)
+                log.info("Child %d exited; starting another", member.pid)
+            else:
+                log.warning("Child %d %s", member.pid, member.exit_status())
+            if time.monotonic() - member.born < _CRASH_LOOP:
+                # It died as it started (broken code at import, say): do not fork
+                # a new child every tick.
+                self._spawn_after = time.monotonic() + _CRASH_LOOP
         killed_for_it = member.killed in (TIMEOUT, TERMINATE)
         if running is not None and killed_for_it and member.target != running.tag:
             # Killed as the task it was killed for ended and the next one started.

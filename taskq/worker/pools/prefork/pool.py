@@ -1,4 +1,6 @@
-"""The prefork pool: task code runs in child processes (billiard), one task at a time each.
+"""The dispatching prefork pool (RabbitMQ, SQLite): task code runs in child
+processes (billiard), one task at a time each. On Redis the children consume on
+their own instead (``taskq.worker.pools.prefork.consuming``).
 
 The parent process consumes, dispatches and settles; it never runs task code. It
 keeps the requests it was handed in its own FIFO and gives one to each idle child.
