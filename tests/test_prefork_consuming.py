@@ -18,6 +18,7 @@ from taskq import App
 from taskq.message import LOST_HEADER
 from taskq.testing import running_worker
 from taskq.worker.policy import Policies
+from taskq.worker.pools.prefork.board import Board, Running
 from taskq.worker.pools.prefork.consuming import ConsumingPool
 from tests import servers
 from tests.waiting import wait_until
@@ -110,3 +111,21 @@ def test_rate_limits_are_split_between_the_children(app: App) -> None:
     assert child["t.limited"].rate == pytest.approx(parent["t.limited"].rate / 4)
     child.set_rate_limit("t.limited", "20/s")
     assert child["t.limited"].rate == pytest.approx(5.0)
+
+
+def test_a_board_shows_the_running_task_and_its_message() -> None:
+    board = Board()
+    board.set_lease("lease-1")
+    assert board.read() == ("lease-1", 0, 0, None)
+    board.begin("tag.1", "id-1", "t.name", 12.5, True, "q", b"payload")
+    lease, _, _, running = board.read()
+    assert lease == "lease-1"
+    assert running == Running(
+        "tag.1", "id-1", "t.name", running.started, 12.5, True, "q", b"payload"
+    )
+    board.end(3)
+    assert board.read() == ("lease-1", 3, 1, None)
+    board.begin("tag.2", "id-2", "t.name", 0.0, False, "q", b"x" * 70_000)
+    running = board.read()[3]
+    assert running is not None and running.payload is None  # too big: read from the lease
+    board.close()

@@ -25,8 +25,9 @@ from typing import NamedTuple
 __all__ = ["Board", "Running"]
 
 #: gen, state, acks_late, held, tasks, started (unix), deadline (monotonic, 0: none),
-#: and the lengths of lease id, tag, task id, name, source list, payload.
-_HEAD = struct.Struct("=QBBIQddHHHHHI")
+#: and the lengths of the lease id, of the text (tag, task id, name and source list,
+#: NUL-separated) and of the payload.
+_HEAD = struct.Struct("=QBBIQddHHI")
 _GEN = struct.Struct("=Q")
 _STATE = struct.Struct("=BBIQ")  # the head's fields after gen, up to tasks
 _LEASE_MAX = 512
@@ -55,6 +56,7 @@ class Board:
     def __init__(self) -> None:
         self._page = mmap.mmap(-1, _SIZE)
         self._gen = 0  # even: written in full
+        self._at = _HEAD.size  # where the text starts, after the lease id
         self._lease = b""
         self._tasks = 0
         self._held = 0
@@ -66,12 +68,11 @@ class Board:
 
     def set_lease(self, lease_id: str) -> None:
         self._lease = lease_id.encode("utf-8")[:_LEASE_MAX]
+        self._at = _HEAD.size + len(self._lease)
         page = self._page
-        page[_HEAD.size : _HEAD.size + len(self._lease)] = self._lease
+        page[_HEAD.size : self._at] = self._lease
         self._gen += 2
-        _HEAD.pack_into(
-            page, 0, self._gen, _IDLE, 0, 0, 0, 0.0, 0.0, len(self._lease), 0, 0, 0, 0, 0
-        )
+        _HEAD.pack_into(page, 0, self._gen, _IDLE, 0, 0, 0, 0.0, 0.0, len(self._lease), 0, 0)
 
     def begin(
         self,
@@ -84,16 +85,14 @@ class Board:
         payload: bytes,
     ) -> None:
         """A task starts: show it (before it runs, so a death in it is seen)."""
-        parts = [p.encode("utf-8")[:4096] for p in (tag, task_id, name, source)]
-        at = _HEAD.size + len(self._lease)
-        room = _SIZE - at - sum(map(len, parts))
-        size = len(payload) if len(payload) <= room else _TOO_BIG
+        text = f"{tag}\0{task_id}\0{name}\0{source}".encode()[: _SIZE // 2]
+        at = self._at
+        size = len(payload) if at + len(text) + len(payload) <= _SIZE else _TOO_BIG
         page = self._page
         _GEN.pack_into(page, 0, self._gen + 1)  # odd: a write is under way
-        body = b"".join(parts)
+        page[at : at + len(text)] = text
         if size != _TOO_BIG:
-            body += payload
-        page[at : at + len(body)] = body
+            page[at + len(text) : at + len(text) + size] = payload
         self._gen += 2
         _HEAD.pack_into(
             page,
@@ -106,7 +105,7 @@ class Board:
             time.time(),
             deadline,
             len(self._lease),
-            *map(len, parts),
+            len(text),
             size,
         )
 
@@ -132,19 +131,17 @@ class Board:
             if gen % 2 and attempt < _ATTEMPTS:
                 time.sleep(0)
                 continue
-            _, state, acks_late, held, tasks, started, deadline, *sizes = head
-            body_size = sum(s for s in sizes if s != _TOO_BIG)
+            _, state, acks_late, held, tasks, started, deadline, lease_size, size, full = head
+            body_size = lease_size + size + (full if full != _TOO_BIG else 0)
             body = page[_HEAD.size : _HEAD.size + min(body_size, _SIZE - _HEAD.size)]
             if _GEN.unpack_from(page, 0)[0] == gen or attempt >= _ATTEMPTS:
                 break
-        fields, at = [], 0
-        for size in sizes[:-1]:
-            fields.append(body[at : at + size].decode("utf-8", "replace"))
-            at += size
-        lease, tag, task_id, name, source = fields
+        lease = body[:lease_size].decode("utf-8", "replace")
         running = None
         if state == _RUNNING:
-            payload = None if sizes[-1] == _TOO_BIG else body[at : at + sizes[-1]]
+            text = body[lease_size : lease_size + size].decode("utf-8", "replace")
+            tag, task_id, name, source = (text.split("\0") + ["", "", "", ""])[:4]
+            payload = None if full == _TOO_BIG else body[lease_size + size : body_size]
             running = Running(
                 tag, task_id, name, started, deadline, bool(acks_late), source, payload
             )
