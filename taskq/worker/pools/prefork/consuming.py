@@ -181,11 +181,11 @@ class ConsumingPool:
     def running(self) -> list[Request]:
         """The request each child runs now (decoded from its board, for inspection:
         settling one of these does nothing, the child settles it)."""
-        with self._cond:
-            members = list(self._members)
+        with self._cond:  # a board is closed once its child is buried
+            shown = [(member, member.board.read()[3]) for member in self._members]
         running = []
-        for member in members:
-            request = self._shown(member)
+        for member, now in shown:
+            request = self._shown(member, now)
             if request is not None:
                 running.append(request)
         return running
@@ -263,12 +263,11 @@ class ConsumingPool:
     def load(self) -> tuple[int, int]:
         """Tasks running now and tasks run so far, over all children (worker events)."""
         with self._cond:
-            members, finished = list(self._members), self._finished
-        running = 0
-        for member in members:
-            _, _, tasks, now = member.board.read()
-            finished += tasks
-            running += now is not None
+            finished, running = self._finished, 0
+            for member in self._members:
+                _, _, tasks, now = member.board.read()
+                finished += tasks
+                running += now is not None
         return running, finished
 
     def stop(self) -> None:
@@ -526,9 +525,8 @@ class ConsumingPool:
         request.soft_time_limit, request.time_limit = policy.limits_for(message)
         return request
 
-    def _shown(self, member: _Member) -> Request | None:
+    def _shown(self, member: _Member, running: Running | None) -> Request | None:
         """The request ``member`` runs now, for inspection (decoded once per task)."""
-        running = member.board.read()[3]
         if running is None or running.payload is None:
             return None
         if member.shown is not None and member.shown[0] == running.tag:
