@@ -23,6 +23,7 @@ The child writes nothing back: the board is all the parent reads.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -173,6 +174,9 @@ def member_main(
         inherited: descriptors of the parent and of other children to close here.
         shares: how many children split each rate limit.
     """
+    # What came with the fork stays for the child's life: out of the collector's
+    # way, every collection would walk (and copy, page by page) the parent's heap.
+    gc.freeze()
     for item in inherited:
         _close(item)
     multiprocessing.current_process().name = name
