@@ -16,7 +16,7 @@ import redis
 
 from taskq import App
 from taskq.message import LOST_HEADER
-from taskq.testing import running_worker
+from taskq.testing import run_until_empty, running_worker
 from taskq.worker.policy import Policies
 from taskq.worker.pools.prefork.board import Board, Running
 from taskq.worker.pools.prefork.consuming import ConsumingPool
@@ -129,3 +129,15 @@ def test_a_board_shows_the_running_task_and_its_message() -> None:
     running = board.read()[3]
     assert running is not None and running.payload is None  # too big: read from the lease
     board.close()
+
+
+def test_a_burst_run_ends_once_the_queue_and_the_children_are_empty(
+    app: App, ledger: Ledger
+) -> None:
+    @app.task(name="t.note")
+    def note(i: int) -> None:
+        ledger.append(str(i))
+
+    note.delay_many([(i,) for i in range(50)])
+    run_until_empty(app, pool="prefork", concurrency=2)
+    assert sorted(map(int, ledger.entries())) == list(range(50))

@@ -245,7 +245,7 @@ class Worker:
             signals.worker_ready.send(self)
         try:
             if getattr(self.pool, "consumes", False):
-                self._supervise()
+                self._supervise(burst)
             else:
                 self.consumer.run(self._stopping, burst)
         finally:
@@ -270,12 +270,21 @@ class Worker:
         worker.policies.inherit(self.policies, shares)
         return worker
 
-    def _supervise(self) -> None:
+    def _supervise(self, burst: bool) -> None:
         """The pool's children consume: apply remote control's queue changes (which
-        the pool passes on to them) until stopped."""
+        the pool passes on to them) until stopped (with ``burst``, until the queues
+        and the children are empty twice in a row, a fetch apart)."""
+        empty = 0
         while not self._stopping.is_set():
             self.consumer.apply_changes()
-            self.window.wait(0.5)
+            self.window.wait(self.timing.fetch_timeout if burst else 0.5)
+            if burst:
+                try:
+                    empty = empty + 1 if self.pool.empty(self.consumer.queues) else 0  # type: ignore[attr-defined]
+                except BrokerError as exc:
+                    log.warning("Could not tell whether the queues are empty: %s", exc)
+                if empty >= 2:
+                    return
 
     def stop(self, cold: bool = False) -> None:
         """Ask the worker to stop: warm (finish running tasks) or cold (give them back)."""

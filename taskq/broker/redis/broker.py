@@ -96,7 +96,7 @@ from taskq.broker.envelope import (
 from taskq.broker.redis import scripts
 from taskq.broker.redis.dlq import DeadLetterList
 from taskq.broker.redis.fetch import Fetcher
-from taskq.broker.redis.options import BrokerOptions
+from taskq.broker.redis.options import BrokerOptions, Keys
 from taskq.broker.redis.session import Session
 from taskq.broker.redis.settle import Lease, Settler, lease_of
 from taskq.queues import Queues
@@ -439,6 +439,19 @@ class RedisBroker(Broker):
             source = rest[: int(size)].decode("utf-8")
             deliveries.append(self.delivery_of(tag.decode("utf-8"), source, rest[int(size) :]))
         return deliveries
+
+    def holding(self, lease_ids: Sequence[str]) -> int:
+        """How many messages the consumers ``lease_ids`` hold (leased, not settled).
+
+        Raises:
+            BrokerError: Redis could not be reached.
+        """
+        prefix = self.settings.key_prefix
+        with self._translate("count leased messages"):
+            pipe = self._client.pipeline(transaction=False)
+            for lease_id in lease_ids:
+                pipe.hlen(Keys.make(prefix, lease_id).inflight)
+            return sum(int(size) for size in pipe.execute())
 
     def release(self) -> int:
         """Give back everything this consumer still holds, uncounted (in flight and

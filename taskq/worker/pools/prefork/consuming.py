@@ -256,6 +256,20 @@ class ConsumingPool:
             self._wake()
             return high, low
 
+    def empty(self, queues: list[str]) -> bool:
+        """Whether nothing waits in ``queues`` and no child holds or runs anything
+        (``Worker.run(burst=True)``).
+
+        Raises:
+            BrokerError: Redis could not be reached.
+        """
+        with self._cond:
+            boards = [m.board.read() for m in self._members]
+        if any(running is not None for _, _, _, running in boards):
+            return False
+        leases = [lease for lease, _, _, _ in boards if lease]
+        return not self._broker.holding(leases) and not self._broker.backlog(queues)
+
     def pids(self) -> list[int]:
         with self._cond:
             return [m.pid for m in self._members if m.process.is_alive()]
