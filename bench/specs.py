@@ -71,6 +71,9 @@ class Spec:
 TASKQ_SOLO = Spec("taskq", "taskq -P solo", 1, ("-P", "solo"))
 TASKQ_THREADS = Spec("taskq", "taskq -P threads -c 2", 1, ("-P", "threads", "-c", "2"))
 TASKQ_PREFORK = Spec("taskq", "taskq -P prefork -c 2", 2, ("-P", "prefork", "-c", "2"), 2, True)
+#: The prefork curve: one child, and one more child than the machine's 2 cores.
+TASKQ_PREFORK_1 = Spec("taskq", "taskq -P prefork -c 1", 1, ("-P", "prefork", "-c", "1"), 1, True)
+TASKQ_PREFORK_3 = Spec("taskq", "taskq -P prefork -c 3", 3, ("-P", "prefork", "-c", "3"), 3, True)
 CELERY_SOLO = Spec("celery", "celery -P solo", 1, ("-P", "solo"))
 CELERY_PREFORK = Spec("celery", "celery -P prefork -c 2", 2, ("-P", "prefork", "-c", "2"))
 DRAMATIQ_1 = Spec("dramatiq", "dramatiq -p 1 -t 1", 1, ("-p", "1", "-t", "1"))
@@ -108,13 +111,24 @@ DRAIN = (
     DRAMATIQ_1,
     HUEY_1,
     TASKQ_THREADS,
+    TASKQ_PREFORK_1,
     TASKQ_PREFORK,
+    TASKQ_PREFORK_3,
     CELERY_PREFORK,
     DRAMATIQ_2,
     HUEY_2,
 )
 #: The configurations the issue names, without the extra one-process rows of the
 #: other frameworks (``--drain-rows issue``, the default of ``--quick``).
-DRAIN_ISSUE = (TASKQ_SOLO, TASKQ_THREADS, TASKQ_PREFORK, CELERY_PREFORK, DRAMATIQ_2, HUEY_2)
+DRAIN_ISSUE = (
+    TASKQ_SOLO,
+    TASKQ_THREADS,
+    TASKQ_PREFORK_1,
+    TASKQ_PREFORK,
+    TASKQ_PREFORK_3,
+    CELERY_PREFORK,
+    DRAMATIQ_2,
+    HUEY_2,
+)
 #: One executing process each: idle latency (W3) and the delayed backlog (W6).
 SINGLE = (TASKQ_SOLO, CELERY_SOLO, DRAMATIQ_1, HUEY_1)

@@ -1,7 +1,10 @@
-"""The prefork pool queues requests behind short tasks in a child (pipelining), and
-keeps every guarantee: lost children, time limits, terminate, recycling and
-shutdown handle the queued requests too. ``forced`` makes every task count as
-short, so a test decides what queues where instead of relying on timing."""
+"""The dispatching prefork pool (RabbitMQ, SQLite) queues requests behind short
+tasks in a child (pipelining), and keeps every guarantee: lost children, time
+limits, terminate, recycling and shutdown handle the queued requests too.
+``forced`` makes every task count as short, so a test decides what queues where
+instead of relying on timing. On Redis the children consume on their own
+(tests/test_prefork_consuming.py); ``dispatching`` gives these tests the
+dispatching pool on the Redis app they share with the rest of the suite."""
 
 from __future__ import annotations
 
@@ -18,11 +21,18 @@ from taskq.errors import TaskRevokedError, TimeLimitExceeded
 from taskq.message import LOST_HEADER
 from taskq.task import Task
 from taskq.testing import running_worker
+from taskq.worker.pools.prefork import consuming
 from taskq.worker.pools.prefork import pool as prefork
 from taskq.worker.pools.prefork import queue as prefork_queue
 from taskq.worker.pools.prefork.child import rss_kib
 from tests.waiting import wait_until
 from tests.worker_support import Gate, Ledger
+
+
+@pytest.fixture(autouse=True)
+def dispatching(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parent dispatches every request, as on RabbitMQ and SQLite."""
+    monkeypatch.setattr(consuming, "SCHEMES", frozenset())
 
 
 @pytest.fixture

@@ -115,8 +115,7 @@ class Consumer:
         backoff = 0.1
         self._settlement.hold_here()
         while not stopping.is_set():
-            while self._changes:  # remote control's (add_queue, cancel_queue)
-                self._changes.popleft()()
+            self.apply_changes()
             self._start_all(self._released())
             # Results of the tasks run on this thread (solo), then their acks, before
             # fetching or waiting: one write for the batch (taskq.worker.results).
@@ -144,6 +143,11 @@ class Consumer:
             if not deliveries and burst and self._idle():
                 return
             self._accept(deliveries)
+
+    def apply_changes(self) -> None:
+        """Apply remote control's changes (``add_queue``, ``cancel_queue``) on this thread."""
+        while self._changes:
+            self._changes.popleft()()
 
     def _wait(self, burst: bool) -> float:
         timing = self._timing

@@ -122,14 +122,32 @@ class Policies:
         self._conf = conf
         self._worker = (worker_soft, worker_hard)
         self._by_name: dict[str, Policy] = {}
+        self._shares = 1  # rate limits are split between this many processes
 
     def __getitem__(self, name: str) -> Policy:
         policy = self._by_name.get(name)
         if policy is None:
             task = self._tasks.get(name)
-            policy = Policy.resolve(task, self._conf, *self._worker)
+            policy = self._shared(Policy.resolve(task, self._conf, *self._worker))
             self._by_name[name] = policy
         return policy
+
+    def inherit(self, other: Policies, shares: int) -> None:
+        """Take ``other``'s policies as they are now (a consuming prefork child takes
+        its parent's, remote control's changes included), each rate limit split in
+        ``shares``: a rate limit is per worker, and each child fetches on its own."""
+        self._shares = max(1, shares)
+        self._by_name = {
+            name: dataclasses.replace(policy, rate=policy.rate / self._shares)
+            if policy.rate
+            else policy
+            for name, policy in other._by_name.items()
+        }
+
+    def _shared(self, policy: Policy) -> Policy:
+        if self._shares == 1 or not policy.rate:
+            return policy
+        return dataclasses.replace(policy, rate=policy.rate / self._shares)
 
     @property
     def default(self) -> Policy:
@@ -144,7 +162,7 @@ class Policies:
         Raises:
             ConfigurationError: ``rate`` is not a rate.
         """
-        self._by_name[name] = dataclasses.replace(self[name], rate=parse_rate(rate))
+        self._by_name[name] = self._shared(dataclasses.replace(self[name], rate=parse_rate(rate)))
 
     def set_time_limits(self, name: str, soft: float | None, hard: float | None) -> None:
         """Replace the time limits of ``name`` on this worker, in seconds (None: none),

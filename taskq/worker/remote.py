@@ -9,7 +9,9 @@ change on its own thread, before its next fetch); pool size through the pool and
 the ``Window``; revokes through the ``Consumer`` (never start) and
 ``Worker.terminate`` (stop the running ones); shutdown through ``Worker.stop``.
 A pool that cannot do something (grow a solo pool, autoscale a pool started
-without ``--autoscale``) answers with an error saying why.
+without ``--autoscale``) answers with an error saying why. A pool whose children
+consume on their own (prefork on Redis) gets each change too (``forward``: revoke,
+rate and time limits, queues), and replays it in each child's own handle.
 """
 
 from __future__ import annotations
@@ -172,6 +174,7 @@ class RemoteHandle:
 
     def revoke(self, ids: list[str], terminate: bool, signum: int) -> list[str]:
         self.worker.consumer.revoke(ids)
+        self._pass_on("revoke", ids, False, signum)
         return self.worker.terminate(ids, signum) if terminate else []
 
     def queues(self) -> list[str]:
@@ -181,13 +184,19 @@ class RemoteHandle:
         if not name or not isinstance(name, str):
             raise CommandError(f"add_consumer needs a queue name, got {name!r}.")
         try:
-            return self.worker.consumer.add_queue(name)
+            added = self.worker.consumer.add_queue(name)
         except ConfigurationError as exc:
             raise CommandError(str(exc)) from None
+        if added:
+            self._pass_on("add_queue", name)
+        return added
 
     def cancel_queue(self, name: str) -> bool:
         try:
-            return self.worker.consumer.cancel_queue(name)
+            cancelled = self.worker.consumer.cancel_queue(name)
+            if cancelled:
+                self._pass_on("cancel_queue", name)
+            return cancelled
         except ValueError:
             raise CommandError(
                 f"{name!r} is the only queue {self.hostname} consumes; add another first "
@@ -224,6 +233,7 @@ class RemoteHandle:
         except ConfigurationError as exc:
             raise CommandError(f"Invalid rate limit for {task_name}: {exc}") from None
         self._rate_limits[task_name] = rate
+        self._pass_on("set_rate_limit", task_name, rate)
 
     def set_time_limit(self, task_name: str, soft: float | None, hard: float | None) -> None:
         self._task(task_name)
@@ -231,6 +241,7 @@ class RemoteHandle:
             if value is not None and (not isinstance(value, (int, float)) or value <= 0):
                 raise CommandError(f"The {what} time limit must be seconds > 0, got {value!r}.")
         self.worker.policies.set_time_limits(task_name, soft, hard)
+        self._pass_on("set_time_limit", task_name, soft, hard)
 
     def set_task_events(self, enabled: bool) -> bool:
         """Turn task events on or off: the dispatcher, and the pool (whose children
@@ -241,6 +252,13 @@ class RemoteHandle:
             self.worker.pool.set_task_events(enabled)
             log.info("Task events %s by remote control", "enabled" if enabled else "disabled")
         return changed
+
+    def _pass_on(self, method: str, *args: Any) -> None:
+        """Repeat a change in the pool's children when they consume on their own
+        (prefork on Redis): each applies it to its own consumer and policies."""
+        forward = getattr(self.worker.pool, "forward", None)
+        if forward is not None:
+            forward(method, args)
 
     def send_heartbeat(self) -> None:
         self.worker.events.heartbeat_now()

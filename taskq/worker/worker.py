@@ -23,10 +23,17 @@ prefork children too, and a scrape reads the pool and the holding area.
 Warm shutdown stops fetching, gives unstarted messages back at once, lets
 running tasks finish within ``worker_shutdown_timeout`` and then gives back what
 is still running; cold shutdown skips the wait.
+
+A pool whose children consume on their own (``Pool.consumes``: prefork on Redis,
+``taskq.worker.pools.prefork.consuming``) leaves this worker's consumer idle: the
+worker then only answers remote control, sends worker events and supervises, and
+each child runs a ``supervised`` worker of its own (no remote control, no worker
+events, no revoke watch: the parent does those for all of them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -35,7 +42,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from taskq import monkey, signals
 from taskq.broker.startup import connect_on_startup
@@ -55,7 +62,7 @@ from taskq.worker.lease import LeaseKeeper
 from taskq.worker.options import WorkerOptions, expand_hostname, pool_settings
 from taskq.worker.policy import Policies
 from taskq.worker.pools import make_pool
-from taskq.worker.pools.base import Pool
+from taskq.worker.pools.base import Pool, PoolMaker
 from taskq.worker.remote import RemoteHandle
 from taskq.worker.request import Request
 from taskq.worker.results import HeldResults
@@ -67,7 +74,7 @@ if TYPE_CHECKING:
     from taskq.app import App
     from taskq.broker.base import Broker
     from taskq.metrics.server import MetricsServer
-    from taskq.metrics.worker import Live, WorkerMetrics
+    from taskq.metrics.worker import Live, WorkerMeter, WorkerMetrics
 
 log = logging.getLogger("taskq.worker")
 
@@ -80,6 +87,8 @@ class Worker:
         options: how to run (None: the app's settings).
         timing: the intervals the worker waits on (tests shorten them).
         clock: where the worker reads the time (tests may drive it).
+        supervised: makes the pool of a worker inside a prefork child that
+            consumes on its own (``supervised_worker``); None for a worker.
 
     Raises:
         ConfigurationError: a bad option or a task option that cannot be used.
@@ -92,8 +101,14 @@ class Worker:
         *,
         timing: Timing | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        supervised: PoolMaker | None = None,
+        meter: WorkerMeter | None = None,
     ) -> None:
         opts = options or WorkerOptions()
+        #: As given (a consuming prefork child builds its own worker from them).
+        self.options = opts
+        #: Set in a consuming prefork child: its pool, made with the worker's parts.
+        self.supervised = supervised is not None
         timing = timing or Timing()
         conf = app.conf
         self.app = app
@@ -115,8 +130,12 @@ class Worker:
         self.consumer_id = f"{self.hostname}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         self.broker: Broker = app.new_broker(self.consumer_id)
         self._metrics_at = ("", 0)  # (host, port), when metrics are on
-        self.metrics = self._metrics(opts)
-        self.executor = Executor(app, self.policies, self.metrics.meter if self.metrics else None)
+        # A consuming prefork child counts into its parent's meter (``meter``, which
+        # came with the fork): only the parent serves the port.
+        self.metrics = None if supervised else self._metrics(opts)
+        if self.metrics is not None:
+            meter = self.metrics.meter
+        self.executor = Executor(app, self.policies, meter)
         backend = app.results.backend
         if backend is not None:
             # Results written in batches, each before the acks of its messages.
@@ -125,7 +144,9 @@ class Worker:
         settings = pool_settings(app, opts)
         multiplier = opts.prefetch_multiplier or conf.worker_prefetch_multiplier
         self.window = Window(
-            capacity=max(1, settings.concurrency * multiplier),
+            # A consuming prefork child leases one message at a time unless short
+            # tasks batch: what it holds waits behind its running task.
+            capacity=1 if supervised else max(1, settings.concurrency * multiplier),
             concurrency=settings.concurrency,
             batching=multiplier > 1,
             timing=timing,
@@ -140,9 +161,10 @@ class Worker:
             self.window,
             lambda: self.holding.parked,
             self.events,
-            self.metrics.meter if self.metrics else None,
+            meter,
         )
-        self.pool: Pool = make_pool(self.pool_name, settings, self.executor, self.settlement.settle)
+        maker = supervised or (lambda *args: make_pool(self.pool_name, *args))
+        self.pool: Pool = maker(settings, self.executor, self.settlement.settle)
         self.pool.set_task_events(self.events.task_events)
         self.consumer = Consumer(
             broker=self.broker,
@@ -164,7 +186,7 @@ class Worker:
         )
         #: Answers remote control (None: turned off, or the broker cannot broadcast).
         self.remote: ControlServer | None = None
-        if conf.worker_enable_remote_control and broadcasts(app.broker_url):
+        if conf.worker_enable_remote_control and broadcasts(app.broker_url) and not supervised:
             sealer = app.security.sealer
             verifier = (
                 CommandVerifier(sealer.keyring, accept_unsigned=sealer.accept_unsigned)
@@ -189,6 +211,9 @@ class Worker:
         # which never yields would hold up: a thread of the OS keeps the lease.
         interval = timing.heartbeat_interval or conf.worker_lease_timeout / 3
         self._keeper = LeaseKeeper(self.broker, interval) if monkey.green() else None
+        bind = getattr(self.pool, "bind", None)
+        if bind is not None:  # a pool whose children consume builds their workers from this one
+            bind(self)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -203,8 +228,8 @@ class Worker:
             ConfigurationError: the metrics port cannot be served (in use, ...).
         """
         self.app.finalize()  # Celery's on_after_configure / on_after_finalize
-        for line in self.app.conf.unimplemented():  # Celery settings taskq ignores
-            log.warning(line)
+        for line in [] if self.supervised else self.app.conf.unimplemented():
+            log.warning(line)  # Celery settings taskq ignores (the parent says so)
         if (
             self.remote is not None
             and self.app.conf.security_keys
@@ -232,18 +257,61 @@ class Worker:
         self.pool.start()
         if self._keeper is not None:
             self._keeper.start()
-        for target, name in ((self._heartbeat, "heartbeat"), (self._watch_revokes, "revokes")):
+        threads = [(self._heartbeat, "heartbeat")]
+        if not self.supervised:  # the parent terminates what its children run
+            threads.append((self._watch_revokes, "revokes"))
+        for target, name in threads:
             threading.Thread(target=target, name=f"taskq-{name}", daemon=True).start()
         self.events.start()
         if self.remote is not None:
             self.remote.start()
         self.ready.set()
-        log.info("%s ready.", self.hostname)
-        signals.worker_ready.send(self)
+        if not self.supervised:
+            log.info("%s ready.", self.hostname)
+            signals.worker_ready.send(self)
         try:
-            self.consumer.run(self._stopping, burst)
+            if getattr(self.pool, "consumes", False):
+                self._supervise(burst)
+            else:
+                self.consumer.run(self._stopping, burst)
         finally:
             self._shutdown()
+
+    def supervised_worker(self, pool: PoolMaker, shares: int) -> Worker:
+        """A worker for a prefork child that consumes on its own (made in the child,
+        after the fork): this worker's options, queues, node name, task events and
+        policies (remote control's changes included, each rate limit split in
+        ``shares``), one task at a time in ``pool``."""
+        opts = dataclasses.replace(
+            self.options,
+            queues=list(self.consumer.queues),
+            hostname=self.hostname,
+            pool="solo",
+            concurrency=1,
+            autoscale=None,
+            without_heartbeat=True,
+            task_events=self.events.task_events,
+        )
+        meter = self.metrics.meter if self.metrics else None
+        worker = Worker(self.app, opts, timing=self.timing, supervised=pool, meter=meter)
+        worker.policies.inherit(self.policies, shares)
+        return worker
+
+    def _supervise(self, burst: bool) -> None:
+        """The pool's children consume: apply remote control's queue changes (which
+        the pool passes on to them) until stopped (with ``burst``, until the queues
+        and the children are empty twice in a row, a fetch apart)."""
+        empty = 0
+        while not self._stopping.is_set():
+            self.consumer.apply_changes()
+            self.window.wait(self.timing.fetch_timeout if burst else 0.5)
+            if burst:
+                try:
+                    empty = empty + 1 if self.pool.empty(self.consumer.queues) else 0  # type: ignore[attr-defined]
+                except BrokerError as exc:
+                    log.warning("Could not tell whether the queues are empty: %s", exc)
+                if empty >= 2:
+                    return
 
     def stop(self, cold: bool = False) -> None:
         """Ask the worker to stop: warm (finish running tasks) or cold (give them back)."""
@@ -370,6 +438,9 @@ class Worker:
 
     def _load(self) -> tuple[int, int]:
         """Tasks running now and tasks done so far (worker-heartbeat events)."""
+        load = getattr(self.pool, "load", None)
+        if load is not None:  # its children consume: their counts
+            return cast(tuple[int, int], load())
         return self.window.in_flight, sum(self.settlement.totals().values())
 
     # -- background ------------------------------------------------------------------
@@ -420,8 +491,9 @@ class Worker:
             self.remote.stop()
         self.events.close()
         self._close_metrics()
-        log.info("%s stopped.", self.hostname)
-        signals.worker_shutdown.send(self)
+        if not self.supervised:
+            log.info("%s stopped.", self.hostname)
+            signals.worker_shutdown.send(self)
 
     def _drain(self) -> None:
         """Wait for running tasks until ``shutdown_timeout`` passes or a cold stop."""

@@ -89,15 +89,17 @@ from taskq.broker.envelope import (
     PRIORITY_SEP,
     PRIORITY_STEPS,
     clamp_priority,
+    decode_payload,
     encode_payload,
     list_key,
+    queue_of,
 )
 from taskq.broker.redis import scripts
 from taskq.broker.redis.dlq import DeadLetterList
 from taskq.broker.redis.fetch import Fetcher
-from taskq.broker.redis.options import BrokerOptions
+from taskq.broker.redis.options import BrokerOptions, Keys
 from taskq.broker.redis.session import Session
-from taskq.broker.redis.settle import Settler, lease_of
+from taskq.broker.redis.settle import Lease, Settler, lease_of
 from taskq.queues import Queues
 from taskq.redisclient.client import connection_pool
 
@@ -150,10 +152,11 @@ class RedisBroker(Broker):
         consumer_id: str,
         options: dict[str, Any] | None = None,
         queues: Queues | None = None,
+        lease_id: str | None = None,
     ):
         super().__init__(url, consumer_id=consumer_id, options=options, queues=queues)
         self.settings = BrokerOptions.from_mapping(self.options)
-        session = Session(url, consumer_id, self.settings)
+        session = Session(url, consumer_id, self.settings, lease_id)
         self._session = session
         # Taken out once: publishing reads them on every call.
         self._keys = session.keys
@@ -161,6 +164,7 @@ class RedisBroker(Broker):
         self._line = session.line  # publish and fetch (see taskq.redisclient.line)
         self._translate = session.translate
         self._reap_script = self._client.register_script(scripts.REAP)
+        self._release_script = self._client.register_script(scripts.RELEASE)
         self._still_leased_script = self._client.register_script(scripts.STILL_LEASED)
         self._depths_script = self._client.register_script(scripts.DEPTHS)
         self._dlq = DeadLetterList(session)
@@ -238,6 +242,19 @@ class RedisBroker(Broker):
                 for start in range(0, len(payloads), _PUSH_CHUNK):
                     pipe.lpush(key, *payloads[start : start + _PUSH_CHUNK])
             pipe.execute()
+
+    def backlog(self, queues: Sequence[str]) -> int:
+        """How many messages wait in ``queues`` (every priority list), not leased.
+
+        Raises:
+            BrokerError: Redis could not be reached.
+        """
+        with self._translate("count waiting messages"):
+            pipe = self._client.pipeline(transaction=False)
+            for queue in queues:
+                for step in PRIORITY_STEPS:
+                    pipe.llen(list_key(queue, step))
+            return sum(int(size) for size in pipe.execute())
 
     def purge(self, queue: str) -> int:
         """Delete the queue's lists (every priority); return how many messages they held."""
@@ -388,6 +405,79 @@ class RedisBroker(Broker):
                 pool.disconnect()
 
         return LeaseRenewer(renew, close)
+
+    # -- another consumer's lease (a prefork child's: taskq.worker.pools.prefork) -------
+
+    @property
+    def lease_id(self) -> str:
+        """This consumer's name in Redis (its in-flight hash, its lease)."""
+        return self._session.lease_id
+
+    def adopt(self, lease_id: str) -> RedisBroker:
+        """A broker acting on the lease ``lease_id`` of another consumer of this
+        server (a prefork child that died): its acks go out at once, and ``leased``
+        and ``release`` settle what that consumer held. Close it after use."""
+        options = {**self.options, "ack_delay": 0}
+        return RedisBroker(
+            self.url,
+            consumer_id=self.consumer_id,
+            options=options,
+            queues=self.queues,
+            lease_id=lease_id,
+        )
+
+    def raw_of(self, delivery: Delivery) -> tuple[str, bytes]:
+        """The list ``delivery`` came from and its payload as leased (with its tag,
+        what ``delivery_of`` needs to rebuild it in another process)."""
+        lease = lease_of(delivery)
+        return lease.source, lease.payload
+
+    def delivery_of(self, tag: str, source: str, payload: bytes) -> Delivery:
+        """The delivery ``raw_of`` described, leased under ``tag``."""
+        return Delivery(decode_payload(payload), queue_of(source), tag, 1, Lease(source, payload))
+
+    def leased(self) -> list[Delivery]:
+        """The messages this consumer holds now (leased, not settled), oldest first.
+
+        Raises:
+            BrokerError: Redis could not be reached.
+        """
+        with self._translate("read a consumer's leased messages"):
+            entries: dict[bytes, bytes] = self._client.hgetall(self._keys.inflight)  # type: ignore[assignment]
+        deliveries = []
+        for tag, entry in entries.items():
+            size, _, rest = entry.partition(b":")
+            source = rest[: int(size)].decode("utf-8")
+            deliveries.append(self.delivery_of(tag.decode("utf-8"), source, rest[int(size) :]))
+        return deliveries
+
+    def holding(self, lease_ids: Sequence[str]) -> int:
+        """How many messages the consumers ``lease_ids`` hold (leased, not settled).
+
+        Raises:
+            BrokerError: Redis could not be reached.
+        """
+        prefix = self.settings.key_prefix
+        with self._translate("count leased messages"):
+            pipe = self._client.pipeline(transaction=False)
+            for lease_id in lease_ids:
+                pipe.hlen(Keys.make(prefix, lease_id).inflight)
+            return sum(int(size) for size in pipe.execute())
+
+    def release(self) -> int:
+        """Give back everything this consumer still holds, uncounted (in flight and
+        landed), and remove it from the consumers; returns how many went back.
+
+        Raises:
+            BrokerError: Redis could not be reached (the lease's expiry returns them).
+        """
+        self._settler.flush_acks()
+        args = [self.settings.key_prefix, self._session.lease_id]
+        with self._translate("give back a consumer's messages"):
+            restored, errors = self._release_script([self._keys.consumers], args)
+        if errors:
+            self._session.log_refused("give back a consumer's messages", errors)
+        return int(restored)
 
     # -- dead letters -----------------------------------------------------------------
 

@@ -32,6 +32,7 @@ __all__ = [
     "REAP",
     "RENEW",
     "REQUEUE",
+    "RELEASE",
     "REQUEUE_DEAD",
     "STILL_LEASED",
 ]
@@ -52,6 +53,8 @@ PROMOTE = _HELPERS + _PROMOTE + _read("promote_due")
 RENEW = _read("renew")
 #: Renew this consumer's lease, then give back the messages of expired consumers.
 REAP = _HELPERS + _read("reap")
+#: Give back all one consumer holds, uncounted, and forget it (a dead prefork child).
+RELEASE = _HELPERS + _read("release")
 #: Give leased messages back at the consumer end of their lists.
 REQUEUE = _HELPERS + _read("requeue")
 #: Move one leased message to the dead-letter list.

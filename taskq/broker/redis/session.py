@@ -36,6 +36,8 @@ class Session:
             a restarted worker reusing its name never inherits (and keeps alive) its
             predecessor's leases.
         settings: the broker's validated options.
+        lease_id: act on this existing lease instead of a new one (a prefork
+            parent settling what a dead child held).
 
     Attributes:
         settings: the broker's options.
@@ -51,10 +53,12 @@ class Session:
         ConfigurationError: the URL is not a Redis URL, or is invalid.
     """
 
-    def __init__(self, url: str, consumer_id: str, settings: BrokerOptions) -> None:
+    def __init__(
+        self, url: str, consumer_id: str, settings: BrokerOptions, lease_id: str | None = None
+    ) -> None:
         self.settings = settings
         self.tag_base = uuid.uuid4().hex[:16]
-        self.lease_id = f"{consumer_id}.{self.tag_base}"
+        self.lease_id = lease_id or f"{consumer_id}.{self.tag_base}"
         self.keys = Keys.make(settings.key_prefix, self.lease_id)
         self._server = f"Redis at {mask_url(url)}"
         self._pool = connection_pool(url, settings, f"taskq:{self.lease_id}")

@@ -37,6 +37,10 @@ def make_pool(name: str, settings: PoolSettings, executor: Executor, done: Done)
 
         return ThreadPool(settings.concurrency, executor, done)
     if name == "prefork":
+        from taskq.worker.pools.prefork.consuming import ConsumingPool, consumes
+
+        if consumes(executor.app):  # Redis: the children fetch and settle on their own
+            return ConsumingPool(executor, done, settings)
         from taskq.worker.pools.prefork.pool import PreforkPool
 
         return PreforkPool(executor, done, settings)

@@ -95,6 +95,10 @@ class Pool(Protocol):
     def stop(self) -> None: ...
 
 
+#: Makes a pool from the worker's parts (``Worker(supervised=...)``).
+PoolMaker = Callable[[PoolSettings, Executor, Done], "Pool"]
+
+
 class QueuedPool:
     """Bookkeeping for pools that keep waiting requests in a local FIFO and the
     running ones in a collection, both guarded by one condition."""

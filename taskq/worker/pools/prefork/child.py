@@ -177,7 +177,7 @@ def child_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGQUIT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGUSR1, _soft_limit_now)
+    signal.signal(signal.SIGUSR1, soft_limit_now)
     executor.reset_connections()
     signals.worker_process_init.send(None, pid=os.getpid())
     try:
@@ -204,7 +204,7 @@ def _serve(executor: Executor, wire: Wire, max_memory: int | None, task_events: 
             continue
         seq, fields = queued.popleft()
         start = time.monotonic()
-        outcome = _run(executor, Context(*fields))
+        outcome = run_one(executor, Context(*fields))
         runtime = time.monotonic() - start
         rss = rss_kib() if max_memory else 0
         summary = None
@@ -229,7 +229,8 @@ def _give_back(wire: Wire, queued: collections.deque[tuple[int, Any]], message: 
         wire.send(Back(seqs))
 
 
-def _run(executor: Executor, ctx: Context) -> Outcome:
+def run_one(executor: Executor, ctx: Context) -> Outcome:
+    """Run one task in this child (the parent enforces its hard time limit)."""
     global _running
     _running = True
     try:
@@ -240,7 +241,7 @@ def _run(executor: Executor, ctx: Context) -> Outcome:
         _running = False
 
 
-def _soft_limit_now(signum: int, frame: Any) -> None:
+def soft_limit_now(signum: int, frame: Any) -> None:
     """SIGUSR1 (Celery's signal for it, e.g. ``revoke(terminate=True,
     signal="SIGUSR1")``) raises ``SoftTimeLimitExceeded`` in the running task."""
     if _running:

@@ -167,11 +167,15 @@ def enforce_deadlines(children: list[Child]) -> None:
         child.kill_for(request, TIMEOUT, signal.SIGKILL)
 
 
-def after_death(executor: Executor, request: Request, child: Child) -> Outcome:
-    """The child running ``request`` exited: record why and say what to do."""
+def after_death(
+    executor: Executor, request: Request, killed: str | None, signum: int, lost: str
+) -> Outcome:
+    """The child running ``request`` exited: record why and say what to do. ``killed``
+    is why the parent ended it (``TIMEOUT``, ``TERMINATE``, None) and ``signum`` with
+    what; ``lost`` says how it ended otherwise (``WORKER_LOST``'s reason)."""
     ctx = request.context()
     task = executor.tasks.get(request.name)
-    if child.killed == TIMEOUT:
+    if killed == TIMEOUT:
         error = TimeLimitExceeded(f"time limit ({request.time_limit:g}s) exceeded")
         tb = "".join(traceback.format_exception_only(type(error), error))
         traced = Traced(State.FAILURE, error, tb, runtime=request.time_limit or 0.0)
@@ -181,13 +185,11 @@ def after_death(executor: Executor, request: Request, child: Child) -> Outcome:
             executor.record(task, ctx, traced)
             announce(task, ctx, traced)
         return Outcome(Action.ACK, traced=traced)
-    if child.killed == TERMINATE:
-        name = signal.Signals(child.signum).name
+    if killed == TERMINATE:
+        name = signal.Signals(signum).name
         log.info("Task %s[%s] terminated by %s", request.name, request.id, name)
         revoked = TaskRevokedError(f"terminated by {name}")
         executor.store(task, ctx, State.REVOKED, revoked)
-        signals.task_revoked.send(
-            task, request=ctx, terminated=True, signum=child.signum, expired=False
-        )
+        signals.task_revoked.send(task, request=ctx, terminated=True, signum=signum, expired=False)
         return Outcome(Action.ACK, summary=Summary(State.REVOKED, f"terminated by {name}"))
-    return Outcome(Action.WORKER_LOST, f"worker process {child.pid} {child.exit_status()}")
+    return Outcome(Action.WORKER_LOST, lost)

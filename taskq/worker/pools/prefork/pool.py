@@ -1,4 +1,6 @@
-"""The prefork pool: task code runs in child processes (billiard), one task at a time each.
+"""The dispatching prefork pool (RabbitMQ, SQLite): task code runs in child
+processes (billiard), one task at a time each. On Redis the children consume on
+their own instead (``taskq.worker.pools.prefork.consuming``).
 
 The parent process consumes, dispatches and settles; it never runs task code. It
 keeps the requests it was handed in its own FIFO and gives one to each idle child.
@@ -557,7 +559,8 @@ class PreforkPool(QueuedPool):
         if isinstance(result, Outcome):
             outcome = result
         else:
-            outcome = after_death(self._executor, request, result)
+            lost = f"worker process {result.pid} {result.exit_status()}"
+            outcome = after_death(self._executor, request, result.killed, result.signum, lost)
         try:
             self._done(request, outcome)
         except Exception:
