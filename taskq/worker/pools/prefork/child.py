@@ -170,7 +170,7 @@ def child_main(
             until told otherwise (``Events``).
     """
     for item in inherited:
-        _close(item)
+        close_quietly(item)
     multiprocessing.current_process().name = name
     # Ctrl-C and Ctrl-\\ reach the whole process group; only the parent decides what
     # they mean. SIGTERM keeps its default so `revoke(terminate=True)` ends the child.
@@ -258,7 +258,8 @@ def rss_kib() -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-def _close(item: Any) -> None:
+def close_quietly(item: Any) -> None:
+    """Close a file descriptor or an object with ``close()``; one already gone is fine."""
     try:
         if isinstance(item, int):
             os.close(item)

@@ -54,6 +54,7 @@ from taskq.worker.pools.prefork.board import Board, Running
 from taskq.worker.pools.prefork.child import Wire
 from taskq.worker.pools.prefork.children import TERMINATE, TIMEOUT, after_death
 from taskq.worker.pools.prefork.member import member_main
+from taskq.worker.pools.prefork.sizing import Sizing
 from taskq.worker.request import Request
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ class _Member:
             os.kill(self.pid, signum)
 
 
-class ConsumingPool:
+class ConsumingPool(Sizing):
     """N children consuming on their own; see the module docstring."""
 
     consumes = True
@@ -120,17 +121,10 @@ class ConsumingPool:
     def __init__(self, executor: Executor, done: Done, settings: PoolSettings) -> None:
         self._executor = executor
         self._done = done
-        if settings.autoscale:
-            self._max, self._min = settings.autoscale
-        else:
-            self._max = self._min = settings.concurrency
-        self.concurrency = self._max
-        self._size = self._min
-        self._autoscaled = settings.autoscale is not None
+        self._init_sizing(settings)
         self._worker: Worker | None = None
         self._members: list[_Member] = []
         self._calls: list[tuple[str, tuple[Any, ...]]] = []  # replayed to new children
-        self._cond = threading.Condition(threading.Lock())
         self._stopping = False  # the supervisor thread ends
         self._draining = False  # children were told to stop: none is replaced
         self._finished = 0  # tasks run by children that are gone
@@ -219,43 +213,6 @@ class ConsumingPool:
             for member in self._members:
                 self._tell(member, ("call", method, args))
 
-    def resize(self, delta: int) -> int:
-        """Grow or shrink by ``delta`` children (at least one stays). A child leaving
-        finishes its running task first and gives back what it fetched.
-
-        Raises:
-            ValueError: the pool autoscales (change its bounds with ``autoscale``).
-        """
-        with self._cond:
-            if self._min != self._max:
-                raise ValueError(
-                    f"This pool autoscales ({self._min}-{self._max}); set new bounds with "
-                    "autoscale MAX MIN instead of pool_grow / pool_shrink."
-                )
-            size = max(1, self._size + delta)
-            self._retire_beyond(size)
-            self._size = self._max = self._min = self.concurrency = size
-            self._wake()
-            return size
-
-    def autoscale(self, high: int, low: int) -> tuple[int, int]:
-        """New autoscale bounds (``high`` >= ``low`` >= 1).
-
-        Raises:
-            ValueError: bad bounds, or the pool was not started with ``--autoscale``.
-        """
-        if not 1 <= low <= high:
-            raise ValueError(f"autoscale takes MAX >= MIN >= 1, got max={high} min={low}.")
-        with self._cond:
-            if self._min == self._max and not self._autoscaled:
-                raise ValueError("Autoscale is not enabled: start the worker with --autoscale.")
-            self._max, self._min, self.concurrency = high, low, high
-            size = min(max(self._size, low), high)
-            self._retire_beyond(size)
-            self._size = size
-            self._wake()
-            return high, low
-
     def empty(self, queues: list[str]) -> bool:
         """Whether nothing waits in ``queues`` and no child holds or runs anything
         (``Worker.run(burst=True)``).
@@ -289,7 +246,7 @@ class ConsumingPool:
         waiting for them) and give back all they held, uncounted."""
         with self._cond:
             self._stopping = True
-            self._wake()
+            self._wake_supervisor()
         if self._thread.is_alive():
             self._thread.join()
         for member in list(self._members):
@@ -438,14 +395,14 @@ class ConsumingPool:
             self._tell(member, ("call", method, args))
         if self._draining:
             self._retire(member)
-        self._wake()
+        self._wake_supervisor()
 
     def _tell(self, member: _Member, message: Any) -> None:
         """Send ``message`` to a child (lock held); a dead one's sentinel reports it."""
         with contextlib.suppress(OSError):
             member.wire.send(message)
 
-    def _wake(self) -> None:
+    def _wake_supervisor(self) -> None:
         if self._wake_w >= 0:
             with contextlib.suppress(BlockingIOError):
                 os.write(self._wake_w, b"!")

@@ -38,7 +38,7 @@ from taskq import signals
 from taskq.worker.executor import Action, Executor, Outcome, internal_error
 from taskq.worker.pools.base import Done, PoolSettings, cannot_terminate
 from taskq.worker.pools.prefork.board import Board
-from taskq.worker.pools.prefork.child import Wire, rss_kib, run_one, soft_limit_now
+from taskq.worker.pools.prefork.child import Wire, close_quietly, rss_kib, run_one, soft_limit_now
 
 if TYPE_CHECKING:
     from taskq.broker.redis import RedisBroker
@@ -178,7 +178,7 @@ def member_main(
     # way, every collection would walk (and copy, page by page) the parent's heap.
     gc.freeze()
     for item in inherited:
-        _close(item)
+        close_quietly(item)
     multiprocessing.current_process().name = name
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what they mean
     signal.signal(signal.SIGQUIT, signal.SIG_IGN)
@@ -228,13 +228,3 @@ def _listen(wire: Wire, worker: Worker) -> None:
     except (EOFError, OSError):
         pool.stopping = True
         worker.stop()
-
-
-def _close(item: Any) -> None:
-    try:
-        if isinstance(item, int):
-            os.close(item)
-        else:
-            item.close()
-    except OSError:
-        pass

@@ -50,6 +50,7 @@ from taskq.worker.pools.prefork.children import (
     start_child,
 )
 from taskq.worker.pools.prefork.queue import RunTimes, held, may_queue, queueable
+from taskq.worker.pools.prefork.sizing import Sizing
 
 if TYPE_CHECKING:
     from taskq.worker.pools.base import Done as Finish
@@ -67,7 +68,7 @@ _fields = operator.attrgetter(*CONTEXT_FIELDS)
 _Finished = list[tuple["Request", "Child | Outcome"]]
 
 
-class PreforkPool(QueuedPool):
+class PreforkPool(Sizing, QueuedPool):
     """N child processes fed from the parent's FIFO; see the module docstring."""
 
     def __init__(self, executor: Executor, done: Finish, settings: PoolSettings) -> None:
@@ -75,17 +76,10 @@ class PreforkPool(QueuedPool):
         self._done = done
         self._max_tasks = settings.max_tasks_per_child
         self._max_memory = settings.max_memory_per_child
-        if settings.autoscale:
-            self._max, self._min = settings.autoscale
-        else:
-            self._max = self._min = settings.concurrency
-        self.concurrency = self._max
-        self._size = self._min  # children wanted now
-        self._autoscaled = settings.autoscale is not None
+        self._init_sizing(settings)
         self._task_events = False  # children report summaries for task events
         self._children: list[Child] = []
         self._waiting: collections.deque[Request] = collections.deque()
-        self._cond = threading.Condition(threading.Lock())
         self._stopping = False
         self._handing_back = False  # shutdown: what comes back goes to the worker
         self._times = RunTimes(executor.tasks)
@@ -122,7 +116,7 @@ class PreforkPool(QueuedPool):
         with self._cond:
             self._waiting.append(request)
             if self._polling:
-                self._wake_locked()
+                self._wake_supervisor()
             else:
                 self._arrived = True  # it looks again before it polls
 
@@ -133,7 +127,7 @@ class PreforkPool(QueuedPool):
             self._handing_back = self._back_due = True
             taken = list(self._waiting)
             self._waiting.clear()
-            self._wake_locked()
+            self._wake_supervisor()
             return taken
 
     def running(self) -> list[Request]:
@@ -169,45 +163,7 @@ class PreforkPool(QueuedPool):
             self._task_events = enabled
             for child in self._children:
                 self._post(child, Events(enabled))
-            self._wake_locked()
-
-    def resize(self, delta: int) -> int:
-        """Grow or shrink by ``delta`` children (at least one stays); returns the new
-        size. A child leaving finishes its running task first; what waits behind it
-        goes back to the queue.
-
-        Raises:
-            ValueError: the pool autoscales (change its bounds with ``autoscale``).
-        """
-        with self._cond:
-            if self._min != self._max:
-                raise ValueError(
-                    f"This pool autoscales ({self._min}-{self._max}); set new bounds with "
-                    "autoscale MAX MIN instead of pool_grow / pool_shrink."
-                )
-            size = max(1, self._size + delta)
-            self._retire_beyond(size)
-            self._size = self._max = self._min = self.concurrency = size
-            self._wake_locked()
-            return size
-
-    def autoscale(self, high: int, low: int) -> tuple[int, int]:
-        """New autoscale bounds (``high`` >= ``low`` >= 1).
-
-        Raises:
-            ValueError: bad bounds, or the pool was not started with ``--autoscale``.
-        """
-        if not 1 <= low <= high:
-            raise ValueError(f"autoscale takes MAX >= MIN >= 1, got max={high} min={low}.")
-        with self._cond:
-            if self._min == self._max and not self._autoscaled:
-                raise ValueError("Autoscale is not enabled: start the worker with --autoscale.")
-            self._max, self._min, self.concurrency = high, low, high
-            size = min(max(self._size, low), high)
-            self._retire_beyond(size)
-            self._size = size
-            self._wake_locked()
-            return high, low
+            self._wake_supervisor()
 
     def _retire_beyond(self, size: int) -> None:
         """Retire children past ``size``, idle ones first (with the lock held)."""
@@ -228,7 +184,7 @@ class PreforkPool(QueuedPool):
         their requests back or finished them already). No outcome is reported after."""
         with self._cond:
             self._stopping = True
-            self._wake_locked()
+            self._wake_supervisor()
         if self._thread.is_alive():
             self._thread.join()
         for child in self._children:
@@ -566,7 +522,7 @@ class PreforkPool(QueuedPool):
         except Exception:
             log.exception("Could not report the outcome of %r", request)
 
-    def _wake_locked(self) -> None:
+    def _wake_supervisor(self) -> None:
         """Wake the dispatcher (with the lock held): one byte until it looks."""
         if self._woken or self._wake_w < 0:
             return  # a byte waits already, or stopped
