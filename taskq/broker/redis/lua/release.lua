@@ -24,19 +24,8 @@ for i = #entries - 1, 1, -2 do
   end
 end
 local registry = ARGV[1] .. 'landings:' .. consumer
-local landings = redis.call('HGETALL', registry)
-for i = 1, #landings, 2 do
-  while true do
-    local reply = redis.pcall('LMOVE', landings[i], landings[i + 1], 'LEFT', 'RIGHT')
-    if not reply then break end
-    if failed(reply) then
-      clean = false
-      errors[#errors + 1] = landings[i + 1] .. ': ' .. reply.err
-      break
-    end
-    restored = restored + 1
-  end
-end
+local moved, landed = return_landings(registry, errors)
+restored, clean = restored + moved, clean and landed
 if clean then
   redis.call('DEL', registry)
   redis.call('ZREM', KEYS[1], consumer)
