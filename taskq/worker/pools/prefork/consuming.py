@@ -145,11 +145,6 @@ class ConsumingPool(Sizing):
         assert self._worker is not None
         return self._worker.broker  # type: ignore[return-value]
 
-    def describe(self) -> str:
-        if self._min != self._max:
-            return f"{self._min}-{self._max} (prefork, autoscale)"
-        return f"{self._max} (prefork)"
-
     # -- the worker's side -------------------------------------------------------------
 
     def start(self) -> None:

@@ -99,11 +99,6 @@ class PreforkPool(Sizing, QueuedPool):
         self._spawn_after = 0.0
         self._thread = threading.Thread(target=self._loop, name="taskq-prefork", daemon=True)
 
-    def describe(self) -> str:
-        if self._min != self._max:
-            return f"{self._min}-{self._max} (prefork, autoscale)"
-        return f"{self._max} (prefork)"
-
     # -- the worker's side -------------------------------------------------------------
 
     def start(self) -> None:

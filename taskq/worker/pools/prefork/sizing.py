@@ -1,4 +1,5 @@
-"""How many children a prefork pool wants: pool_grow / pool_shrink and autoscale.
+"""How many children a prefork pool wants: pool_grow / pool_shrink, autoscale, and
+how the banner shows it.
 
 Both prefork pools (the dispatching one, ``pool.py``, and the one whose children
 consume, ``consuming.py``) size themselves the same way; they differ in how they
@@ -37,6 +38,11 @@ class Sizing:
 
     def _wake_supervisor(self) -> None:
         raise NotImplementedError
+
+    def describe(self) -> str:
+        if self._min != self._max:
+            return f"{self._min}-{self._max} (prefork, autoscale)"
+        return f"{self._max} (prefork)"
 
     def resize(self, delta: int) -> int:
         """Grow or shrink by ``delta`` children (at least one stays); returns the new
